@@ -1,0 +1,64 @@
+-- Shared helpers. scripts.py prepends this file to every script before loading it, so each
+-- operation stays one file while these few functions exist once.
+--
+-- Conventions of every script:
+--   ARGV[1] service name      ARGV[2] instance id     ARGV[3] events channel
+--   ARGV[4] audit MAXLEN ~    ARGV[5] trace id ('' when none)
+--   script-specific ARGV start at 6. The first reply element is a status code:
+--   0 ok, 1 instance not alive, 2 per-instance limit exceeded, 3 release of ids owned by others.
+
+local RR_CHUNK = 1000  -- unpack() stays far below Lua's C-stack limit
+
+local function rr_now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function rr_fmt(n)
+  return string.format('%d', n)
+end
+
+-- SADD / SREM a Lua list of members in chunks.
+local function rr_set_op(op, key, members)
+  for i = 1, #members, RR_CHUNK do
+    redis.call(op, key, unpack(members, i, math.min(i + RR_CHUNK - 1, #members)))
+  end
+end
+
+-- Append an ownership event to the audit stream and publish it on the events channel.
+-- ts_ms is Redis time. Empty lists encode as {} (cjson); readers treat that as an empty list.
+local function rr_emit(stream, event)
+  event.service_name = ARGV[1]
+  event.instance_id = event.instance_id or ARGV[2]
+  if ARGV[5] ~= '' then event.trace_id = ARGV[5] end
+  event.ts_ms = math.floor(rr_now_us() / 1000)
+  local payload = cjson.encode(event)
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[4], '*', 'event', payload)
+  redis.call('PUBLISH', ARGV[3], payload)
+end
+
+-- Release everything instance ARGV[2] still holds: its owner keys, the grants of ids whose owner
+-- key is gone, its owned and lost sets, and its entry in the instance index.
+-- Keys are built from the prefixes given; they carry the service's hash tag (same slot).
+-- Returns the released ids and whether the instance was in the index.
+local function rr_release_all(owned_key, lost_key, index_key, owner_prefix, grant_prefix)
+  local iid = ARGV[2]
+  local members = redis.call('SMEMBERS', owned_key)
+  local released = {}
+  for i = 1, #members do
+    local rid = members[i]
+    local okey = owner_prefix .. rid
+    local cur = redis.call('GET', okey)
+    if cur == iid then
+      redis.call('DEL', okey, grant_prefix .. rid)
+      released[#released + 1] = rid
+    elseif not cur then
+      redis.call('DEL', grant_prefix .. rid)
+      released[#released + 1] = rid
+    end
+  end
+  redis.call('DEL', owned_key, lost_key)
+  local was_indexed = redis.call('ZREM', index_key, iid)
+  return released, was_indexed
+end
+

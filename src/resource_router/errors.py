@@ -1,0 +1,219 @@
+"""The exception tree. Every error carries an HTTP-like ``code``; the gateway maps it to a status.
+
+::
+
+    ResourceRouterError                      (base; code 500 unless a subclass says otherwise)
+    ├── InvalidRequestError          400     bad id, bad params, payload too large   .field
+    ├── ResourceReleaseError         403     releasing what another instance owns    .owners
+    ├── ResourceNotFoundError        404     no owner for the resource               .resource_id
+    ├── MethodNotFoundError          404     the owner has no handler for the method .method
+    ├── ResourceConflictError        409     conflicts must fail (callers, gateway)  .conflicts
+    ├── InstanceNotAliveError        410     instance not registered or expired      .instance_id
+    ├── ResourceLimitExceededError   429     per-instance limit                      .limit .current .requested
+    ├── RemoteHandlerError           500     the remote handler raised               .remote_type .remote_message
+    ├── OwnerUnavailableError        503     owner registered but not listening      .resource_id .instance_id
+    ├── ServiceUnavailableError      503     no live instance of the service         .service_name
+    ├── RedisUnavailableError        503     Redis unreachable after retries         .operation
+    └── RouteTimeoutError            504     no reply before the timeout             .timeout
+
+Redis exceptions never reach callers raw: they are wrapped with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "InstanceNotAliveError",
+    "InvalidRequestError",
+    "MethodNotFoundError",
+    "OwnerUnavailableError",
+    "RedisUnavailableError",
+    "RemoteHandlerError",
+    "ResourceConflictError",
+    "ResourceLimitExceededError",
+    "ResourceNotFoundError",
+    "ResourceReleaseError",
+    "ResourceRouterError",
+    "RouteTimeoutError",
+    "ServiceUnavailableError",
+    "error_from_dict",
+]
+
+
+class ResourceRouterError(Exception):
+    """Base of every error the library raises. ``code`` is HTTP-like; ``to_dict()`` is the wire form."""
+
+    code: ClassVar[int] = 500
+    #: Names of the extra attributes carried into ``to_dict()`` and back through ``error_from_dict``.
+    detail_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def type(self) -> str:
+        return type(self).__name__
+
+    def details(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.detail_fields}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "code": self.code, "message": self.message, **self.details()}
+
+    def __repr__(self) -> str:
+        return f"{self.type}(code={self.code}, message={self.message!r})"
+
+
+class InvalidRequestError(ResourceRouterError):
+    code = 400
+    detail_fields = ("field",)
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ResourceReleaseError(ResourceRouterError):
+    code = 403
+    detail_fields = ("owners",)
+
+    def __init__(self, message: str, *, owners: dict[str, str]) -> None:
+        super().__init__(message)
+        self.owners = dict(owners)
+
+
+class ResourceNotFoundError(ResourceRouterError):
+    code = 404
+    detail_fields = ("resource_id", "service_name")
+
+    def __init__(self, message: str, *, resource_id: str, service_name: str | None = None) -> None:
+        super().__init__(message)
+        self.resource_id = resource_id
+        self.service_name = service_name
+
+
+class MethodNotFoundError(ResourceRouterError):
+    code = 404
+    detail_fields = ("method",)
+
+    def __init__(self, message: str, *, method: str) -> None:
+        super().__init__(message)
+        self.method = method
+
+
+class ResourceConflictError(ResourceRouterError):
+    code = 409
+    detail_fields = ("conflicts",)
+
+    def __init__(self, message: str, *, conflicts: dict[str, str]) -> None:
+        super().__init__(message)
+        self.conflicts = dict(conflicts)
+
+
+class InstanceNotAliveError(ResourceRouterError):
+    code = 410
+    detail_fields = ("instance_id", "service_name")
+
+    def __init__(self, message: str, *, instance_id: str, service_name: str | None = None) -> None:
+        super().__init__(message)
+        self.instance_id = instance_id
+        self.service_name = service_name
+
+
+class ResourceLimitExceededError(ResourceRouterError):
+    code = 429
+    detail_fields = ("limit", "current", "requested")
+
+    def __init__(self, message: str, *, limit: int, current: int, requested: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.current = current
+        self.requested = requested
+
+
+class RemoteHandlerError(ResourceRouterError):
+    code = 500
+    detail_fields = ("remote_type", "remote_message")
+
+    def __init__(self, message: str, *, remote_type: str, remote_message: str) -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+
+
+class OwnerUnavailableError(ResourceRouterError):
+    code = 503
+    detail_fields = ("resource_id", "instance_id")
+
+    def __init__(self, message: str, *, resource_id: str | None, instance_id: str) -> None:
+        super().__init__(message)
+        self.resource_id = resource_id
+        self.instance_id = instance_id
+
+
+class ServiceUnavailableError(ResourceRouterError):
+    code = 503
+    detail_fields = ("service_name",)
+
+    def __init__(self, message: str, *, service_name: str) -> None:
+        super().__init__(message)
+        self.service_name = service_name
+
+
+class RedisUnavailableError(ResourceRouterError):
+    """Redis could not be reached (after retries, for idempotent operations)."""
+
+    code = 503
+    detail_fields = ("operation",)
+
+    def __init__(self, message: str, *, operation: str) -> None:
+        super().__init__(message)
+        self.operation = operation
+
+
+class RouteTimeoutError(ResourceRouterError):
+    code = 504
+    detail_fields = ("timeout",)
+
+    def __init__(self, message: str, *, timeout: float) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+_BY_NAME: dict[str, type[ResourceRouterError]] = {
+    cls.__name__: cls
+    for cls in (
+        ResourceRouterError,
+        InvalidRequestError,
+        ResourceReleaseError,
+        ResourceNotFoundError,
+        MethodNotFoundError,
+        ResourceConflictError,
+        InstanceNotAliveError,
+        ResourceLimitExceededError,
+        RemoteHandlerError,
+        OwnerUnavailableError,
+        ServiceUnavailableError,
+        RedisUnavailableError,
+        RouteTimeoutError,
+    )
+}
+
+
+def error_from_dict(data: dict[str, Any]) -> ResourceRouterError:
+    """Rebuild an error from its ``to_dict()`` form (wire replies, gateway bodies).
+
+    Unknown types come back as a plain ``ResourceRouterError`` that keeps the sender's message; details
+    that do not fit the class are ignored rather than trusted.
+    """
+    cls = _BY_NAME.get(str(data.get("type", "")), ResourceRouterError)
+    message = str(data.get("message", ""))
+    if cls is ResourceRouterError:
+        return ResourceRouterError(message)
+    kwargs = {name: data.get(name) for name in cls.detail_fields}
+    try:
+        return cls(message, **kwargs)
+    except (TypeError, ValueError):
+        return ResourceRouterError(message)

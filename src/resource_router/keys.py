@@ -1,0 +1,242 @@
+"""Every Redis key and channel name, and the rules for the ids that go into them.
+
+Nothing else in the package formats a key string. Layout for namespace ``rr``, service ``S``,
+instance ``I`` and resource ``R`` (README, "Keys", has the same table with example commands):
+
+==============================  ======  ==========================  ==========================================
+key                             type    TTL                         holds
+==============================  ======  ==========================  ==========================================
+``rr:{S}:owner:R``              string  the owner's lease           owner instance id, plain text
+``rr:{S}:grant:R``              string  none (cleaned on loss)      ``v1|owner|fencing_token|registered_ms|meta``
+``rr:{S}:instance:I``           hash    the instance's lease        ttl_ms, registered_at_ms, heartbeat_at_ms,
+                                                                    metadata (JSON)
+``rr:{S}:owned:I``              set     none (swept)                resource ids the instance owns
+``rr:{S}:lost:I``               set     none (drained by heartbeat) ids taken from the instance by force
+``rr:{S}:instances``            zset    none                        instance id -> lease expiry (ms, Redis time)
+``rr:{S}:fence``                string  none                        last fencing token issued in the service
+``rr:{S}:audit``                stream  MAXLEN ~ (bounded)          ownership events, one JSON field ``event``
+``rr:services``                 set     none                        service names that registered an instance
+==============================  ======  ==========================  ==========================================
+
+Pub/sub channels (not keys): ``rr:{S}:events`` (ownership events), ``rr:{S}:rpc:I`` (requests to an
+instance), ``rr:reply:C`` (replies to client process ``C``).
+
+Cluster: every key of a service carries the hash tag ``{S}``, so every script runs on one slot.
+Scripts that walk an instance's owned set (heartbeat, deregister, sweep) and a forced takeover (which
+updates the previous owner's sets) build those member keys inside Lua from prefixes made here; the
+keys they build carry the same hash tag, so they stay on the script's slot.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import cached_property
+
+from .errors import InvalidRequestError
+
+__all__ = [
+    "MAX_INSTANCE_ID_LENGTH",
+    "MAX_RESOURCE_ID_LENGTH",
+    "MAX_SERVICE_NAME_LENGTH",
+    "KeySpace",
+    "ServiceKeys",
+    "validate_instance_id",
+    "validate_namespace",
+    "validate_resource_id",
+    "validate_resource_ids",
+    "validate_service_name",
+]
+
+MAX_SERVICE_NAME_LENGTH = 128
+MAX_INSTANCE_ID_LENGTH = 128
+MAX_RESOURCE_ID_LENGTH = 256
+MAX_NAMESPACE_LENGTH = 64
+
+# Names that appear inside the hash tag or as a path segment: a conservative, shell-safe alphabet.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Instance ids often look like host:pid or pod names; '|' is the grant separator and stays out.
+_INSTANCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
+# Characters refused in resource ids besides control/format/separator code points:
+# braces would change the hash tag, '*?[]' are glob characters that make SCAN/KEYS patterns ambiguous.
+_RESOURCE_FORBIDDEN = frozenset('{}*?[]\\"')
+
+
+def _check_type_and_length(value: object, field: str, max_length: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"{field} must be a string, got {type(value).__name__}", field=field)
+    if not value:
+        raise InvalidRequestError(f"{field} must not be empty", field=field)
+    if len(value) > max_length:
+        raise InvalidRequestError(f"{field} is {len(value)} characters long; the limit is {max_length}", field=field)
+    return value
+
+
+def validate_namespace(value: object) -> str:
+    value = _check_type_and_length(value, "namespace", MAX_NAMESPACE_LENGTH)
+    if not _NAME_RE.fullmatch(value):
+        raise InvalidRequestError(
+            f"namespace {value!r} may only use letters, digits, '.', '_' and '-' (first: letter or digit)",
+            field="namespace",
+        )
+    return value
+
+
+def validate_service_name(value: object) -> str:
+    value = _check_type_and_length(value, "service_name", MAX_SERVICE_NAME_LENGTH)
+    if not _NAME_RE.fullmatch(value):
+        raise InvalidRequestError(
+            f"service_name {value!r} may only use letters, digits, '.', '_' and '-' (first: letter or digit)",
+            field="service_name",
+        )
+    return value
+
+
+def validate_instance_id(value: object) -> str:
+    value = _check_type_and_length(value, "instance_id", MAX_INSTANCE_ID_LENGTH)
+    if not _INSTANCE_RE.fullmatch(value):
+        raise InvalidRequestError(
+            f"instance_id {value!r} may only use letters, digits, '.', '_', ':', '@' and '-' (first: letter or digit)",
+            field="instance_id",
+        )
+    return value
+
+
+def validate_resource_id(value: object, field: str = "resource_id") -> str:
+    """Resource ids are opaque Unicode text: any printable character except whitespace, braces,
+    glob characters, quote and backslash. They are stored and returned exactly as given."""
+    value = _check_type_and_length(value, field, MAX_RESOURCE_ID_LENGTH)
+    if value.isascii() and value.isprintable() and " " not in value:
+        bad = next((ch for ch in value if ch in _RESOURCE_FORBIDDEN), None)
+    else:
+        bad = next(
+            (ch for ch in value if ch in _RESOURCE_FORBIDDEN or unicodedata.category(ch)[0] in ("C", "Z")),
+            None,
+        )
+    if bad is not None:
+        raise InvalidRequestError(
+            f"{field} {value!r} contains {bad!r} (U+{ord(bad):04X}); whitespace, control characters, "
+            "braces, glob characters, quotes and backslashes are not allowed",
+            field=field,
+        )
+    return value
+
+
+def validate_resource_ids(values: object, *, max_count: int | None = None) -> list[str]:
+    """Validate a batch of ids and drop duplicates, keeping first-seen order."""
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, list | tuple | set | frozenset):
+        raise InvalidRequestError(
+            f"resource_ids must be a list of strings, got {type(values).__name__}", field="resource_ids"
+        )
+    if not values:
+        raise InvalidRequestError("resource_ids must not be empty", field="resource_ids")
+    out = list(dict.fromkeys(validate_resource_id(v, "resource_ids") for v in values))
+    if max_count is not None and len(out) > max_count:
+        raise InvalidRequestError(
+            f"{len(out)} resource ids in one call; the limit is {max_count}", field="resource_ids"
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """Key and channel builder for one namespace."""
+
+    namespace: str = "rr"
+
+    def __post_init__(self) -> None:
+        validate_namespace(self.namespace)
+
+    def service(self, service_name: str) -> ServiceKeys:
+        return ServiceKeys(self.namespace, validate_service_name(service_name))
+
+    @property
+    def services(self) -> str:
+        return f"{self.namespace}:services"
+
+    def reply_channel(self, client_id: str) -> str:
+        return f"{self.namespace}:reply:{client_id}"
+
+
+@dataclass(frozen=True)
+class ServiceKeys:
+    """Keys and channels of one service. All keys share the hash tag ``{service_name}``."""
+
+    namespace: str
+    service_name: str
+
+    @cached_property
+    def prefix(self) -> str:
+        return f"{self.namespace}:{{{self.service_name}}}:"
+
+    # -- per resource -------------------------------------------------------------------------
+    @cached_property
+    def owner_prefix(self) -> str:
+        return self.prefix + "owner:"
+
+    @cached_property
+    def grant_prefix(self) -> str:
+        return self.prefix + "grant:"
+
+    def owner(self, resource_id: str) -> str:
+        return self.owner_prefix + resource_id
+
+    def grant(self, resource_id: str) -> str:
+        return self.grant_prefix + resource_id
+
+    def owner_keys(self, resource_ids: list[str]) -> list[str]:
+        p = self.owner_prefix
+        return [p + r for r in resource_ids]
+
+    def grant_keys(self, resource_ids: list[str]) -> list[str]:
+        p = self.grant_prefix
+        return [p + r for r in resource_ids]
+
+    # -- per instance -------------------------------------------------------------------------
+    @cached_property
+    def instance_prefix(self) -> str:
+        return self.prefix + "instance:"
+
+    @cached_property
+    def owned_prefix(self) -> str:
+        return self.prefix + "owned:"
+
+    @cached_property
+    def lost_prefix(self) -> str:
+        return self.prefix + "lost:"
+
+    def instance(self, instance_id: str) -> str:
+        return self.instance_prefix + instance_id
+
+    def owned(self, instance_id: str) -> str:
+        return self.owned_prefix + instance_id
+
+    def lost(self, instance_id: str) -> str:
+        return self.lost_prefix + instance_id
+
+    def rpc_channel(self, instance_id: str) -> str:
+        return f"{self.prefix}rpc:{instance_id}"
+
+    # -- per service --------------------------------------------------------------------------
+    @cached_property
+    def instances(self) -> str:
+        return self.prefix + "instances"
+
+    @cached_property
+    def fence(self) -> str:
+        return self.prefix + "fence"
+
+    @cached_property
+    def audit(self) -> str:
+        return self.prefix + "audit"
+
+    @cached_property
+    def events_channel(self) -> str:
+        return self.prefix + "events"
+
+    def owner_pattern(self) -> str:
+        """A SCAN MATCH pattern for every owner key of the service (ids cannot contain glob chars)."""
+        return self.owner_prefix + "*"

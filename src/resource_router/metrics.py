@@ -1,0 +1,97 @@
+"""Prometheus metric objects with the contract's names, one set per collector registry.
+
+The library never starts an HTTP server; the gateway serves ``/metrics`` and applications that embed
+the library expose the default registry however they already do.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics", "get_metrics"]
+
+_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    registrations: Counter
+    releases: Counter
+    conflicts: Counter
+    lookups: Counter
+    resources_per_instance: Gauge
+    operation_duration: Histogram
+    route_calls: Counter
+    dropped_messages: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> Metrics:
+        return cls(
+            registrations=Counter(
+                "ipc_resource_registrations_total",
+                "Resource ids registered (status: granted, conflict, rejected)",
+                ["service_name", "status"],
+                registry=registry,
+            ),
+            releases=Counter(
+                "ipc_resource_releases_total",
+                "Resource ids released (reason: released, deregistered, instance_offline, lost)",
+                ["service_name", "reason"],
+                registry=registry,
+            ),
+            conflicts=Counter(
+                "ipc_resource_conflicts_total",
+                "Resource ids refused because another instance owns them",
+                ["service_name"],
+                registry=registry,
+            ),
+            lookups=Counter(
+                "ipc_resource_lookups_total",
+                "Owner lookups (found: true/false)",
+                ["service_name", "found"],
+                registry=registry,
+            ),
+            resources_per_instance=Gauge(
+                "ipc_resources_per_instance",
+                "Resources owned by an instance, as last seen by this process",
+                ["service_name", "instance_id"],
+                registry=registry,
+            ),
+            operation_duration=Histogram(
+                "ipc_resource_operation_duration_seconds",
+                "Duration of registry and routing operations",
+                ["operation"],
+                buckets=_BUCKETS,
+                registry=registry,
+            ),
+            route_calls=Counter(
+                "ipc_route_calls_total",
+                "Routed calls by outcome (ok or an error type)",
+                ["service_name", "outcome"],
+                registry=registry,
+            ),
+            dropped_messages=Counter(
+                "ipc_dropped_messages_total",
+                "Pub/sub messages dropped (malformed, foreign, expired, oversized)",
+                ["reason"],
+                registry=registry,
+            ),
+        )
+
+
+_LOCK = threading.Lock()
+_BY_REGISTRY: dict[int, tuple[CollectorRegistry, Metrics]] = {}
+
+
+def get_metrics(registry: CollectorRegistry | None = None) -> Metrics:
+    """The metric set bound to ``registry`` (the default Prometheus registry when None)."""
+    reg = REGISTRY if registry is None else registry
+    with _LOCK:
+        entry = _BY_REGISTRY.get(id(reg))
+        if entry is None or entry[0] is not reg:
+            entry = (reg, Metrics.create(reg))
+            _BY_REGISTRY[id(reg)] = entry
+        return entry[1]

@@ -1,0 +1,152 @@
+"""Pydantic v2 models: what the library returns, and the bodies of the HTTP gateway."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import ResourceConflictError
+
+__all__ = [
+    "ErrorResponse",
+    "HeartbeatResult",
+    "InstanceInfo",
+    "OwnershipEvent",
+    "Resource",
+    "ResourceRegistrationRequest",
+    "ResourceRegistrationResponse",
+    "ResourceReleaseRequest",
+    "ResourceReleaseResponse",
+    "RouteRequest",
+    "RouteResponse",
+    "ms_to_datetime",
+]
+
+
+def ms_to_datetime(ms: int | float) -> datetime:
+    return datetime.fromtimestamp(ms / 1000.0, tz=UTC)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Resource(_Model):
+    resource_id: str
+    owner_instance_id: str
+    service_name: str
+    registered_at: datetime
+    fencing_token: int
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class InstanceInfo(_Model):
+    service_name: str
+    instance_id: str
+    registered_at: datetime
+    last_heartbeat: datetime
+    ttl: float = Field(description="lease length in seconds")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    resource_count: int | None = Field(default=None, description="owned resources, when known")
+
+
+class HeartbeatResult(_Model):
+    service_name: str
+    instance_id: str
+    lost: list[str] = Field(default_factory=list, description="ids lost since the previous heartbeat")
+    owned_count: int = Field(description="resources the instance still owns after this heartbeat")
+    ttl: float
+
+
+class ResourceRegistrationRequest(_Model):
+    service_name: str
+    instance_id: str
+    resource_ids: list[str]
+    force: bool = False
+    metadata: dict[str, Any] | None = None
+    trace_id: str | None = None
+
+
+class ResourceRegistrationResponse(_Model):
+    success: bool
+    registered: list[str] = Field(default_factory=list)
+    conflicts: dict[str, str] = Field(default_factory=dict, description="resource id -> current owner")
+    fencing_tokens: dict[str, int] = Field(default_factory=dict, description="token of each registered id")
+    taken_over: dict[str, str] = Field(
+        default_factory=dict, description="with force: resource id -> the previous owner"
+    )
+    trace_id: str | None = None
+
+    def raise_for_conflicts(self) -> ResourceRegistrationResponse:
+        if self.conflicts:
+            owners = ", ".join(f"{r} (owned by {o})" for r, o in list(self.conflicts.items())[:10])
+            more = "" if len(self.conflicts) <= 10 else f" and {len(self.conflicts) - 10} more"
+            raise ResourceConflictError(
+                f"{len(self.conflicts)} resource(s) already owned: {owners}{more}",
+                conflicts=self.conflicts,
+            )
+        return self
+
+
+class ResourceReleaseRequest(_Model):
+    service_name: str
+    instance_id: str
+    resource_ids: list[str]
+    trace_id: str | None = None
+
+
+class ResourceReleaseResponse(_Model):
+    success: bool
+    released: list[str] = Field(default_factory=list)
+    not_found: list[str] = Field(default_factory=list, description="ids that had no owner (already free)")
+    trace_id: str | None = None
+
+
+class RouteRequest(_Model):
+    service_name: str
+    method: str
+    params: Any = None
+    resource_id: str | None = None
+    timeout: float | None = Field(default=None, gt=0, le=3600)
+    trace_id: str | None = None
+    fencing_token: int | None = Field(default=None, description="set by the owner for the handler")
+    deadline: float | None = Field(default=None, description="absolute UNIX time after which to drop")
+    request_id: str | None = None
+
+
+class RouteResponse(_Model):
+    result: Any = None
+    trace_id: str | None = None
+    instance_id: str | None = None
+
+
+class ErrorResponse(_Model):
+    error: dict[str, Any]
+    trace_id: str | None = None
+
+
+class OwnershipEvent(_Model):
+    """An entry of the audit stream / a message on the events channel."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: (
+        Literal[
+            "ResourceRegistered",
+            "ResourceReleased",
+            "InstanceRegistered",
+            "InstanceDeregistered",
+            "InstanceOffline",
+        ]
+        | str
+    )
+    service_name: str
+    instance_id: str
+    resource_ids: list[str] = Field(default_factory=list)
+    reason: str | None = None
+    trace_id: str | None = None
+    ts_ms: int = 0
+    previous_owners: dict[str, str] = Field(default_factory=dict)
+    stream_id: str | None = None

@@ -1,0 +1,47 @@
+"""Settings are explicit objects built in one place; nothing is read from the environment at import."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["DEFAULT_REDIS_URL", "ENV_REDIS_URL", "RouterSettings"]
+
+ENV_REDIS_URL = "RESOURCE_ROUTER_REDIS_URL"
+DEFAULT_REDIS_URL = "memory://"
+
+
+class RouterSettings(BaseModel):
+    """Knobs shared by the registry, instances, clients, the CLI and the gateway."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    redis_url: str = DEFAULT_REDIS_URL
+    namespace: str = "rr"
+    max_resources_per_instance: int = Field(default=1000, ge=1, le=1_000_000)
+    #: Largest number of ids one register/release call accepts (one Lua step each).
+    max_batch_size: int = Field(default=10_000, ge=1, le=100_000)
+    #: Approximate bound of the audit stream (XADD MAXLEN ~).
+    audit_maxlen: int = Field(default=10_000, ge=100)
+    #: Attempts for idempotent operations when Redis is unreachable (1 = no retry).
+    retry_attempts: int = Field(default=3, ge=1, le=20)
+    retry_initial_backoff: float = Field(default=0.05, gt=0)
+    retry_max_backoff: float = Field(default=1.0, gt=0)
+    #: Largest msgpack request or reply payload in bytes.
+    max_payload_bytes: int = Field(default=1_048_576, ge=1024)
+    #: Largest resource metadata (JSON bytes) stored per grant.
+    max_metadata_bytes: int = Field(default=4096, ge=64)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> RouterSettings:
+        """Read ``RESOURCE_ROUTER_*`` variables; explicit keyword overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            raw = env.get(f"RESOURCE_ROUTER_{name.upper()}")
+            if raw is not None and raw != "":
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)

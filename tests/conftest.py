@@ -1,0 +1,127 @@
+"""Shared fixtures.
+
+Redis for the suite, in order of preference:
+1. ``REDIS_URL`` when set (the suite only uses fresh namespaces and never flushes a shared server);
+2. a private ``redis-server`` started on a free port for the session;
+3. a testcontainers Redis when Docker works.
+Otherwise the session fails with a message saying how to get Redis.
+
+``backend_url`` runs a test on the real Redis and, as a second backend, on ``memory://``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aredis
+from prometheus_client import CollectorRegistry
+
+from resource_router import ResourceRegistry
+from tests.redis_server import RedisServer, redis_server_binary
+
+#: Scale of slow/chaos/soak tests. CI runs the bounded default (1); RR_SLOW_SCALE=10 for a long run.
+SLOW_SCALE = max(1, int(os.environ.get("RR_SLOW_SCALE", "1")))
+
+
+def _testcontainers_url() -> tuple[str, object] | None:
+    try:
+        from testcontainers.redis import RedisContainer
+
+        container = RedisContainer("redis:7")
+        container.start()
+    except Exception:
+        return None
+    host = container.get_container_host_ip()
+    port = container.get_exposed_port(6379)
+    return f"redis://{host}:{port}/0", container
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    env = os.environ.get("REDIS_URL")
+    if env:
+        yield env
+        return
+    if redis_server_binary():
+        server = RedisServer().start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+        return
+    found = _testcontainers_url()
+    if found is None:
+        pytest.fail(
+            "No Redis for the test suite: install redis-server (apt install redis-server), "
+            "set REDIS_URL=redis://host:port/0, or make Docker available for testcontainers.",
+            pytrace=False,
+        )
+    url, container = found
+    try:
+        yield url
+    finally:
+        container.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A fresh namespace per test: tests never see each other's keys."""
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(params=["redis", "memory"])
+def backend_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    if request.param == "redis":
+        return redis_url
+    return f"memory://{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def metrics_registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+async def registry(
+    backend_url: str, namespace: str, metrics_registry: CollectorRegistry
+) -> AsyncIterator[ResourceRegistry]:
+    reg = ResourceRegistry(backend_url, namespace=namespace, metrics_registry=metrics_registry)
+    try:
+        yield reg
+    finally:
+        await reg.aclose()
+
+
+@pytest.fixture
+async def real_registry(
+    redis_url: str, namespace: str, metrics_registry: CollectorRegistry
+) -> AsyncIterator[ResourceRegistry]:
+    reg = ResourceRegistry(redis_url, namespace=namespace, metrics_registry=metrics_registry)
+    try:
+        yield reg
+    finally:
+        await reg.aclose()
+
+
+@pytest.fixture
+async def raw_redis(redis_url: str) -> AsyncIterator[aredis.Redis]:
+    client = aredis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which the test may kill, pause and restart."""
+    if not redis_server_binary():
+        pytest.skip("chaos tests need redis-server on PATH")
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
