@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -127,10 +128,12 @@ def validate_resource_ids(values: object, *, max_count: int | None = None) -> li
     """Validate a batch of ids and drop duplicates, keeping first-seen order."""
     if isinstance(values, str):
         values = [values]
-    if not isinstance(values, list | tuple | set | frozenset):
+    elif isinstance(values, bytes | bytearray | dict) or not isinstance(values, Iterable):
         raise InvalidRequestError(
             f"resource_ids must be a list of strings, got {type(values).__name__}", field="resource_ids"
         )
+    else:
+        values = list(values)
     if not values:
         raise InvalidRequestError("resource_ids must not be empty", field="resource_ids")
     out = list(dict.fromkeys(validate_resource_id(v, "resource_ids") for v in values))

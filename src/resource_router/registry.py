@@ -368,10 +368,7 @@ class ResourceRegistry:
         """Claim ``resource_ids`` for the instance in one atomic step (see the module docstring)."""
         sk = self.keys.service(service_name)
         validate_instance_id(instance_id)
-        ids = validate_resource_ids(
-            resource_ids if isinstance(resource_ids, str) else list(resource_ids),
-            max_count=self.settings.max_batch_size,
-        )
+        ids = validate_resource_ids(resource_ids, max_count=self.settings.max_batch_size)
         meta = self._metadata_json(metadata)
         trace_id = trace_id or new_trace_id()
         keys = [sk.instance(instance_id), sk.owned(instance_id), sk.fence, sk.audit]
@@ -456,10 +453,7 @@ class ResourceRegistry:
         """Owner-checked, all-or-nothing release. Ids without an owner are reported in ``not_found``."""
         sk = self.keys.service(service_name)
         validate_instance_id(instance_id)
-        ids = validate_resource_ids(
-            resource_ids if isinstance(resource_ids, str) else list(resource_ids),
-            max_count=self.settings.max_batch_size,
-        )
+        ids = validate_resource_ids(resource_ids, max_count=self.settings.max_batch_size)
         trace_id = trace_id or new_trace_id()
         keys = [sk.owned(instance_id), sk.audit, *sk.owner_keys(ids), *sk.grant_keys(ids)]
         args = [*self._common(sk, instance_id, trace_id), "released", *ids]

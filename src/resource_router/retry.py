@@ -3,6 +3,7 @@ turns redis-py exceptions into library errors (``raise ... from exc``)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -37,8 +38,9 @@ async def call_redis(
 ) -> T:
     """Run ``fn``; retry transient failures with exponential backoff when ``idempotent``.
 
-    Transient failures surface as ``RedisUnavailableError``; any other Redis error as a plain
-    ``ResourceRouterError``. Library errors raised by ``fn`` pass through untouched.
+    Each attempt is bounded by ``settings.operation_timeout``. Transient failures surface as
+    ``RedisUnavailableError``; any other Redis error as a plain ``ResourceRouterError``.
+    Library errors raised by ``fn`` pass through untouched.
     """
     attempts = settings.retry_attempts if idempotent else 1
     try:
@@ -50,7 +52,13 @@ async def call_redis(
             reraise=True,
         ):
             with attempt:
-                return await fn()
+                try:
+                    async with asyncio.timeout(settings.operation_timeout):
+                        return await fn()
+                except TimeoutError as exc:
+                    raise RedisTimeoutError(
+                        f"no reply within {settings.operation_timeout}s (operation_timeout)"
+                    ) from exc
     except ResourceRouterError:
         raise
     except TRANSIENT_ERRORS as exc:

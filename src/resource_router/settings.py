@@ -25,6 +25,9 @@ class RouterSettings(BaseModel):
     max_batch_size: int = Field(default=10_000, ge=1, le=100_000)
     #: Approximate bound of the audit stream (XADD MAXLEN ~).
     audit_maxlen: int = Field(default=10_000, ge=100)
+    #: Bound on one Redis operation (each attempt) of the registry; a paused or partitioned Redis
+    #: surfaces as RedisUnavailableError instead of hanging.
+    operation_timeout: float = Field(default=5.0, gt=0, le=300)
     #: Attempts for idempotent operations when Redis is unreachable (1 = no retry).
     retry_attempts: int = Field(default=3, ge=1, le=20)
     retry_initial_backoff: float = Field(default=0.05, gt=0)
