@@ -12,14 +12,16 @@
 -- KEYS[3] fence             rr:{S}:fence
 -- KEYS[4] audit stream      rr:{S}:audit
 -- KEYS[4+i]     owner key of resource i   rr:{S}:owner:R     (i = 1..n)
--- KEYS[4+n+i]   grant key of resource i   rr:{S}:grant:R
 -- ARGV[1..5] see _prelude.lua
 -- ARGV[6] force ('1'/'0')   ARGV[7] limit   ARGV[8] metadata (JSON text)
--- ARGV[9] owned-set key prefix   ARGV[10] lost-set key prefix   ARGV[10+i] resource id i
+-- ARGV[9] owned-set key prefix   ARGV[10] lost-set key prefix
+-- ARGV[11] owner key prefix      ARGV[12] grant key prefix
+-- The resource id is the owner key without its prefix; its grant key is grant prefix .. id.
 -- Returns {1} instance not alive; {2, current, requested, limit}; or
 --         {0, per_id, previous_owners_flat, owned_count} where per_id[i] is the fencing token
 --         (integer) of a granted id or the owner (string) of a conflicting one.
--- Touches: the keys above; with force, the owned and lost sets of previous owners (same hash tag).
+-- Touches: the keys above, the grant keys of the ids and, with force, the owned and lost sets of
+-- previous owners (all built from prefixes; same hash tag).
 
 local iid = ARGV[2]
 local pttl = redis.call('PTTL', KEYS[1])
@@ -28,7 +30,14 @@ if pttl <= 0 then
 end
 local force = ARGV[6] == '1'
 local limit = tonumber(ARGV[7])
-local n = #ARGV - 10
+local n = #KEYS - 4
+local id_from = #ARGV[11] + 1
+local ids, grant_keys = {}, {}
+for i = 1, n do
+  local rid = string.sub(KEYS[4 + i], id_from)
+  ids[i] = rid
+  grant_keys[i] = ARGV[12] .. rid
+end
 
 local per_id, grant_idx, mine_idx, prev = {}, {}, {}, {}
 for i = 1, n do
@@ -69,15 +78,15 @@ local added, prev_flat, prev_map, have_prev = {}, {}, {}, false
 local function grant(i)
   local token = take_token()
   redis.call('SET', KEYS[4 + i], iid, 'PX', pttl)
-  redis.call('SET', KEYS[4 + n + i], iid .. '|' .. rr_fmt(token) .. grant_tail)
+  redis.call('SET', grant_keys[i], iid .. '|' .. rr_fmt(token) .. grant_tail)
   per_id[i] = token
-  added[#added + 1] = ARGV[10 + i]
+  added[#added + 1] = ids[i]
 end
 
 for _, i in ipairs(grant_idx) do
   local p = prev[i]
   if p then
-    local rid = ARGV[10 + i]
+    local rid = ids[i]
     redis.call('SREM', ARGV[9] .. p, rid)
     redis.call('SADD', ARGV[10] .. p, rid)
     prev_flat[#prev_flat + 1] = rid
@@ -90,7 +99,7 @@ end
 
 for _, i in ipairs(mine_idx) do
   redis.call('PEXPIRE', KEYS[4 + i], pttl)
-  local g = redis.call('GET', KEYS[4 + n + i])
+  local g = redis.call('GET', grant_keys[i])
   local token = g and tonumber(string.match(g, '^[^|]*|(%d+)|'))
   if token then
     per_id[i] = token

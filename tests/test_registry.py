@@ -305,3 +305,17 @@ async def test_trace_id_is_generated_when_absent(registry: ResourceRegistry) -> 
     assert resp.trace_id is not None and len(resp.trace_id) == 32
     events = await registry.events.recent(SVC, count=1)
     assert events[0].trace_id == resp.trace_id
+
+
+async def test_lookup_models_equal_validated_models(registry: ResourceRegistry) -> None:
+    from resource_router import Resource
+
+    await registry.register_instance(SVC, "i1", ttl=5)
+    await registry.register_resource(SVC, "i1", ["a"], metadata={"k": [1, 2]})
+    fast = await registry.get_resource_owner(SVC, "a")
+    slow = Resource.model_validate(fast.model_dump())
+    assert fast == slow
+    assert fast.model_dump_json() == slow.model_dump_json()
+    assert fast.model_fields_set == slow.model_fields_set
+    fast.metadata["k"] = []  # an ordinary, mutable model
+    assert fast.metadata == {"k": []}

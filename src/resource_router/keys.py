@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -62,6 +62,7 @@ _INSTANCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
 # Characters refused in resource ids besides control/format/separator code points:
 # braces would change the hash tag, '*?[]' are glob characters that make SCAN/KEYS patterns ambiguous.
 _RESOURCE_FORBIDDEN = frozenset('{}*?[]\\"')
+_PLAIN_FORBIDDEN_RE = re.compile(r'[ {}*?\[\]\\"]')
 
 
 def _check_type_and_length(value: object, field: str, max_length: int) -> str:
@@ -136,12 +137,24 @@ def validate_resource_ids(values: object, *, max_count: int | None = None) -> li
         values = list(values)
     if not values:
         raise InvalidRequestError("resource_ids must not be empty", field="resource_ids")
-    out = list(dict.fromkeys(validate_resource_id(v, "resource_ids") for v in values))
+    if not _batch_is_plain(values):
+        for v in values:
+            validate_resource_id(v, "resource_ids")
+    out = list(dict.fromkeys(values))
     if max_count is not None and len(out) > max_count:
         raise InvalidRequestError(
             f"{len(out)} resource ids in one call; the limit is {max_count}", field="resource_ids"
         )
     return out
+
+
+def _batch_is_plain(values: Sequence[object]) -> bool:
+    """Fast path for the usual batch: short printable ASCII strings without forbidden characters.
+    False means "check each id" (which then names the offending one), not "invalid"."""
+    if not all(type(v) is str and 0 < len(v) <= MAX_RESOURCE_ID_LENGTH for v in values):
+        return False
+    joined = "".join(values)  # type: ignore[arg-type]
+    return joined.isascii() and joined.isprintable() and _PLAIN_FORBIDDEN_RE.search(joined) is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +175,11 @@ class KeySpace:
 
     def reply_channel(self, client_id: str) -> str:
         return f"{self.namespace}:reply:{client_id}"
+
+    @property
+    def reply_prefix(self) -> str:
+        """The start of every reply channel of the namespace (instances answer nowhere else)."""
+        return f"{self.namespace}:reply:"
 
 
 @dataclass(frozen=True)

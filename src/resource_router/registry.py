@@ -51,6 +51,7 @@ from .models import (
     ResourceRegistrationResponse,
     ResourceReleaseResponse,
     ms_to_datetime,
+    trusted,
 )
 from .retry import call_redis
 from .scripts import (
@@ -126,6 +127,8 @@ class ResourceRegistry:
         self._scripts = ScriptSet.for_client(self.redis)
         self.metrics = get_metrics(metrics_registry)
         self.events = EventLog(self.redis, self.keys)
+        self._service_keys: dict[str, ServiceKeys] = {}
+        self._lookup_metrics: dict[str, tuple[Any, Any, Any]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -151,6 +154,29 @@ class ResourceRegistry:
         return bool(await call_redis("ping", self.redis.ping, settings=self.settings, idempotent=True))
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _sk(self, service_name: str) -> ServiceKeys:
+        """Validated keys of a service, cached (the hot paths build keys for few services)."""
+        sk = self._service_keys.get(service_name)
+        if sk is None:
+            sk = self.keys.service(service_name)
+            if len(self._service_keys) < 4096:
+                self._service_keys[service_name] = sk
+        return sk
+
+    def _lookup_children(self, service_name: str) -> tuple[Any, Any, Any]:
+        """(found, not found, duration) metric children for lookups of a service, cached."""
+        children = self._lookup_metrics.get(service_name)
+        if children is None:
+            m = self.metrics
+            children = (
+                m.lookups.labels(service_name, "true"),
+                m.lookups.labels(service_name, "false"),
+                m.operation_duration.labels("lookup"),
+            )
+            if len(self._lookup_metrics) < 4096:
+                self._lookup_metrics[service_name] = children
+        return children
+
     def _common(self, sk: ServiceKeys, instance_id: str, trace_id: str | None) -> list[Any]:
         return [sk.service_name, instance_id, sk.events_channel, self.settings.audit_maxlen, trace_id or ""]
 
@@ -198,7 +224,7 @@ class ResourceRegistry:
     ) -> InstanceInfo:
         """Create or refresh an instance's lease. A previous incarnation whose lease ran out is cleaned
         up first (its resources are released with reason ``instance_offline``)."""
-        sk = self.keys.service(service_name)
+        sk = self._sk(service_name)
         validate_instance_id(instance_id)
         ttl_ms = _ttl_ms(ttl)
         meta = self._metadata_json(metadata)
@@ -244,7 +270,7 @@ class ResourceRegistry:
         it owned is gone). Not retried: a lost reply would lose the report of lost ids, so callers
         that see ``RedisUnavailableError`` should re-read their resources (``list_resources``).
         """
-        sk = self.keys.service(service_name)
+        sk = self._sk(service_name)
         validate_instance_id(instance_id)
         ttl_ms = _ttl_ms(ttl)
         keys = self._instance_keys(sk, instance_id)
@@ -279,7 +305,7 @@ class ResourceRegistry:
 
     async def deregister_instance(self, service_name: str, instance_id: str) -> list[str]:
         """Release everything the instance owns and remove it. Returns the released ids."""
-        sk = self.keys.service(service_name)
+        sk = self._sk(service_name)
         validate_instance_id(instance_id)
         keys = self._instance_keys(sk, instance_id)
         args = [*self._common(sk, instance_id, None), sk.owner_prefix, sk.grant_prefix]
@@ -306,7 +332,7 @@ class ResourceRegistry:
 
     async def list_instances(self, service_name: str) -> list[InstanceInfo]:
         """Live instances of the service (lease not expired), sorted by id."""
-        sk = self.keys.service(service_name)
+        sk = self._sk(service_name)
 
         async def run() -> list[Any]:
             ids = [_s(m) for m in await self.redis.zrange(sk.instances, 0, -1)]
@@ -344,7 +370,7 @@ class ResourceRegistry:
 
     async def live_instance_ids(self, service_name: str) -> list[str]:
         """Ids whose lease, as recorded at their last heartbeat, has not run out (one ZRANGEBYSCORE)."""
-        sk = self.keys.service(service_name)
+        sk = self._sk(service_name)
         now_ms = int(time.time() * 1000)
         raw = await call_redis(
             "live_instances",
@@ -366,14 +392,12 @@ class ResourceRegistry:
         trace_id: str | None = None,
     ) -> ResourceRegistrationResponse:
         """Claim ``resource_ids`` for the instance in one atomic step (see the module docstring)."""
-        sk = self.keys.service(service_name)
+        sk = self._sk(service_name)
         validate_instance_id(instance_id)
         ids = validate_resource_ids(resource_ids, max_count=self.settings.max_batch_size)
         meta = self._metadata_json(metadata)
         trace_id = trace_id or new_trace_id()
-        keys = [sk.instance(instance_id), sk.owned(instance_id), sk.fence, sk.audit]
-        keys += sk.owner_keys(ids)
-        keys += sk.grant_keys(ids)
+        keys = [sk.instance(instance_id), sk.owned(instance_id), sk.fence, sk.audit, *sk.owner_keys(ids)]
         args = [
             *self._common(sk, instance_id, trace_id),
             "1" if force else "0",
@@ -381,7 +405,8 @@ class ResourceRegistry:
             meta,
             sk.owned_prefix,
             sk.lost_prefix,
-            *ids,
+            sk.owner_prefix,
+            sk.grant_prefix,
         ]
         with timed(self.metrics, "register_resource") as info:
             reply = await call_redis(
@@ -451,12 +476,12 @@ class ResourceRegistry:
         trace_id: str | None = None,
     ) -> ResourceReleaseResponse:
         """Owner-checked, all-or-nothing release. Ids without an owner are reported in ``not_found``."""
-        sk = self.keys.service(service_name)
+        sk = self._sk(service_name)
         validate_instance_id(instance_id)
         ids = validate_resource_ids(resource_ids, max_count=self.settings.max_batch_size)
         trace_id = trace_id or new_trace_id()
-        keys = [sk.owned(instance_id), sk.audit, *sk.owner_keys(ids), *sk.grant_keys(ids)]
-        args = [*self._common(sk, instance_id, trace_id), "released", *ids]
+        keys = [sk.owned(instance_id), sk.audit, *sk.owner_keys(ids)]
+        args = [*self._common(sk, instance_id, trace_id), "released", sk.owner_prefix, sk.grant_prefix]
         with timed(self.metrics, "release_resource") as info:
             reply = await call_redis(
                 "release_resource",
@@ -486,31 +511,39 @@ class ResourceRegistry:
 
     async def get_resource_owner(self, service_name: str, resource_id: str) -> Resource:
         """The resource's owner, fencing token and metadata in one round trip (MGET of two keys)."""
-        sk = self.keys.service(service_name)
+        sk = self._sk(service_name)
         validate_resource_id(resource_id)
-        okey, gkey = sk.owner(resource_id), sk.grant(resource_id)
-        with timed(self.metrics, "lookup"):
-            owner, grant = await call_redis(
-                "lookup", lambda: self.redis.mget(okey, gkey), settings=self.settings, idempotent=True
-            )
+        found, missing, duration = self._lookup_children(service_name)
+        okey, gkey = sk.owner_prefix + resource_id, sk.grant_prefix + resource_id
+        start = time.perf_counter()
+        owner, grant = await call_redis(
+            "lookup", lambda: self.redis.mget(okey, gkey), settings=self.settings, idempotent=True
+        )
+        duration.observe(time.perf_counter() - start)
         if owner is None:
-            self.metrics.lookups.labels(service_name, "false").inc()
+            missing.inc()
             raise ResourceNotFoundError(
                 f"resource {resource_id!r} of service {service_name!r} has no owner",
                 resource_id=resource_id,
                 service_name=service_name,
             )
-        self.metrics.lookups.labels(service_name, "true").inc()
+        found.inc()
         return self._resource(service_name, resource_id, _s(owner), grant)
 
     async def get_owner_id(self, service_name: str, resource_id: str) -> str | None:
         """Just the owner's instance id (one GET), or None. The routing hot path uses this."""
-        sk = self.keys.service(service_name)
+        sk = self._sk(service_name)
         validate_resource_id(resource_id)
-        okey = sk.owner(resource_id)
+        found, missing, duration = self._lookup_children(service_name)
+        okey = sk.owner_prefix + resource_id
+        start = time.perf_counter()
         owner = await call_redis("lookup", lambda: self.redis.get(okey), settings=self.settings, idempotent=True)
-        self.metrics.lookups.labels(service_name, "false" if owner is None else "true").inc()
-        return None if owner is None else _s(owner)
+        duration.observe(time.perf_counter() - start)
+        if owner is None:
+            missing.inc()
+            return None
+        found.inc()
+        return _s(owner)
 
     def _resource(self, service_name: str, resource_id: str, owner: str, grant: Any) -> Resource:
         parsed = _parse_grant(grant)
@@ -519,18 +552,21 @@ class ResourceRegistry:
             # owner, which is authoritative, and say the rest is unknown.
             logger.warning("resource.grant_missing", service_name=service_name, resource_id=resource_id)
             parsed = (owner, 0, 0, {})
-        return Resource.model_construct(
-            resource_id=resource_id,
-            owner_instance_id=owner,
-            service_name=service_name,
-            registered_at=ms_to_datetime(parsed[2]),
-            fencing_token=parsed[1],
-            metadata=parsed[3],
+        return trusted(
+            Resource,
+            {
+                "resource_id": resource_id,
+                "owner_instance_id": owner,
+                "service_name": service_name,
+                "registered_at": ms_to_datetime(parsed[2]),
+                "fencing_token": parsed[1],
+                "metadata": parsed[3],
+            },
         )
 
     async def list_resources(self, service_name: str, instance_id: str | None = None) -> list[Resource]:
         """Resources currently owned in the service, or by one instance; sorted by resource id."""
-        sk = self.keys.service(service_name)
+        sk = self._sk(service_name)
         if instance_id is not None:
             validate_instance_id(instance_id)
 
@@ -577,7 +613,7 @@ class ResourceRegistry:
     async def sweep_instance(self, service_name: str, instance_id: str) -> list[str] | None:
         """Clean up one instance if its lease ran out. Returns the released ids, or None when there
         was nothing to do (alive, or another sweeper got there first)."""
-        sk = self.keys.service(service_name)
+        sk = self._sk(service_name)
         validate_instance_id(instance_id)
         keys = self._instance_keys(sk, instance_id)
         args = [*self._common(sk, instance_id, None), sk.owner_prefix, sk.grant_prefix]
@@ -606,7 +642,7 @@ class ResourceRegistry:
         """Clean up every instance of the service whose lease ran out. Safe to run concurrently in
         many processes: each dead instance is cleaned (and recorded in the audit stream) exactly once.
         Returns {instance_id: released ids} for the instances this call cleaned."""
-        sk = self.keys.service(service_name)
+        sk = self._sk(service_name)
         now_ms = int(time.time() * 1000)
         candidates = await call_redis(
             "sweep",
