@@ -86,7 +86,7 @@ def binary_client(client: aredis.Redis | aredis.RedisCluster) -> aredis.Redis | 
     kwargs = dict(pool.connection_kwargs)
     kwargs["decode_responses"] = False
     new_pool = type(pool)(connection_class=pool.connection_class, **kwargs)
-    return aredis.Redis(connection_pool=new_pool)
+    return aredis.Redis.from_pool(new_pool)  # closes its own pool on aclose()
 
 
 def describe(client: aredis.Redis | aredis.RedisCluster) -> str:
