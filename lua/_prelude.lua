@@ -25,6 +25,24 @@ local function rr_set_op(op, key, members)
   end
 end
 
+-- MGET keys[first..last] in chunks; the result is aligned with those positions (false = no key).
+local function rr_mget(keys, first, last)
+  local out = {}
+  for i = first, last, RR_CHUNK do
+    local vals = redis.call('MGET', unpack(keys, i, math.min(i + RR_CHUNK - 1, last)))
+    for j = 1, #vals do out[#out + 1] = vals[j] end
+  end
+  return out
+end
+
+-- Run a variadic command over a flat list in chunks: DEL keys..., MSET k v k v ...
+-- (RR_CHUNK is even, so MSET pairs are never split).
+local function rr_chunked(cmd, list)
+  for i = 1, #list, RR_CHUNK do
+    redis.call(cmd, unpack(list, i, math.min(i + RR_CHUNK - 1, #list)))
+  end
+end
+
 -- Append an ownership event to the audit stream and publish it on the events channel.
 -- ts_ms is Redis time. Empty lists encode as {} (cjson); readers treat that as an empty list.
 local function rr_emit(stream, event)
@@ -44,21 +62,22 @@ end
 local function rr_release_all(owned_key, lost_key, index_key, owner_prefix, grant_prefix)
   local iid = ARGV[2]
   local members = redis.call('SMEMBERS', owned_key)
-  local released = {}
+  local okeys = {}
+  for i = 1, #members do okeys[i] = owner_prefix .. members[i] end
+  local owners = rr_mget(okeys, 1, #okeys)
+  local released, dels = {}, {}
   for i = 1, #members do
-    local rid = members[i]
-    local okey = owner_prefix .. rid
-    local cur = redis.call('GET', okey)
+    local cur = owners[i]
     if cur == iid then
-      redis.call('DEL', okey, grant_prefix .. rid)
-      released[#released + 1] = rid
-    elseif not cur then
-      redis.call('DEL', grant_prefix .. rid)
-      released[#released + 1] = rid
+      dels[#dels + 1] = okeys[i]
+    end
+    if cur == iid or not cur then
+      dels[#dels + 1] = grant_prefix .. members[i]
+      released[#released + 1] = members[i]
     end
   end
+  rr_chunked('DEL', dels)
   redis.call('DEL', owned_key, lost_key)
   local was_indexed = redis.call('ZREM', index_key, iid)
   return released, was_indexed
 end
-

@@ -40,8 +40,9 @@ for i = 1, n do
 end
 
 local per_id, grant_idx, mine_idx, prev = {}, {}, {}, {}
+local owners = rr_mget(KEYS, 5, 4 + n)
 for i = 1, n do
-  local cur = redis.call('GET', KEYS[4 + i])
+  local cur = owners[i]
   if not cur then
     grant_idx[#grant_idx + 1] = i
   elseif cur == iid then
@@ -73,12 +74,13 @@ end
 
 local now_ms = rr_fmt(math.floor(rr_now_us() / 1000))
 local grant_tail = '|' .. now_ms .. '|' .. ARGV[8]
-local added, prev_flat, prev_map, have_prev = {}, {}, {}, false
+local added, grant_kv, prev_flat, prev_map, have_prev = {}, {}, {}, {}, false
 
 local function grant(i)
   local token = take_token()
   redis.call('SET', KEYS[4 + i], iid, 'PX', pttl)
-  redis.call('SET', grant_keys[i], iid .. '|' .. rr_fmt(token) .. grant_tail)
+  grant_kv[#grant_kv + 1] = grant_keys[i]
+  grant_kv[#grant_kv + 1] = iid .. '|' .. rr_fmt(token) .. grant_tail
   per_id[i] = token
   added[#added + 1] = ids[i]
 end
@@ -97,9 +99,12 @@ for _, i in ipairs(grant_idx) do
   grant(i)
 end
 
-for _, i in ipairs(mine_idx) do
+local mine_grant_keys = {}
+for j, i in ipairs(mine_idx) do mine_grant_keys[j] = grant_keys[i] end
+local mine_grants = rr_mget(mine_grant_keys, 1, #mine_grant_keys)
+for j, i in ipairs(mine_idx) do
   redis.call('PEXPIRE', KEYS[4 + i], pttl)
-  local g = redis.call('GET', grant_keys[i])
+  local g = mine_grants[j]
   local token = g and tonumber(string.match(g, '^[^|]*|(%d+)|'))
   if token then
     per_id[i] = token
@@ -110,6 +115,7 @@ end
 
 if next_token then
   redis.call('SET', KEYS[3], rr_fmt(next_token - 1))
+  rr_chunked('MSET', grant_kv)
 end
 if #added > 0 then
   rr_set_op('SADD', KEYS[2], added)

@@ -15,12 +15,10 @@
 local iid = ARGV[2]
 local n = #KEYS - 2
 local id_from = #ARGV[7] + 1
-local ids = {}
-local current, foreign = {}, {}
+local ids, current, foreign = {}, rr_mget(KEYS, 3, 2 + n), {}
 for i = 1, n do
   ids[i] = string.sub(KEYS[2 + i], id_from)
-  local cur = redis.call('GET', KEYS[2 + i])
-  current[i] = cur
+  local cur = current[i]
   if cur and cur ~= iid then
     foreign[#foreign + 1] = ids[i]
     foreign[#foreign + 1] = cur
@@ -30,23 +28,35 @@ if #foreign > 0 then
   return {3, foreign}
 end
 
-local flags, released = {}, {}
-local own_grant = iid .. '|'
+-- Free ids may still have a grant record of ours (an expired lease): drop it too.
+local free_idx, free_grant_keys = {}, {}
 for i = 1, n do
-  local rid = ids[i]
-  local gkey = ARGV[8] .. rid
+  if not current[i] then
+    free_idx[#free_idx + 1] = i
+    free_grant_keys[#free_grant_keys + 1] = ARGV[8] .. ids[i]
+  end
+end
+local free_grants = rr_mget(free_grant_keys, 1, #free_grant_keys)
+
+local flags, released, dels = {}, {}, {}
+for i = 1, n do
   if current[i] then
-    redis.call('DEL', KEYS[2 + i], gkey)
-    released[#released + 1] = rid
+    dels[#dels + 1] = KEYS[2 + i]
+    dels[#dels + 1] = ARGV[8] .. ids[i]
+    released[#released + 1] = ids[i]
     flags[i] = 1
   else
-    local g = redis.call('GET', gkey)
-    if g and string.sub(g, 1, #own_grant) == own_grant then
-      redis.call('DEL', gkey)
-    end
     flags[i] = 0
   end
 end
+local own_grant = iid .. '|'
+for j, i in ipairs(free_idx) do
+  local g = free_grants[j]
+  if g and string.sub(g, 1, #own_grant) == own_grant then
+    dels[#dels + 1] = free_grant_keys[j]
+  end
+end
+rr_chunked('DEL', dels)
 rr_set_op('SREM', KEYS[1], ids)
 if #released > 0 then
   rr_emit(KEYS[2], {type = 'ResourceReleased', reason = ARGV[6], resource_ids = released})

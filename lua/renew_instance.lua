@@ -24,21 +24,23 @@ redis.call('HSET', KEYS[1], 'heartbeat_at_ms', rr_fmt(now), 'ttl_ms', rr_fmt(ttl
 redis.call('ZADD', KEYS[2], now + ttl, iid)
 
 local members = redis.call('SMEMBERS', KEYS[3])
-local lost, expired = {}, {}
+local okeys = {}
+for i = 1, #members do okeys[i] = ARGV[7] .. members[i] end
+local owners = rr_mget(okeys, 1, #okeys)
+local lost, expired, dels = {}, {}, {}
 for i = 1, #members do
-  local rid = members[i]
-  local okey = ARGV[7] .. rid
-  local cur = redis.call('GET', okey)
+  local cur = owners[i]
   if cur == iid then
-    redis.call('PEXPIRE', okey, ttl)
+    redis.call('PEXPIRE', okeys[i], ttl)
   else
-    lost[#lost + 1] = rid
+    lost[#lost + 1] = members[i]
     if not cur then
-      redis.call('DEL', ARGV[8] .. rid)
-      expired[#expired + 1] = rid
+      dels[#dels + 1] = ARGV[8] .. members[i]
+      expired[#expired + 1] = members[i]
     end
   end
 end
+rr_chunked('DEL', dels)
 local owned_count = #members - #lost
 if #lost > 0 then
   rr_set_op('SREM', KEYS[3], lost)
