@@ -1,0 +1,314 @@
+"""Goal ratios, the Markdown table, the JSON file and the README of the latest full run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .harness import Row
+
+__all__ = ["Goal", "evaluate_goals", "markdown_goals", "markdown_table", "write_json", "write_readme"]
+
+
+@dataclass
+class Goal:
+    text: str
+    value: float | None  # the measured ratio or figure
+    limit: float
+    kind: str  # "max" (value <= limit) or "min" (value >= limit)
+    unit: str = "x"
+    detail: str = ""
+    missing: str | None = None
+
+    @property
+    def met(self) -> bool | None:
+        if self.value is None:
+            return None
+        return self.value <= self.limit if self.kind == "max" else self.value >= self.limit
+
+    def status(self) -> str:
+        if self.missing:
+            return f"not measured ({self.missing})"
+        return "met" if self.met else "NOT met"
+
+    def shown(self) -> str:
+        if self.value is None:
+            return "-"
+        if self.unit == "x":
+            return f"{self.value:.2f}x"
+        return f"{self.value:,.0f} {self.unit}"
+
+    def target(self) -> str:
+        op = "<=" if self.kind == "max" else ">="
+        return f"{op} {self.limit:g}x" if self.unit == "x" else f"{op} {self.limit:,.0f} {self.unit}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "goal": self.text,
+            "value": None if self.value is None else round(self.value, 3),
+            "target": self.target(),
+            "met": self.met,
+            "detail": self.detail,
+            **({"missing": self.missing} if self.missing else {}),
+        }
+
+
+def _get(rows: dict[str, Row], rid: str) -> Row | None:
+    row = rows.get(rid)
+    return row if row is not None and row.skipped is None else None
+
+
+def _why(rows: dict[str, Row], *ids: str) -> str:
+    for rid in ids:
+        row = rows.get(rid)
+        if row is None:
+            return f"{rid} not run"
+        if row.skipped:
+            return f"{rid} skipped: {row.skipped}"
+    return "missing"
+
+
+def _ratio(rows: dict[str, Row], text: str, num: str, den: str, limit: float, attr: str = "p50_us") -> Goal:
+    a, b = _get(rows, num), _get(rows, den)
+    va = getattr(a, attr) if a else None
+    vb = getattr(b, attr) if b else None
+    if va is None or vb is None or not vb:
+        return Goal(text, None, limit, "min" if attr == "conc64_ops_per_s" else "max", missing=_why(rows, num, den))
+    unit = "ops/s" if attr == "conc64_ops_per_s" else "us"
+    return Goal(
+        text,
+        va / vb,
+        limit,
+        "min" if attr == "conc64_ops_per_s" else "max",
+        detail=f"{num} {va:,.1f} {unit} / {den} {vb:,.1f} {unit}",
+    )
+
+
+def _absolute(rows: dict[str, Row], text: str, rid: str, attr: str, limit: float) -> Goal:
+    row = _get(rows, rid)
+    value = getattr(row, attr) if row else None
+    if value is None:
+        return Goal(text, None, limit, "max", unit="us", missing=_why(rows, rid))
+    return Goal(text, value, limit, "max", unit="us", detail=f"{rid} {attr}")
+
+
+def evaluate_goals(row_list: list[Row], scales: tuple[int, ...], scale_label: Any) -> tuple[list[Goal], list[Goal]]:
+    """(goals, informational ratios)."""
+    rows = {r.id: r for r in row_list}
+    goals = [
+        _ratio(rows, "lookup p50 <= 1.15x raw GET p50", "lookup", "raw_get", 1.15),
+        _ratio(rows, "register+release p50 <= 0.9x redis-py Lock p50", "register_release", "redispy_lock", 0.9),
+        _absolute(rows, "1000-id registration p50 <= 8 ms", "register_1000", "p50_us", 8000),
+        _ratio(rows, "1000-id registration p50 <= 0.35x pipeline p50", "register_1000", "pipeline_setnx_1000", 0.35),
+        _absolute(
+            rows, "lookup p99 during 1000-id registrations <= 2 ms", "lookup_during_register_1000", "p99_us", 2000
+        ),
+        _absolute(rows, "heartbeat of 1000 ids p50 <= 4 ms", "heartbeat_1000", "p50_us", 4000),
+        _ratio(rows, "routed call p50 <= 1.0x NATS request-reply p50", "routed_call", "nats_request_reply", 1.0),
+        _ratio(
+            rows,
+            "routed call 64-concurrent throughput >= 1.0x NATS",
+            "routed_call",
+            "nats_request_reply",
+            1.0,
+            attr="conc64_ops_per_s",
+        ),
+    ]
+    if len(scales) > 1:
+        lo, hi = scale_label(scales[0]), scale_label(scales[-1])
+        goals.append(
+            _ratio(rows, f"O(1): lookup p50 at {hi} <= 1.1x at {lo}", f"lookup_at_{hi}", f"lookup_at_{lo}", 1.1)
+        )
+    info = [
+        _ratio(rows, "lookup_owner_id p50 / raw GET p50 (<= 1.15x)", "lookup_owner_id", "raw_get", 1.15),
+        _ratio(rows, "lookup 64-conc throughput / raw GET (>= 1.0x)", "lookup", "raw_get", 1.0, "conc64_ops_per_s"),
+        _ratio(rows, "register+release vs aioredlock p50 (<= 1.0x)", "register_release", "aioredlock", 1.0),
+        _ratio(rows, "routed call p50 / naive pub/sub RPC p50 (<= 1.0x)", "routed_call", "raw_pubsub_rpc", 1.0),
+        _ratio(
+            rows,
+            "routed call 64-conc throughput / naive pub/sub RPC (>= 1.0x)",
+            "routed_call",
+            "raw_pubsub_rpc",
+            1.0,
+            attr="conc64_ops_per_s",
+        ),
+    ]
+    if len(scales) > 1:
+        lo, hi = scale_label(scales[0]), scale_label(scales[-1])
+        info.append(
+            _ratio(rows, f"registration p50 at {hi} / at {lo} (<= 1.1x)", f"register_at_{hi}", f"register_at_{lo}", 1.1)
+        )
+    info.append(
+        _ratio(
+            rows,
+            "routed call p50, no owner cache / NATS p50 (<= 1.0x)",
+            "routed_call_uncached",
+            "nats_request_reply",
+            1.0,
+        )
+    )
+    return goals, info
+
+
+def _fmt(v: float | None, digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}" if v < 1000 else f"{v:,.0f}"
+
+
+def _cpu(row: Row) -> str:
+    if row.seq is None or not row.seq.cpu_us:
+        return "-"
+    c = row.seq.cpu_us
+    parts = [f"{c.get('client', 0):.0f}", f"{c.get('redis', 0):.0f}", f"{c.get('redis_cmd', 0):.0f}"]
+    extra = [f"{c[k]:.0f}" for k in ("helper", "nats") if k in c]
+    return "/".join(parts + extra)
+
+
+def markdown_table(rows: list[Row]) -> str:
+    head = (
+        "| id | what | p50 us | p99 us | seq ops/s | 64-conc ops/s | 64-conc p99 us "
+        "| cpu us/op client/redis/cmd[/helper/nats] | note |\n"
+        "|---|---|---:|---:|---:|---:|---:|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        if r.group == "memory":
+            continue
+        if r.skipped:
+            lines.append(f"| `{r.id}` | {r.label} | - | - | - | - | - | - | skipped: {r.skipped} |")
+            continue
+        conc_p99 = _fmt(r.conc.p(99)) if r.conc else "-"
+        lines.append(
+            f"| `{r.id}` | {r.label} | {_fmt(r.p50_us)} | {_fmt(r.p99_us)} | {_fmt(r.ops_per_s, 0)} "
+            f"| {_fmt(r.conc64_ops_per_s, 0)} | {conc_p99} | {_cpu(r)} | {r.note} |"
+        )
+    mem = [r for r in rows if r.group == "memory" and not r.skipped]
+    out = head + "\n".join(lines) + "\n"
+    if mem:
+        out += (
+            "\n| id | resources | MEMORY USAGE bytes/resource (owner + grant + set member) "
+            "| used_memory delta bytes/resource | fill s |\n|---|---:|---:|---:|---:|\n"
+        )
+        for r in mem:
+            e = r.extras
+            out += (
+                f"| `{r.id}` | {e['resources']:,} | {e['memory_usage_bytes_per_resource']:.0f} "
+                f"({e['owner_key_bytes']:.0f} + {e['grant_key_bytes']:.0f} + {e['set_member_bytes']:.0f}) "
+                f"| {e['used_memory_bytes_per_resource']:.0f} | {e['fill_s']} |\n"
+            )
+    return out
+
+
+def markdown_goals(goals: list[Goal], info: list[Goal]) -> str:
+    out = "| goal | measured | target | status | detail |\n|---|---:|---|---|---|\n"
+    for g in goals:
+        out += f"| {g.text} | {g.shown()} | {g.target()} | {g.status()} | {g.detail} |\n"
+    if info:
+        out += "\nInformational ratios (not goals):\n\n| ratio | measured | reference | detail |\n|---|---:|---|---|\n"
+        for g in info:
+            out += f"| {g.text} | {g.shown() if not g.missing else g.status()} | {g.target()} | {g.detail} |\n"
+    return out
+
+
+def write_json(path: Path, meta: dict[str, Any], rows: list[Row], goals: list[Goal], info: list[Goal]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "meta": meta,
+        "rows": [r.to_json() for r in rows],
+        "goals": [g.to_json() for g in goals],
+        "info": [g.to_json() for g in info],
+    }
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+
+
+def write_readme(path: Path, meta: dict[str, Any], table: str, goals_md: str, plots: list[str]) -> None:
+    pk = meta.get("packages", {})
+    packages = ", ".join(f"{k}=={v}" for k, v in pk.items() if v)
+    plot_md = "\n".join(f"![{Path(p).stem}](results/{Path(p).name})" for p in plots)
+    text = f"""# Benchmarks
+
+resource-router measured side by side with the libraries it is compared against
+(`shared/anchors/`: redis-py GET, redis-py Lock, aioredlock, python-redis-lock, a redis-py pipeline,
+naive redis-py pub/sub request-reply, NATS request-reply), in one run against one Redis.
+
+```
+make bench-quick                     # python -m benchmarks.run --quick   (< 60 s, prints the table)
+make bench                           # python -m benchmarks.run --full    (rewrites this file)
+python -m benchmarks.run --smoke     # seconds; what tests/test_benchmarks.py runs
+python -m benchmarks.run --quick --only lookup,raw_get   # a subset (ids below; 'scale' for the scale rows)
+BENCH_JSON=out.json python -m benchmarks.run --quick     # also write the rows as JSON
+python -m benchmarks.registry_p50    # p50 of one registration, one lookup and a 1000-id registration
+```
+
+Profiling tools (where the time of an operation goes):
+
+```
+python -m benchmarks.profile_layers           # per-call overhead, layer by layer (raw GET -> library), interleaved
+python -m benchmarks.profile_ops lookup       # cProfile of the client side, by component; --profiler pyinstrument
+python -m benchmarks.profile_lua              # redis-server time per script call, and per part of a 1000-id batch
+```
+
+The runner starts its own `redis-server --save "" --appendonly no` on a free port (or uses
+`--redis-url`), and uses NATS at `nats://127.0.0.1:4222` (`--nats-url`; the NATS row is reported as
+skipped when it is unreachable). Outputs: the table (stdout), `$BENCH_JSON` when set, and in full mode
+`benchmarks/results/latest.json`, this README and the plots in `benchmarks/results/`.
+
+## Latest {meta.get("mode")} run
+
+* When: {meta.get("started_utc", "")}, wall {meta.get("wall_s")} s, commit `{meta.get("git_commit", "?")}`.
+* Machine: {meta.get("cpu_count")} CPUs ({meta.get("cpu_model", "?")}); load average at start
+  {meta.get("loadavg_start")}, at end {meta.get("loadavg_end")}.
+* Python {meta.get("python")}, redis-server {meta.get("redis_server")}, nats-server {meta.get("nats_server") or "-"},
+  hiredis parser: {meta.get("hiredis")}.
+* Packages: {packages}.
+
+{meta.get("load_warning", "")}
+
+### Goals
+
+{goals_md}
+### Results
+
+{table}
+cpu column: CPU microseconds per op in the sequential phase of this process (client), of
+redis-server (process CPU, including network I/O), the Redis command time reported by
+`INFO commandstats` (cmd), and of the helper process (the responder or instance) and nats-server.
+
+### Plots
+
+{plot_md}
+
+## Method
+
+* Sequential phase: one caller, `n` ops after a warm-up; p50/p99 latency and ops/s. Concurrent phase:
+  64 asyncio tasks (64 threads for the sync python-redis-lock) sharing one client; ops/s.
+  Sizes per mode: {meta.get("mode_params")}.
+* `raw_get`, `redispy_lock` and the pipeline use a plain `redis.asyncio.Redis.from_url(url)`;
+  library rows use a `ResourceRegistry` made from the URL (as users do) with a fresh
+  `CollectorRegistry`. structlog is configured to drop the library's info events (an application
+  would); Prometheus metrics stay on.
+* `register_release` registers one fresh id and releases it (two Lua calls); `redispy_lock`,
+  `aioredlock` (fixed TTL) and `python_redis_lock` acquire and release one fresh lock name.
+* `register_1000` registers 1000 fresh ids in one call for an instance with a limit of 10^6;
+  `pipeline_setnx_1000` sends 1000 `SET NX PX` in one pipeline. `lookup_during_register_1000` runs a
+  lookup probe (`get_resource_owner`, back to back) in another process while this one runs
+  `register_1000` back to back; its p50/p99 are those of the probe's lookups in that window
+  (the baseline window before it is in the JSON as `baseline_p99_us`).
+* `heartbeat_1000`: `heartbeat` of an instance owning 1000 ids (the concurrent phase spreads over 64
+  such instances).
+* Request-reply: every responder runs in its own process (`benchmarks/responder.py`): a
+  `ServiceInstance` with an `echo` handler, a naive `listen()` loop, or a nats-py subscription;
+  ~100-byte msgpack bodies as in the anchors.
+* Scale: each size has its own Redis database filled (bench-only Lua filler) with owner key, grant
+  key and owned-set member per resource in the library's key format, 1000 resources per instance;
+  lookups of random stored ids and registrations of one fresh id are interleaved across sizes in
+  rounds. Memory per resource: `MEMORY USAGE` of owner key + grant key + the owned set's size / its
+  member count (resource ids `res-NNNNNNN`, instance ids `fill-N`), and `INFO memory` `used_memory`
+  delta / count (this one includes the expires entry of the owner key and dict overhead).
+* Noise: the machine has {meta.get("cpu_count")} cores shared by the client, redis-server, the helper processes and
+  nats-server; expect +-25% between runs. Compare ratios measured in the same run, not figures across runs.
+"""
+    path.write_text(text)

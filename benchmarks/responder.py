@@ -1,0 +1,116 @@
+"""The serving side of the request-reply benchmarks, run in its own process so that every variant
+(the library, naive redis-py pub/sub, NATS) has its responder on the other side of a process boundary.
+
+``python -m benchmarks.responder MODE --redis-url URL --nats-url URL`` prints ``ready`` once it
+serves and stops when stdin closes. MODE: ``instance`` (a ``ServiceInstance`` owning ``res-1`` with
+an ``echo`` handler), ``pubsub`` (one ``listen()`` loop replying on the request's reply channel),
+``nats`` (a nats-py subscription replying with ``msg.respond``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import msgpack
+
+from .common import configure_logging
+
+SERVICE = "bench-rpc"
+INSTANCE = "inst-rpc"
+RESOURCE = "res-1"
+PUBSUB_CHANNEL = "bench:rpc:inst-rpc"
+NATS_SUBJECT = "bench.rpc.inst-rpc"
+
+
+def reply_body(request_id: Any, pad: bytes) -> bytes:
+    return msgpack.packb({"id": request_id, "ok": True, "owner": INSTANCE, "b": pad})
+
+
+async def _wait_stdin_closed() -> None:
+    await asyncio.to_thread(sys.stdin.read)
+
+
+async def serve_instance(args: argparse.Namespace) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from resource_router import RouteRequest, ServiceInstance
+
+    inst = ServiceInstance(
+        args.redis_url, SERVICE, INSTANCE, ttl=30.0, namespace=args.namespace, metrics_registry=CollectorRegistry()
+    )
+
+    async def echo(request: RouteRequest) -> Any:
+        return request.params
+
+    inst.handler("echo")(echo)
+    async with inst:
+        await inst.register_resource([RESOURCE])
+        print("ready", flush=True)
+        await _wait_stdin_closed()
+
+
+async def serve_pubsub(args: argparse.Namespace) -> None:
+    import redis.asyncio as aredis
+
+    r = aredis.Redis.from_url(args.redis_url)
+    ps = r.pubsub(ignore_subscribe_messages=True)
+    await ps.subscribe(PUBSUB_CHANNEL)
+    background: set[asyncio.Task[Any]] = set()
+
+    async def handle(req: dict[str, Any]) -> None:
+        await r.publish(req["r"], reply_body(req["id"], req["b"]))
+
+    async def loop() -> None:
+        async for m in ps.listen():
+            if m["type"] != "message":
+                continue
+            t = asyncio.ensure_future(handle(msgpack.unpackb(m["data"])))
+            background.add(t)
+            t.add_done_callback(background.discard)
+
+    task = asyncio.ensure_future(loop())
+    print("ready", flush=True)
+    await _wait_stdin_closed()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await ps.aclose()
+    await r.aclose()
+
+
+async def serve_nats(args: argparse.Namespace) -> None:
+    import nats
+
+    nc = await nats.connect(args.nats_url, allow_reconnect=False, connect_timeout=2)
+
+    async def handler(msg: Any) -> None:
+        req = msgpack.unpackb(msg.data)
+        await msg.respond(reply_body(req["id"], req["b"]))
+
+    await nc.subscribe(NATS_SUBJECT, cb=handler)
+    await nc.flush()
+    print("ready", flush=True)
+    await _wait_stdin_closed()
+    await nc.drain()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("mode", choices=["instance", "pubsub", "nats"])
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    ap.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    ap.add_argument("--namespace", default="bench")
+    args = ap.parse_args()
+    configure_logging()
+    serve = {"instance": serve_instance, "pubsub": serve_pubsub, "nats": serve_nats}[args.mode]
+    try:
+        asyncio.run(serve(args))
+    except Exception as exc:
+        print(f"error {type(exc).__name__}: {exc}", flush=True)
+        raise
+
+
+if __name__ == "__main__":
+    main()
