@@ -7,8 +7,8 @@ apply. The library only emits events; the CLI and gateway configure structlog.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +23,8 @@ logger = structlog.get_logger("resource_router")
 
 
 def new_trace_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as 32 hex characters (the W3C trace-id size)."""
+    return os.urandom(16).hex()
 
 
 def id_fields(resource_ids: Sequence[str]) -> dict[str, Any]:
