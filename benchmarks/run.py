@@ -167,13 +167,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", default="", help=f"comma-separated ids: {', '.join(ROW_IDS)}")
     ap.add_argument("--redis-url", help="use this (scratch!) Redis instead of starting one; dbs 0-3 are flushed")
     ap.add_argument("--nats-url", default="nats://127.0.0.1:4222")
-    ap.add_argument("--results-dir", type=Path, default=HERE / "results", help="where plots (and latest.json) go")
+    ap.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help="where plots (and latest.json) go; default benchmarks/results/ for --full, "
+        "benchmarks/results/<mode>/ (not tracked) otherwise",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write rows as JSON here (default: $BENCH_JSON)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--no-readme", action="store_true", help="full mode: do not rewrite benchmarks/README.md")
     ap.add_argument("--readme", type=Path, default=None, help="also write the README text here (any mode)")
     ns = ap.parse_args(argv)
     ns.mode = ns.mode or "quick"
+    if ns.results_dir is None:
+        ns.results_dir = HERE / "results" if ns.mode == "full" else HERE / "results" / ns.mode
     return ns
 
 

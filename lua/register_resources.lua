@@ -20,8 +20,8 @@
 -- Returns {1} instance not alive; {2, current, requested, limit}; or
 --         {0, per_id, previous_owners_flat, owned_count} where per_id[i] is the fencing token
 --         (integer) of a granted id or the owner (string) of a conflicting one.
--- Touches: the keys above, the grant keys of the ids and, with force, the owned and lost sets of
--- previous owners (all built from prefixes; same hash tag).
+-- Touches: the keys above, the grant keys of the ids, the caller's lost set and, with force, the
+-- owned and lost sets of previous owners (all built from prefixes; same hash tag).
 
 local iid = ARGV[2]
 local pttl = redis.call('PTTL', KEYS[1])
@@ -119,6 +119,11 @@ if next_token then
 end
 if #added > 0 then
   rr_set_op('SADD', KEYS[2], added)
+  -- Ids the caller takes back after losing them are no longer lost.
+  local own_lost = ARGV[10] .. iid
+  if redis.call('EXISTS', own_lost) == 1 then
+    rr_set_op('SREM', own_lost, added)
+  end
   local event = {type = 'ResourceRegistered', reason = 'registered', resource_ids = added}
   if have_prev then
     event.reason = 'forced'

@@ -131,8 +131,8 @@ async def test_sweeper_survives_redis_errors_and_rejects_bad_interval(private_re
             await asyncio.sleep(0.05)
         await sweeper.stop()
         assert sweeper.swept_instances == 1
+        private_redis.kill()
         with pytest.raises(RedisUnavailableError):
-            private_redis.kill()
             await reg.sweep_all()
 
 

@@ -119,6 +119,17 @@ async def test_force_takes_over_and_previous_owner_learns_at_heartbeat(registry:
     assert [r.resource_id for r in await registry.list_resources(SVC, "new")] == ["a"]
 
 
+async def test_taking_back_a_lost_id_is_not_reported_lost(registry: ResourceRegistry) -> None:
+    await registry.register_instance(SVC, "A", ttl=10)
+    await registry.register_instance(SVC, "B", ttl=10)
+    await registry.register_resource(SVC, "A", ["x", "y"])
+    await registry.register_resource(SVC, "B", ["x", "y"], force=True)
+    await registry.register_resource(SVC, "A", ["x"], force=True)  # A owns x again, not y
+    assert (await registry.heartbeat(SVC, "A", ttl=10)).lost == ["y"]
+    assert (await registry.heartbeat(SVC, "B", ttl=10)).lost == ["x"]
+    assert [r.resource_id for r in await registry.list_resources(SVC, "A")] == ["x"]
+
+
 async def test_register_requires_a_live_instance(registry: ResourceRegistry) -> None:
     with pytest.raises(InstanceNotAliveError) as err:
         await registry.register_resource(SVC, "ghost", ["a"])

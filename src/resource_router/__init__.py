@@ -6,6 +6,7 @@ heartbeats); requests travel over Redis pub/sub to the owner's own channel.
 
 from __future__ import annotations
 
+from .client import ServiceClient
 from .connection import connect
 from .errors import (
     InstanceNotAliveError,
@@ -23,6 +24,7 @@ from .errors import (
     ServiceUnavailableError,
 )
 from .events import EventLog
+from .instance import ServiceInstance
 from .models import (
     ErrorResponse,
     HeartbeatResult,
@@ -69,6 +71,8 @@ __all__ = [
     "RouteResponse",
     "RouteTimeoutError",
     "RouterSettings",
+    "ServiceClient",
+    "ServiceInstance",
     "ServiceUnavailableError",
     "Sweeper",
     "__version__",

@@ -25,6 +25,7 @@ class Metrics:
     resources_per_instance: Gauge
     operation_duration: Histogram
     route_calls: Counter
+    route_requests: Counter
     dropped_messages: Counter
 
     @classmethod
@@ -70,6 +71,12 @@ class Metrics:
             route_calls=Counter(
                 "ipc_route_calls_total",
                 "Routed calls by outcome (ok or an error type)",
+                ["service_name", "outcome"],
+                registry=registry,
+            ),
+            route_requests=Counter(
+                "ipc_route_requests_total",
+                "Requests received by instances, by outcome (ok, error, not_owner, method_not_found, invalid)",
                 ["service_name", "outcome"],
                 registry=registry,
             ),

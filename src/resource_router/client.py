@@ -1,0 +1,479 @@
+"""The caller's side: resolve a resource's owner and call it over pub/sub.
+
+``ServiceClient.call`` does one owner lookup (``GET`` of the owner key, skipped while a short-lived
+cache entry is fresh) and one ``PUBLISH`` to the owner's channel, then waits for the reply on the
+client's single reply channel ``{ns}:reply:{client_id}``; one reader fans replies out to per-request
+futures keyed by request id.
+
+Failure handling:
+
+* nobody listening on the owner's channel (``PUBLISH`` returns 0): re-resolve the owner once; if it
+  is the same (or the new one does not listen either) raise ``OwnerUnavailableError`` at once;
+* a "not owner" reply: re-resolve and retry once; a second refusal raises ``OwnerUnavailableError``;
+* no owner: ``ResourceNotFoundError``; no reply before the timeout: ``RouteTimeoutError``;
+* errors raised by the remote side come back as the library's exceptions (``error_from_dict``).
+
+The owner cache (``owner_cache_ttl`` seconds, 0 disables it) never makes a request run on a
+non-owner: instances refuse what they do not own, and any refusal or silent channel drops the entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from .connection import RedisLike
+from .errors import (
+    InvalidRequestError,
+    OwnerUnavailableError,
+    ResourceNotFoundError,
+    ResourceRouterError,
+    RouteTimeoutError,
+    ServiceUnavailableError,
+    error_from_dict,
+)
+from .instance import default_instance_id
+from .keys import ServiceKeys, validate_instance_id, validate_resource_id
+from .models import Resource, RouteRequest, RouteResponse
+from .protocol import STATUS_NOT_OWNER, STATUS_OK, ProtocolError, Reply, decode_reply, encode_request
+from .pubsub import PubSubHub
+from .registry import ResourceRegistry
+from .settings import RouterSettings
+from .tracing import logger, new_trace_id
+
+__all__ = ["ServiceClient"]
+
+DEFAULT_TIMEOUT = 5.0
+MAX_TIMEOUT = 3600.0
+_CACHE_LIMIT = 100_000
+
+
+class _Call:
+    """What one call needs on its way (kept on one object to avoid passing ten arguments around)."""
+
+    __slots__ = ("deadline", "method", "params", "resource_id", "seconds", "sk", "trace_id", "wall_deadline")
+
+    def __init__(
+        self,
+        sk: ServiceKeys,
+        method: str,
+        params: Any,
+        resource_id: str | None,
+        trace_id: str,
+        seconds: float,
+        deadline: float,
+    ) -> None:
+        self.sk = sk
+        self.method = method
+        self.params = params
+        self.resource_id = resource_id
+        self.trace_id = trace_id
+        self.seconds = seconds  # the caller's timeout
+        self.deadline = deadline  # loop time
+        self.wall_deadline = time.time() + seconds  # sent to the instance (UNIX time)
+
+    def timeout_error(self) -> RouteTimeoutError:
+        return RouteTimeoutError(f"no reply within {self.seconds:g}s", timeout=self.seconds)
+
+
+def _expire(fut: asyncio.Future[Reply], call: _Call) -> None:
+    if not fut.done():
+        fut.set_exception(call.timeout_error())
+
+
+class ServiceClient:
+    """Call resources' owners (and services) over Redis pub/sub; see the module docstring.
+
+    Usable as ``async with``; ``call`` also starts the client on first use. ``aclose()`` releases the
+    reply subscription (and the Redis client, when it was made here from a URL).
+    """
+
+    def __init__(
+        self,
+        redis: RedisLike,
+        *,
+        namespace: str = "rr",
+        client_id: str | None = None,
+        owner_cache_ttl: float = 1.0,
+        default_timeout: float = DEFAULT_TIMEOUT,
+        settings: RouterSettings | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+    ) -> None:
+        if isinstance(owner_cache_ttl, bool) or not isinstance(owner_cache_ttl, int | float) or owner_cache_ttl < 0:
+            raise InvalidRequestError("owner_cache_ttl must be a number of seconds >= 0", field="owner_cache_ttl")
+        self._registry = ResourceRegistry(
+            redis, namespace=namespace, settings=settings, metrics_registry=metrics_registry
+        )
+        self.client_id = validate_instance_id(client_id if client_id is not None else default_instance_id())
+        self.reply_channel = self._registry.keys.reply_channel(self.client_id)
+        self.owner_cache_ttl = float(owner_cache_ttl)
+        self.default_timeout = self._check_timeout(default_timeout)
+        self._max_payload = self._registry.settings.max_payload_bytes
+        self._metrics = self._registry.metrics
+        self._hub: PubSubHub | None = None
+        self._start_lock = asyncio.Lock()
+        self._closed = False
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._counter = itertools.count(1)
+        self._id_prefix = self.client_id + ":"
+        self._service_keys: dict[str, ServiceKeys] = {}
+        self._owner_cache: dict[tuple[str, str], tuple[str, float]] = {}
+        self._live_cache: dict[str, tuple[list[str], float]] = {}
+        self._round_robin: dict[str, int] = {}
+        self._outcomes: dict[tuple[str, str], Any] = {}
+        self._duration = self._metrics.operation_duration.labels("route")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def registry(self) -> ResourceRegistry:
+        return self._registry
+
+    @property
+    def namespace(self) -> str:
+        return self._registry.namespace
+
+    async def __aenter__(self) -> ServiceClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Subscribe the reply channel (done by ``call`` on first use when not started)."""
+        if self._hub is not None:
+            return
+        if self._closed:
+            raise RuntimeError("the ServiceClient is closed")
+        async with self._start_lock:
+            if self._hub is None:
+                hub = await PubSubHub.acquire(self._registry.redis)
+                try:
+                    await hub.subscribe(self.reply_channel, self._on_reply)
+                except BaseException:
+                    await hub.release()
+                    raise
+                self._hub = hub
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        hub, self._hub = self._hub, None
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ResourceRouterError("the ServiceClient was closed while waiting for a reply"))
+        if hub is not None:
+            with contextlib.suppress(ResourceRouterError):
+                await hub.unsubscribe(self.reply_channel, self._on_reply)
+            await hub.release()
+        await self._registry.aclose()
+
+    # -- public API ------------------------------------------------------------------------------
+    async def call(
+        self,
+        service_name: str,
+        method: str,
+        params: Any = None,
+        *,
+        resource_id: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - the contract's name; also the message deadline
+        trace_id: str | None = None,
+    ) -> Any:
+        """Run ``method`` on the owner of ``resource_id`` (or on any live instance when None) and
+        return its result. Raises the contract's errors (404, 500, 503, 504, ...)."""
+        reply = await self._route(service_name, method, params, resource_id, timeout, trace_id)
+        return reply.result
+
+    async def route(self, request: RouteRequest) -> RouteResponse:
+        """``call`` for a ``RouteRequest`` (the HTTP gateway's entry point)."""
+        timeout = request.timeout if request.timeout is not None else self.default_timeout
+        if request.deadline is not None:
+            timeout = min(timeout, request.deadline - time.time())
+            if timeout <= 0:
+                raise RouteTimeoutError("the request's deadline has already passed", timeout=0.0)
+        reply = await self._route(
+            request.service_name, request.method, request.params, request.resource_id, timeout, request.trace_id
+        )
+        return RouteResponse.model_construct(
+            result=reply.result, trace_id=reply.trace_id, instance_id=reply.instance_id
+        )
+
+    async def get_resource_owner(self, service_name: str, resource_id: str) -> Resource:
+        """The owner record (instance id, fencing token, metadata); ``ResourceNotFoundError`` if none."""
+        return await self._registry.get_resource_owner(service_name, resource_id)
+
+    def forget_owner(self, service_name: str, resource_id: str | None = None) -> None:
+        """Drop cached owners (of one resource, or of the whole service)."""
+        if resource_id is not None:
+            self._owner_cache.pop((service_name, resource_id), None)
+            return
+        for key in [k for k in self._owner_cache if k[0] == service_name]:
+            del self._owner_cache[key]
+        self._live_cache.pop(service_name, None)
+
+    # -- the call path ---------------------------------------------------------------------------
+    @staticmethod
+    def _check_timeout(timeout: object) -> float:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT:
+            raise InvalidRequestError(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT:g}]", field="timeout")
+        return float(timeout)
+
+    def _keys_for(self, service_name: str) -> ServiceKeys:
+        sk = self._service_keys.get(service_name)
+        if sk is None:
+            sk = self._registry.keys.service(service_name)  # validates the name
+            if len(self._service_keys) > 10_000:
+                self._service_keys.clear()
+            self._service_keys[service_name] = sk
+        return sk
+
+    def _outcome(self, service_name: str, outcome: str) -> Any:
+        child = self._outcomes.get((service_name, outcome))
+        if child is None:
+            child = self._metrics.route_calls.labels(service_name, outcome)
+            self._outcomes[(service_name, outcome)] = child
+        return child
+
+    async def _route(
+        self,
+        service_name: str,
+        method: str,
+        params: Any,
+        resource_id: str | None,
+        seconds: float,
+        trace_id: str | None,
+    ) -> Reply:
+        sk = self._keys_for(service_name)
+        if not isinstance(method, str) or not method:
+            raise InvalidRequestError("method must be a non-empty string", field="method")
+        if resource_id is not None:
+            validate_resource_id(resource_id)
+        seconds = self._check_timeout(seconds)
+        if trace_id is None:
+            trace_id = new_trace_id()
+        if self._hub is None:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        call = _Call(sk, method, params, resource_id, trace_id, seconds, started + seconds)
+        try:
+            if resource_id is None:
+                reply = await self._call_service(call)
+            else:
+                reply = await self._call_resource(call, resource_id)
+            if reply.status != STATUS_OK:
+                raise error_from_dict(reply.error or {})
+        except ResourceRouterError as exc:
+            elapsed = loop.time() - started
+            self._outcome(service_name, exc.type).inc()
+            log = logger.warning if exc.code >= 500 else logger.info
+            log(
+                "route.call",
+                service_name=service_name,
+                method=method,
+                resource_id=resource_id,
+                instance_id=getattr(exc, "instance_id", None),
+                trace_id=trace_id,
+                outcome=exc.type,
+                code=exc.code,
+                error=exc.message,
+                duration_ms=round(elapsed * 1000.0, 3),
+                operation="route",
+            )
+            raise
+        elapsed = loop.time() - started
+        self._duration.observe(elapsed)
+        self._outcome(service_name, "ok").inc()
+        logger.debug(
+            "route.call",
+            service_name=service_name,
+            method=method,
+            resource_id=resource_id,
+            instance_id=reply.instance_id,
+            trace_id=trace_id,
+            fencing_token=reply.fencing_token,
+            outcome="ok",
+            duration_ms=round(elapsed * 1000.0, 3),
+            operation="route",
+        )
+        return reply
+
+    async def _lookup(self, call: _Call, resource_id: str) -> str:
+        """The owner's instance id from Redis (one GET); ``ResourceNotFoundError`` when none."""
+        sk = call.sk
+        hub = self._hub
+        try:
+            if hub is None:
+                raise ResourceRouterError("not started")
+            raw = await hub.get(sk.owner(resource_id))
+            owner = None if raw is None else raw.decode("utf-8", "surrogateescape")
+            self._metrics.lookups.labels(sk.service_name, "false" if owner is None else "true").inc()
+        except ResourceRouterError:
+            # The pipelined connection failed; the registry retries (the lookup is idempotent).
+            owner = await self._registry.get_owner_id(sk.service_name, resource_id)
+        if owner is None:
+            raise ResourceNotFoundError(
+                f"resource {resource_id!r} of service {sk.service_name!r} has no owner",
+                resource_id=resource_id,
+                service_name=sk.service_name,
+            )
+        return owner
+
+    async def _send(self, call: _Call, instance_id: str) -> Reply | None:
+        """Publish one request to ``instance_id``; its reply, or None when nobody listens."""
+        hub = self._hub
+        if hub is None:
+            raise RuntimeError("the ServiceClient is closed")
+        loop = asyncio.get_running_loop()
+        remaining = call.deadline - loop.time()
+        if remaining <= 0:
+            raise call.timeout_error()
+        request_id = f"{self._id_prefix}{next(self._counter)}"
+        data = encode_request(
+            request_id=request_id,
+            reply_channel=self.reply_channel,
+            service_name=call.sk.service_name,
+            method=call.method,
+            resource_id=call.resource_id,
+            params=call.params,
+            deadline=call.wall_deadline,
+            trace_id=call.trace_id,
+            max_bytes=self._max_payload,
+        )
+        fut: asyncio.Future[Reply] = loop.create_future()
+        self._pending[request_id] = fut
+        try:
+            if not await hub.publish(call.sk.rpc_channel(instance_id), data):
+                return None
+            handle = loop.call_at(call.deadline, _expire, fut, call)
+            try:
+                return await fut
+            finally:
+                handle.cancel()
+        finally:
+            del self._pending[request_id]
+
+    def _cached_owner(self, key: tuple[str, str]) -> str | None:
+        entry = self._owner_cache.get(key)
+        if entry is None:
+            return None
+        if entry[1] < time.monotonic():
+            del self._owner_cache[key]
+            return None
+        return entry[0]
+
+    def _cache_owner(self, key: tuple[str, str], owner: str) -> None:
+        if self.owner_cache_ttl <= 0:
+            return
+        if len(self._owner_cache) >= _CACHE_LIMIT:
+            self._owner_cache.clear()
+        self._owner_cache[key] = (owner, time.monotonic() + self.owner_cache_ttl)
+
+    async def _call_resource(self, call: _Call, resource_id: str) -> Reply:
+        key = (call.sk.service_name, resource_id)
+        owner = self._cached_owner(key)
+        fresh = owner is None
+        if owner is None:
+            owner = await self._lookup(call, resource_id)
+        retries = 1  # re-resolutions allowed after a fresh lookup
+        while True:
+            reply = await self._send(call, owner)
+            if reply is not None and reply.status != STATUS_NOT_OWNER:
+                if fresh:
+                    self._cache_owner(key, owner)
+                return reply
+            self._owner_cache.pop(key, None)
+            logger.info(
+                "route.not_owner" if reply is not None else "route.no_subscriber",
+                service_name=call.sk.service_name,
+                resource_id=resource_id,
+                instance_id=owner,
+                trace_id=call.trace_id,
+                cached=not fresh,
+            )
+            if fresh:
+                if retries == 0:
+                    raise self._unavailable(call, resource_id, owner, reply)
+                retries -= 1
+            new_owner = await self._lookup(call, resource_id)
+            fresh = True
+            if reply is None and new_owner == owner:
+                raise self._unavailable(call, resource_id, owner, reply)
+            owner = new_owner
+
+    @staticmethod
+    def _unavailable(call: _Call, resource_id: str, owner: str, reply: Reply | None) -> OwnerUnavailableError:
+        why = "nobody is listening on its channel" if reply is None else "it refused the request twice (not owner)"
+        return OwnerUnavailableError(
+            f"owner {owner!r} of resource {resource_id!r} (service {call.sk.service_name!r}) is unavailable: {why}",
+            resource_id=resource_id,
+            instance_id=owner,
+        )
+
+    async def _live_instances(self, service_name: str, *, fresh: bool) -> tuple[list[str], bool]:
+        if not fresh and self.owner_cache_ttl > 0:
+            entry = self._live_cache.get(service_name)
+            if entry is not None and entry[1] >= time.monotonic():
+                return entry[0], False
+        ids = sorted(await self._registry.live_instance_ids(service_name))  # stable order for round-robin
+        if self.owner_cache_ttl > 0:
+            self._live_cache[service_name] = (ids, time.monotonic() + self.owner_cache_ttl)
+        return ids, True
+
+    async def _call_service(self, call: _Call) -> Reply:
+        """Any live instance: round-robin, skipping instances that do not listen or refuse."""
+        name = call.sk.service_name
+        ids, fresh = await self._live_instances(name, fresh=False)
+        tried: set[str] = set()
+        refusals = 0
+        while True:
+            candidates = [i for i in ids if i not in tried]
+            if not candidates:
+                if not fresh:
+                    self._live_cache.pop(name, None)
+                    ids, fresh = await self._live_instances(name, fresh=True)
+                    continue
+                raise ServiceUnavailableError(
+                    f"no live instance of service {name!r} is listening"
+                    + (f" ({len(tried)} tried)" if tried else " (none registered)"),
+                    service_name=name,
+                )
+            turn = self._round_robin.get(name, 0)
+            self._round_robin[name] = turn + 1
+            instance_id = candidates[turn % len(candidates)]
+            reply = await self._send(call, instance_id)
+            if reply is not None and reply.status != STATUS_NOT_OWNER:
+                return reply
+            tried.add(instance_id)
+            if reply is not None:
+                refusals += 1
+                if refusals > 1:
+                    raise ServiceUnavailableError(
+                        f"instances of service {name!r} refused the request (draining or lease expired)",
+                        service_name=name,
+                    )
+            else:
+                self._live_cache.pop(name, None)
+
+    # -- replies ---------------------------------------------------------------------------------
+    def _on_reply(self, data: bytes) -> None:
+        try:
+            reply = decode_reply(data)
+        except ProtocolError as exc:
+            self._metrics.dropped_messages.labels(exc.reason).inc()
+            logger.warning("route.reply_dropped", reason=exc.reason, error=exc.message, client_id=self.client_id)
+            fut = self._pending.get(exc.request_id) if exc.request_id else None
+            if fut is not None and not fut.done():
+                fut.set_exception(ResourceRouterError(f"malformed reply: {exc.message}"))
+            return
+        fut = self._pending.get(reply.request_id)
+        if fut is None or fut.done():
+            self._metrics.dropped_messages.labels("late").inc()
+            return
+        fut.set_result(reply)
