@@ -125,3 +125,33 @@ async def test_flood_of_concurrent_operations_keeps_counts_exact(private_redis: 
         assert len(stored) == 400
         counts = {i.instance_id: i.resource_count for i in await reg.list_instances(SVC)}
         assert sum(counts.values()) == 400
+
+
+async def test_routed_calls_on_a_paused_redis_end_at_the_callers_timeout(private_redis: RedisServer) -> None:
+    from resource_router import RouteRequest, RouteTimeoutError, ServiceClient, ServiceInstance
+
+    inst = ServiceInstance(
+        private_redis.url, SVC, "i1", ttl=30, namespace="chaos-route", metrics_registry=CollectorRegistry()
+    )
+
+    @inst.handler("echo")
+    async def echo(request: RouteRequest) -> object:
+        return request.params
+
+    async with (
+        inst,
+        ServiceClient(private_redis.url, namespace="chaos-route", metrics_registry=CollectorRegistry()) as client,
+    ):
+        await inst.register_resource(["a"])
+        assert await client.call(SVC, "echo", 1, resource_id="a") == 1
+        private_redis.pause()
+        try:
+            for kwargs in ({"resource_id": "a"}, {"resource_id": "uncached"}, {}):
+                start = time.monotonic()
+                with pytest.raises(RouteTimeoutError) as err:
+                    await client.call(SVC, "echo", 2, timeout=0.3, **kwargs)
+                assert err.value.code == 504
+                assert time.monotonic() - start < 1.0
+        finally:
+            private_redis.resume()
+        assert await client.call(SVC, "echo", 3, resource_id="a") == 3

@@ -43,6 +43,7 @@ from .models import Resource, RouteRequest, RouteResponse
 from .protocol import STATUS_NOT_OWNER, STATUS_OK, ProtocolError, Reply, decode_reply, encode_request
 from .pubsub import PubSubHub
 from .registry import ResourceRegistry
+from .retry import bounded
 from .settings import RouterSettings
 from .tracing import logger, new_trace_id
 
@@ -263,10 +264,15 @@ class ServiceClient:
         started = loop.time()
         call = _Call(sk, method, params, resource_id, trace_id, seconds, started + seconds)
         try:
-            if resource_id is None:
-                reply = await self._call_service(call)
-            else:
-                reply = await self._call_resource(call, resource_id)
+            try:
+                # One bound for the whole call: lookups and publishes on a paused or partitioned
+                # Redis end at the caller's timeout too, not only the wait for the reply.
+                if resource_id is None:
+                    reply = await bounded(lambda: self._call_service(call), seconds)
+                else:
+                    reply = await bounded(lambda: self._call_resource(call, resource_id), seconds)
+            except TimeoutError:
+                raise call.timeout_error() from None
             if reply.status != STATUS_OK:
                 raise error_from_dict(reply.error or {})
         except ResourceRouterError as exc:

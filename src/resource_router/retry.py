@@ -23,7 +23,7 @@ from tenacity import (
 from .errors import RedisUnavailableError, ResourceRouterError
 from .settings import RouterSettings
 
-__all__ = ["TRANSIENT_ERRORS", "call_redis"]
+__all__ = ["TRANSIENT_ERRORS", "bounded", "call_redis"]
 
 T = TypeVar("T")
 
@@ -59,14 +59,25 @@ async def call_redis(
 
 
 async def _attempt(fn: Callable[[], Awaitable[T]], limit: float) -> T:
-    """One attempt, cancelled when it runs past ``limit`` seconds (see ``_Watchdog``)."""
+    """One attempt of a Redis operation, bounded by ``limit`` seconds."""
+    try:
+        return await bounded(fn, limit)
+    except TimeoutError as exc:
+        raise RedisTimeoutError(f"no reply within {limit}s (operation_timeout)") from exc
+
+
+async def bounded(fn: Callable[[], Awaitable[T]], limit: float) -> T:
+    """Await ``fn()``, cancelling it with ``TimeoutError`` after ``limit`` seconds.
+
+    The cheap equivalent of ``asyncio.timeout`` used on hot paths (see ``_Watchdog``).
+    """
     watchdog = _Watchdog.for_running_loop()
     task, key = watchdog.enter(limit)
     try:
         return await fn()
     except asyncio.CancelledError:
         if watchdog.leave(task, key):
-            raise RedisTimeoutError(f"no reply within {limit}s (operation_timeout)") from None
+            raise TimeoutError(f"no result within {limit}s") from None
         raise
     finally:
         watchdog.leave(task, key)
