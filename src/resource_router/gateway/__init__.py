@@ -1,0 +1,22 @@
+"""Stateless router replicas: the HTTP gateway behind ``resource-router serve``.
+
+Needs the ``gateway`` extra (FastAPI and uvicorn): ``pip install 'resource-router[gateway]'``.
+"""
+
+from __future__ import annotations
+
+try:
+    import fastapi  # noqa: F401
+    import uvicorn  # noqa: F401
+except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        f"the resource-router gateway needs the 'gateway' extra ({exc.name} is not installed): "
+        "pip install 'resource-router[gateway]'"
+    ) from exc
+
+from .app import create_app
+from .errors import PayloadTooLargeError, RegistrationConflictError
+from .server import run
+from .settings import GatewaySettings
+
+__all__ = ["GatewaySettings", "PayloadTooLargeError", "RegistrationConflictError", "create_app", "run"]

@@ -1,0 +1,51 @@
+"""HTTP metrics of a replica (next to the library's ``ipc_*`` metrics on the same registry)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+__all__ = ["GatewayMetrics", "get_gateway_metrics"]
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class GatewayMetrics:
+    requests: Counter
+    duration: Histogram
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> GatewayMetrics:
+        return cls(
+            requests=Counter(
+                "ipc_gateway_requests_total",
+                "HTTP requests served by the replica (route is the path template)",
+                ["method", "route", "status"],
+                registry=registry,
+            ),
+            duration=Histogram(
+                "ipc_gateway_request_duration_seconds",
+                "HTTP request duration by path template",
+                ["route"],
+                buckets=_BUCKETS,
+                registry=registry,
+            ),
+        )
+
+
+_LOCK = threading.Lock()
+_BY_REGISTRY: dict[int, tuple[CollectorRegistry, GatewayMetrics]] = {}
+
+
+def get_gateway_metrics(registry: CollectorRegistry | None = None) -> GatewayMetrics:
+    """The HTTP metric set bound to ``registry`` (the default Prometheus registry when None)."""
+    reg = REGISTRY if registry is None else registry
+    with _LOCK:
+        entry = _BY_REGISTRY.get(id(reg))
+        if entry is None or entry[0] is not reg:
+            entry = (reg, GatewayMetrics.create(reg))
+            _BY_REGISTRY[id(reg)] = entry
+        return entry[1]

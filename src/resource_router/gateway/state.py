@@ -1,0 +1,118 @@
+"""What one replica holds while it runs: a registry, a routing client and a sweeper.
+
+None of it is state in the routing sense: ownership, liveness and audit all live in Redis, so any
+replica answers any request and a replica can die at any moment without losing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+
+from resource_router.connection import describe, is_memory_url
+from resource_router.errors import RedisUnavailableError, ResourceRouterError
+from resource_router.registry import ResourceRegistry
+from resource_router.sweeper import Sweeper
+from resource_router.tracing import logger
+
+from .settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from resource_router.client import ServiceClient
+
+__all__ = ["GatewayState"]
+
+
+class GatewayState:
+    """The replica's handles on Redis. ``start``/``stop`` run in the app's lifespan."""
+
+    def __init__(self, settings: GatewaySettings, *, metrics_registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics_registry = metrics_registry
+        router = settings.router
+        self.registry = ResourceRegistry(
+            router.redis_url,
+            namespace=router.namespace,
+            max_resources_per_instance=router.max_resources_per_instance,
+            settings=router,
+            metrics_registry=metrics_registry,
+        )
+        self.sweeper = Sweeper(self.registry, interval=settings.sweep_interval) if settings.sweep_interval > 0 else None
+        self._client: ServiceClient | None = None
+        self._client_lock = asyncio.Lock()
+        self._stack = contextlib.AsyncExitStack()
+
+    async def start(self) -> None:
+        """Start the sweeper and the routing client. Redis being down is not fatal: ``/readyz``
+        says 503 and the client is started on the first ``/v1/route`` once Redis is back."""
+        where = describe(self.registry.redis)
+        logger.info(
+            "gateway.start",
+            redis=where,
+            namespace=self.settings.namespace,
+            sweeper=self.sweeper is not None,
+            operation="start",
+        )
+        if is_memory_url(self.settings.redis_url):
+            logger.warning(
+                "gateway.memory_backend",
+                message="serving the embedded memory:// store: it lives in this process only, so other "
+                "replicas and instances cannot see it; set --redis or RESOURCE_ROUTER_REDIS_URL",
+            )
+        if self.sweeper is not None:
+            self.sweeper.start()
+        try:
+            await self.client()
+        except ResourceRouterError as exc:
+            logger.warning("gateway.client_deferred", error=str(exc), operation="start")
+
+    async def client(self) -> ServiceClient:
+        """The replica's one routing client (one pub/sub connection), started on first use."""
+        if self._client is not None:
+            return self._client
+        async with self._client_lock:
+            if self._client is None:
+                from resource_router.client import ServiceClient
+
+                client = ServiceClient(
+                    self.registry.redis,  # one connection pool per replica; the registry closes it
+                    namespace=self.settings.namespace,
+                    settings=self.settings.router,
+                    metrics_registry=self.metrics_registry,
+                )
+                try:
+                    await client.__aenter__()
+                except ResourceRouterError:
+                    raise
+                except (OSError, ConnectionError) as exc:
+                    raise RedisUnavailableError(
+                        f"cannot start the routing client: {type(exc).__name__}: {exc}", operation="route"
+                    ) from exc
+                self._stack.push_async_exit(client.__aexit__)
+                self._client = client
+            return self._client
+
+    async def ready(self) -> None:
+        """Raise ``RedisUnavailableError`` unless Redis answers PING within ``ready_timeout``."""
+        try:
+            async with asyncio.timeout(self.settings.ready_timeout):
+                await self.registry.ping()
+        except TimeoutError as exc:
+            raise RedisUnavailableError(
+                f"Redis did not answer PING within {self.settings.ready_timeout}s", operation="ping"
+            ) from exc
+
+    async def stop(self) -> None:
+        """Stop the sweeper, close the client and the registry (after in-flight requests drained)."""
+        if self.sweeper is not None:
+            await self.sweeper.stop()
+        try:
+            await self._stack.aclose()
+        except Exception as exc:  # closing must not hide the shutdown of the rest
+            logger.warning("gateway.client_close_failed", error=f"{type(exc).__name__}: {exc}")
+        self._client = None
+        await self.registry.aclose()
+        logger.info("gateway.stop", operation="stop")

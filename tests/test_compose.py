@@ -1,0 +1,133 @@
+"""docker-compose.yml, the Dockerfile and examples/prometheus.yml: checked structurally with a YAML
+parser always, and with ``docker compose config -q`` when the docker CLI has the compose plugin."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+yaml = pytest.importorskip("yaml", reason="PyYAML is needed to check docker-compose.yml (dev dependency)")
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+REPLICAS = ("router-1", "router-2")
+INSTANCES = ("instance-1", "instance-2")
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, Any]:
+    services: dict[str, Any] = load(COMPOSE)["services"]
+    return services
+
+
+def _compose_plugin() -> str | None:
+    docker = shutil.which("docker")
+    if docker is None:
+        return None
+    probe = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30)
+    return docker if probe.returncode == 0 else None
+
+
+def test_docker_compose_config_is_valid() -> None:
+    docker = _compose_plugin()
+    if docker is None:
+        pytest.skip("the docker CLI with the compose plugin is not installed (the YAML is checked structurally)")
+    proc = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+
+
+def test_services_present(services: dict[str, Any]) -> None:
+    assert set(services) == {"redis", *REPLICAS, *INSTANCES, "prometheus"}
+
+
+def test_redis_has_a_healthcheck(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:7")
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert redis["ports"] == ["6379:6379"]
+
+
+@pytest.mark.parametrize(("name", "host_port"), [("router-1", "8001"), ("router-2", "8002")])
+def test_router_replicas(services: dict[str, Any], name: str, host_port: str) -> None:
+    svc = services[name]
+    assert svc["build"] == "."
+    assert svc["command"] == ["serve"]
+    assert svc["ports"] == [f"{host_port}:8000"]
+    assert svc["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    env = svc["environment"]
+    assert env["RESOURCE_ROUTER_REDIS_URL"] == "redis://redis:6379/0"
+    assert env["RESOURCE_ROUTER_HOST"] == "0.0.0.0"
+    assert env["RESOURCE_ROUTER_PORT"] == "8000"
+    assert env["RESOURCE_ROUTER_NAMESPACE"] == services["instance-1"]["environment"]["RESOURCE_ROUTER_NAMESPACE"]
+    # docker stop must wait longer than the replica's drain (30 s by default)
+    assert svc["stop_grace_period"] == "35s"
+
+
+def test_replicas_are_interchangeable(services: dict[str, Any]) -> None:
+    a, b = (dict(services[n]) for n in REPLICAS)
+    a.pop("ports")
+    b.pop("ports")
+    assert a == b  # stateless: same image, same settings, only the published port differs
+
+
+@pytest.mark.parametrize(
+    ("name", "instance_id", "resources"),
+    [("instance-1", "echo-1", "user-1,user-2,user-3"), ("instance-2", "echo-2", "user-4,user-5,user-6")],
+)
+def test_example_instances(services: dict[str, Any], name: str, instance_id: str, resources: str) -> None:
+    svc = services[name]
+    assert svc["entrypoint"] == ["python", "examples/echo_instance.py"]
+    assert svc["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert svc["healthcheck"] == {"disable": True}
+    env = svc["environment"]
+    assert env["RESOURCE_ROUTER_REDIS_URL"] == "redis://redis:6379/0"
+    assert (env["ECHO_SERVICE"], env["ECHO_INSTANCE_ID"], env["ECHO_RESOURCES"]) == ("echo", instance_id, resources)
+    assert "ports" not in svc  # instances only talk to Redis
+
+
+def test_instance_resources_do_not_overlap(services: dict[str, Any]) -> None:
+    owned = [set(services[n]["environment"]["ECHO_RESOURCES"].split(",")) for n in INSTANCES]
+    assert not owned[0] & owned[1]
+
+
+def test_prometheus_scrapes_both_replicas(services: dict[str, Any]) -> None:
+    prom = services["prometheus"]
+    assert prom["volumes"] == ["./examples/prometheus.yml:/etc/prometheus/prometheus.yml:ro"]
+    assert prom["ports"] == ["9090:9090"]
+    assert set(prom["depends_on"]) == set(REPLICAS)
+    config = load(ROOT / "examples" / "prometheus.yml")
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    (static,) = job["static_configs"]
+    assert static["targets"] == [f"{n}:8000" for n in REPLICAS]
+
+
+def test_files_the_compose_file_refers_to_exist() -> None:
+    assert (ROOT / "Dockerfile").is_file()
+    assert (ROOT / "examples" / "echo_instance.py").is_file()
+    assert (ROOT / "examples" / "prometheus.yml").is_file()
+
+
+def test_dockerfile_installs_the_gateway_extra_and_serves() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [line.strip() for line in text.splitlines()]
+    assert lines[0].startswith("#")
+    assert sum(1 for line in lines if line.startswith("FROM python:3.11")) == 2
+    assert '/opt/venv/bin/pip install ".[gateway]"' in text
+    for copied in ("COPY pyproject.toml README.md ./", "COPY src ./src", "COPY lua ./lua", "COPY examples ./examples"):
+        assert copied in lines
+    assert 'ENTRYPOINT ["resource-router"]' in lines
+    assert 'CMD ["serve"]' in lines
+    assert "EXPOSE 8000" in lines
+    assert "USER router" in lines
+    assert any(line.startswith("HEALTHCHECK") for line in lines)
