@@ -220,7 +220,7 @@ def test_events_follow_stops_on_sigterm_and_reports_redis_loss(private_redis: Re
             private_redis.kill()
             assert proc.wait(20) == EXIT_REDIS_UNAVAILABLE
             err = " ".join(proc.stderr.read().decode().split())
-            assert err.startswith("error: Redis is unreachable: ConnectionError")
+            assert err.startswith("error: Redis is unreachable during events (ConnectionError")
             assert f"Is Redis running and reachable at {private_redis.url}?" in err
             assert "Traceback" not in err
         finally:
@@ -446,7 +446,7 @@ def test_follow_in_process_redis_lost(private_redis: RedisServer, monkeypatch: p
     result = _follow_in_process(monkeypatch, private_redis.kill, "--redis", private_redis.url, "--json")
     assert result.exit_code == EXIT_REDIS_UNAVAILABLE
     assert " ".join(result.stderr.split()).startswith(
-        f"following ownership events of {SVC} (Ctrl-C to stop) error: Redis is unreachable: ConnectionError"
+        f"following ownership events of {SVC} (Ctrl-C to stop) error: Redis is unreachable during events (ConnectionError"
     )
 
 

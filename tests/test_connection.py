@@ -144,3 +144,20 @@ async def test_non_transient_redis_errors_are_wrapped(real_registry: ResourceReg
     assert type(err.value) is ResourceRouterError
     assert "WRONGTYPE" in err.value.message
     assert isinstance(err.value.__cause__, Exception)
+
+
+async def test_event_reads_wrap_redis_failures(private_redis: object) -> None:
+    from tests.redis_server import RedisServer
+
+    assert isinstance(private_redis, RedisServer)
+    settings = RouterSettings(retry_attempts=2, retry_initial_backoff=0.01, operation_timeout=0.3)
+    reg = ResourceRegistry(private_redis.url, namespace="ev", settings=settings, metrics_registry=CollectorRegistry())
+    async with reg:
+        await reg.register_instance(SVC, "i1", ttl=5)
+        assert [e.type for e in await reg.events.recent(SVC)] == ["InstanceRegistered"]
+        private_redis.kill()
+        with pytest.raises(RedisUnavailableError) as err:
+            await reg.events.recent(SVC)
+        assert err.value.operation == "events"
+        with pytest.raises(RedisUnavailableError):
+            await reg.events.follow(SVC, block_ms=50).__anext__()

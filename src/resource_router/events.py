@@ -19,6 +19,8 @@ from typing import Any
 
 from .keys import KeySpace
 from .models import OwnershipEvent
+from .retry import call_redis
+from .settings import RouterSettings
 
 __all__ = ["EventLog", "parse_event"]
 
@@ -45,24 +47,39 @@ def parse_event(payload: bytes | str, stream_id: bytes | str | None = None) -> O
 class EventLog:
     """Read the audit stream of a service: recent history, or follow it live (XREAD BLOCK)."""
 
-    def __init__(self, redis: Any, keys: KeySpace) -> None:
+    def __init__(self, redis: Any, keys: KeySpace, settings: RouterSettings | None = None) -> None:
         self._redis = redis
         self._keys = keys
+        self._settings = settings or RouterSettings()
 
     async def recent(self, service_name: str, count: int = 50) -> list[OwnershipEvent]:
         """The last ``count`` events, oldest first."""
         stream = self._keys.service(service_name).audit
-        entries = await self._redis.xrevrange(stream, count=count)
+        entries = await call_redis(
+            "events", lambda: self._redis.xrevrange(stream, count=count), settings=self._settings, idempotent=True
+        )
         return [self._entry(eid, fields) for eid, fields in reversed(entries)]
 
     async def follow(
         self, service_name: str, *, since: str = "$", block_ms: int = 1000
     ) -> AsyncIterator[OwnershipEvent]:
-        """Yield events as they are appended (``since="0"`` replays the whole stream first)."""
+        """Yield events as they are appended (``since="0"`` replays the whole stream first).
+
+        Redis failures surface as ``RedisUnavailableError`` (after the usual retries), like every
+        other read of the library."""
         stream = self._keys.service(service_name).audit
         last = since
+        # XREAD BLOCK waits up to block_ms by design: give each attempt that much on top.
+        settings = self._settings.model_copy(
+            update={"operation_timeout": self._settings.operation_timeout + block_ms / 1000.0}
+        )
         while True:
-            reply = await self._redis.xread({stream: last}, block=block_ms, count=100)
+            reply = await call_redis(
+                "events",
+                lambda last=last: self._redis.xread({stream: last}, block=block_ms, count=100),  # type: ignore[misc]
+                settings=settings,
+                idempotent=True,
+            )
             for _stream, entries in reply or ():
                 for eid, fields in entries:
                     last = _s(eid)

@@ -112,8 +112,9 @@ def validate_resource_id(value: object, field: str = "resource_id") -> str:
     """Resource ids are opaque Unicode text: any printable character except whitespace, braces,
     glob characters, quote and backslash. They are stored and returned exactly as given."""
     value = _check_type_and_length(value, field, MAX_RESOURCE_ID_LENGTH)
-    if value.isascii() and value.isprintable() and " " not in value:
-        bad = next((ch for ch in value if ch in _RESOURCE_FORBIDDEN), None)
+    if value.isascii() and value.isprintable():
+        found = _PLAIN_FORBIDDEN_RE.search(value)
+        bad = found.group() if found else None
     else:
         bad = next(
             (ch for ch in value if ch in _RESOURCE_FORBIDDEN or unicodedata.category(ch)[0] in ("C", "Z")),

@@ -126,7 +126,7 @@ class ResourceRegistry:
         self.redis = connect(redis)
         self._scripts = ScriptSet.for_client(self.redis)
         self.metrics = get_metrics(metrics_registry)
-        self.events = EventLog(self.redis, self.keys)
+        self.events = EventLog(self.redis, self.keys, self.settings)
         self._service_keys: dict[str, ServiceKeys] = {}
         self._lookup_metrics: dict[str, tuple[Any, Any, Any]] = {}
         self._children: dict[tuple[str, ...], Any] = {}
