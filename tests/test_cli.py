@@ -446,7 +446,8 @@ def test_follow_in_process_redis_lost(private_redis: RedisServer, monkeypatch: p
     result = _follow_in_process(monkeypatch, private_redis.kill, "--redis", private_redis.url, "--json")
     assert result.exit_code == EXIT_REDIS_UNAVAILABLE
     assert " ".join(result.stderr.split()).startswith(
-        f"following ownership events of {SVC} (Ctrl-C to stop) error: Redis is unreachable during events (ConnectionError"
+        f"following ownership events of {SVC} (Ctrl-C to stop) "
+        "error: Redis is unreachable during events (ConnectionError"
     )
 
 

@@ -209,8 +209,8 @@ def test_register_through_one_replica_route_through_the_other(cluster: Cluster) 
     owner = httpx.get(f"{cluster.b.url}/v1/resources/{SVC}/adopted-1").json()
     assert (owner["owner_instance_id"], owner["fencing_token"]) == ("echo-2", token)
 
-    # The instance adopts ids registered for it elsewhere at its next heartbeat (every ttl/3 = 0.5 s);
-    # until then it refuses them ("not owner"), which the client reports as 503.
+    # The instance adopts ids registered for it elsewhere as soon as it sees the ownership event
+    # (at the latest at its next heartbeat); until then it refuses them ("not owner": a 503).
     deadline = time.monotonic() + 5.0
     while True:
         r = httpx.post(

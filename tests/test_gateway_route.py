@@ -253,13 +253,20 @@ async def test_route_metrics_counted(gw: Gateway, instance: ServiceInstance) -> 
 
 
 async def test_registered_through_gateway_is_served_after_adoption(gw: Gateway, instance: ServiceInstance) -> None:
-    """Ids registered for a live instance through the HTTP API are adopted at its next heartbeat."""
+    """Ids registered for a live instance through the HTTP API are adopted at once, from the
+    ownership event the registration publishes (no heartbeat needed)."""
+    heartbeats = instance.heartbeats
     r = await gw.http.post(
         "/v1/resources/register", json={"service_name": SVC, "instance_id": "echo-1", "resource_ids": ["user-2"]}
     )
     assert r.status_code == 200
-    await instance.heartbeat()  # what the instance's loop does every ttl/3
+    for _ in range(100):
+        if "user-2" in instance.owned_resources:
+            break
+        await asyncio.sleep(0.01)
     assert "user-2" in instance.owned_resources
+    assert instance.fencing_token("user-2") == r.json()["fencing_tokens"]["user-2"]
+    assert instance.heartbeats == heartbeats
     routed = await gw.http.post("/v1/route", json={"service_name": SVC, "resource_id": "user-2", "method": "echo"})
     assert routed.status_code == 200
     assert routed.json()["result"]["token"] == r.json()["fencing_tokens"]["user-2"]

@@ -471,7 +471,16 @@ class ServiceInstance:
         except Exception:
             self._metrics.dropped_messages.labels("malformed").inc()
             return
-        if event.type != "ResourceRegistered" or not event.previous_owners:
+        if event.type != "ResourceRegistered":
+            return
+        if event.instance_id == self._instance_id:
+            # Registered for this instance by someone else (a router replica, an operator tool):
+            # serve them now rather than at the next heartbeat's reconciliation.
+            missing = [rid for rid in event.resource_ids if rid not in self._owned]
+            if missing:
+                self._spawn(self._adopt(missing))
+            return
+        if not event.previous_owners:
             return
         mine = [rid for rid, prev in event.previous_owners.items() if prev == self._instance_id]
         if not mine:
@@ -481,6 +490,24 @@ class ServiceInstance:
         if suspended:
             self._log.info("instance.takeover_seen", by=event.instance_id, **id_fields(list(suspended)))
             self._spawn(self._check_takeover(suspended))
+
+    async def _adopt(self, resource_ids: list[str]) -> None:
+        async with self._lock:  # after any register_resource of ours that is in flight
+            if self._closed:
+                return
+            missing = [rid for rid in resource_ids if rid not in self._owned]
+            if not missing:
+                return
+            try:
+                found = await self._registry.get_resources(self.service_name, missing)
+            except ResourceRouterError as exc:
+                self._log.warning("instance.adopt_failed", error=str(exc))
+                self._needs_reconcile = True
+                return
+            adopted = {rid: r.fencing_token for rid, r in found.items() if r.owner_instance_id == self._instance_id}
+            self._owned.update(adopted)
+            if adopted:
+                self._log.info("instance.adopted", **id_fields(list(adopted)))
 
     async def _check_takeover(self, suspended: dict[str, int]) -> None:
         async with self._lock:

@@ -578,6 +578,23 @@ class ResourceRegistry:
         found.inc()
         return _s(owner)
 
+    async def get_resources(self, service_name: str, resource_ids: Iterable[str]) -> dict[str, Resource]:
+        """Owners of many resources (MGET in chunks); ids nobody owns are left out."""
+        sk = self._sk(service_name)
+        ids = validate_resource_ids(resource_ids, max_count=self.settings.max_batch_size)
+
+        rows = await call_redis("lookup", lambda: self._read_rows(sk, ids), settings=self.settings, idempotent=True)
+        return {rid: self._resource(service_name, rid, _s(o), g) for rid, o, g in rows if o is not None}
+
+    async def _read_rows(self, sk: ServiceKeys, rids: list[str]) -> list[tuple[str, Any, Any]]:
+        """(id, owner, grant) for each id: MGET of owner and grant keys, 500 ids per command."""
+        rows: list[tuple[str, Any, Any]] = []
+        for start in range(0, len(rids), 500):
+            chunk = rids[start : start + 500]
+            values = await self.redis.mget([k for r in chunk for k in (sk.owner(r), sk.grant(r))])
+            rows.extend((r, values[2 * i], values[2 * i + 1]) for i, r in enumerate(chunk))
+        return rows
+
     def _resource(self, service_name: str, resource_id: str, owner: str, grant: Any) -> Resource:
         parsed = _parse_grant(grant)
         if parsed is None or parsed[0] != owner:
@@ -614,13 +631,7 @@ class ResourceRegistry:
                 for iid in instance_ids:
                     pipe.smembers(sk.owned(iid))
                 member_sets = await pipe.execute()
-            rids = sorted({_s(r) for members in member_sets for r in members})
-            rows: list[tuple[str, Any, Any]] = []
-            for start in range(0, len(rids), 500):
-                chunk = rids[start : start + 500]
-                values = await self.redis.mget([k for r in chunk for k in (sk.owner(r), sk.grant(r))])
-                rows.extend((r, values[2 * i], values[2 * i + 1]) for i, r in enumerate(chunk))
-            return rows
+            return await self._read_rows(sk, sorted({_s(r) for members in member_sets for r in members}))
 
         rows = await call_redis("list_resources", run, settings=self.settings, idempotent=True)
         out = []
