@@ -14,6 +14,8 @@ from typing import Any
 
 import redis
 
+from resource_router import RouterSettings
+
 from .common import INST, LONG_TTL, NAMESPACE, REPO_ROOT, Ctx, child_env, redis_cmd_usec
 from .harness import Op, Phase, Row
 
@@ -22,6 +24,8 @@ __all__ = ["run_batches", "run_locks", "run_lookups"]
 SVC = "svc"
 TTL_MS = int(LONG_TTL * 1000)
 BATCH = 1000
+#: Steps of the chunked registration rows: small enough that one script holds Redis well under 1 ms.
+CHUNK = 100
 
 
 async def run_lookups(ctx: Ctx) -> list[Row]:
@@ -174,6 +178,17 @@ async def run_batches(ctx: Ctx) -> list[Row]:
             assert resp.success
 
         ops["register_1000"] = Op(register_1000)
+    if ctx.want("register_1000_chunked"):
+        creg = ctx.registry(max_resources_per_instance=1_000_000, settings=RouterSettings(register_chunk_size=CHUNK))
+        await creg.register_instance(SVC, "inst-c", ttl=LONG_TTL)
+        cctr = itertools.count()
+
+        async def register_1000_chunked() -> None:
+            i = next(cctr)
+            resp = await creg.register_resource(SVC, "inst-c", [f"c{i}-{j}" for j in range(BATCH)])
+            assert resp.success
+
+        ops["register_1000_chunked"] = Op(register_1000_chunked)
     if ctx.want("pipeline_setnx_1000"):
         r = ctx.raw_client()
         prefix = f"{NAMESPACE}:{{{SVC}}}:owner:"
@@ -192,6 +207,7 @@ async def run_batches(ctx: Ctx) -> list[Row]:
         got = await ctx.compare(ops, n=m.batch_n, warm=m.batch_warm, per_task=m.batch_per_task, conc_warm=1)
         labels = {
             "register_1000": "register_resource of 1000 fresh ids (one Lua call)",
+            "register_1000_chunked": f"the same with register_chunk_size={CHUNK} (atomic steps of {CHUNK} ids)",
             "pipeline_setnx_1000": "redis-py pipeline of 1000 SET NX PX",
         }
         rows += [Row(k, labels[k], "batch", *got[k], note="ops = batches of 1000") for k in ops]
@@ -199,16 +215,20 @@ async def run_batches(ctx: Ctx) -> list[Row]:
     if ctx.want("lookup_during_register_1000"):
         rows.append(await _lookup_during_register(ctx))
         await ctx.flush()
+    if ctx.want("lookup_during_register_1000_chunked"):
+        rows.append(await _lookup_during_register(ctx, chunk=CHUNK))
+        await ctx.flush()
     if ctx.want("heartbeat_1000"):
         rows.append(await _heartbeat_1000(ctx))
         await ctx.flush()
     return rows
 
 
-async def _lookup_during_register(ctx: Ctx) -> Row:
+async def _lookup_during_register(ctx: Ctx, chunk: int | None = None) -> Row:
     """A lookup probe in another process while this one runs register_1000 back to back."""
     m = ctx.mode
-    reg = ctx.registry(max_resources_per_instance=1_000_000)
+    row_id = "lookup_during_register_1000" + ("_chunked" if chunk else "")
+    reg = ctx.registry(max_resources_per_instance=1_000_000, settings=RouterSettings(register_chunk_size=chunk))
     await reg.register_instance(SVC, "inst-b", ttl=LONG_TTL)
     await reg.register_instance(SVC, "probe-owner", ttl=LONG_TTL)
     await reg.register_resource(SVC, "probe-owner", ["probe-res"])
@@ -223,9 +243,7 @@ async def _lookup_during_register(ctx: Ctx) -> Row:
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), 30)
             if line.strip() != b"ready":
-                return Row(
-                    "lookup_during_register_1000", "lookup p99 during register_1000", "batch", skipped="probe failed"
-                )
+                return Row(row_id, "lookup p99 during register_1000", "batch", skipped="probe failed")
             b0 = time.monotonic_ns()
             await asyncio.sleep(m.baseline_s)
             b1 = time.monotonic_ns()
@@ -255,8 +273,9 @@ async def _lookup_during_register(ctx: Ctx) -> Row:
     phase = Phase(loaded, (l1 - l0) / 1e9, len(loaded))
     base = Phase(baseline, (b1 - b0) / 1e9, len(baseline))
     row = Row(
-        "lookup_during_register_1000",
-        "lookup (other process) while register_1000 runs back to back",
+        row_id,
+        "lookup (other process) while register_1000 runs back to back"
+        + (f", register_chunk_size={chunk}" if chunk else ""),
         "batch",
         phase,
         note=f"ops/s = probe lookups/s under load; {m.batch_n} batches",

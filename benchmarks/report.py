@@ -122,6 +122,16 @@ def evaluate_goals(row_list: list[Row], scales: tuple[int, ...], scale_label: An
             _ratio(rows, f"O(1): lookup p50 at {hi} <= 1.1x at {lo}", f"lookup_at_{hi}", f"lookup_at_{lo}", 1.1)
         )
     info = [
+        _absolute(
+            rows,
+            "register_chunk_size=100: lookup p99 during 1000-id registrations <= 2 ms",
+            "lookup_during_register_1000_chunked",
+            "p99_us",
+            2000,
+        ),
+        _absolute(
+            rows, "register_chunk_size=100: 1000-id registration <= 8 ms", "register_1000_chunked", "p50_us", 8000
+        ),
         _ratio(rows, "lookup_owner_id p50 / raw GET p50 (<= 1.15x)", "lookup_owner_id", "raw_get", 1.15),
         _ratio(rows, "lookup 64-conc throughput / raw GET (>= 1.0x)", "lookup", "raw_get", 1.0, "conc64_ops_per_s"),
         _ratio(rows, "register+release vs aioredlock p50 (<= 1.0x)", "register_release", "aioredlock", 1.0),

@@ -330,3 +330,87 @@ async def test_lookup_models_equal_validated_models(registry: ResourceRegistry) 
     assert fast.model_fields_set == slow.model_fields_set
     fast.metadata["k"] = []  # an ordinary, mutable model
     assert fast.metadata == {"k": []}
+
+
+# -- chunked registration (settings.register_chunk_size) -----------------------------------------
+
+
+async def chunked(backend_url: str, namespace: str, *, chunk: int, limit: int = 1000) -> ResourceRegistry:
+    from resource_router import RouterSettings
+
+    return ResourceRegistry(
+        backend_url,
+        namespace=namespace,
+        max_resources_per_instance=limit,
+        settings=RouterSettings(register_chunk_size=chunk),
+        metrics_registry=CollectorRegistry(),
+    )
+
+
+async def test_chunked_registration_matches_a_single_step(backend_url: str, namespace: str) -> None:
+    reg = await chunked(backend_url, namespace, chunk=7)
+    async with reg:
+        await reg.register_instance(SVC, "i1", ttl=5)
+        await reg.register_instance(SVC, "i2", ttl=5)
+        await reg.register_resource(SVC, "i2", ["r3", "r10", "r33"])
+        await reg.register_resource(SVC, "i1", ["r0", "r1"])
+        ids = [f"r{i}" for i in range(40)]
+        resp = await reg.register_resource(SVC, "i1", ids)
+        assert resp.registered == [r for r in ids if r not in ("r3", "r10", "r33")]
+        assert resp.conflicts == {"r3": "i2", "r10": "i2", "r33": "i2"}
+        assert len(set(resp.fencing_tokens.values())) == 37
+        forced = await reg.register_resource(SVC, "i1", ids, force=True)
+        assert forced.success
+        assert forced.taken_over == {"r3": "i2", "r10": "i2", "r33": "i2"}
+        assert {i.instance_id: i.resource_count for i in await reg.list_instances(SVC)} == {"i1": 40, "i2": 0}
+        events = [e for e in await reg.events.recent(SVC, 100) if e.type == "ResourceRegistered"]
+        # one event per step that took something: 6 steps of the first call, and the 3 steps of the
+        # forced call that hold r3, r10 and r33 (the other steps only refresh owned ids)
+        assert len(events) == 2 + 6 + 3
+
+
+async def test_chunked_registration_checks_the_whole_batch_against_the_limit(
+    backend_url: str, namespace: str
+) -> None:
+    reg = await chunked(backend_url, namespace, chunk=5, limit=20)
+    async with reg:
+        await reg.register_instance(SVC, "i1", ttl=5)
+        await reg.register_resource(SVC, "i1", [f"old{i}" for i in range(10)])
+        with pytest.raises(ResourceLimitExceededError) as err:
+            await reg.register_resource(SVC, "i1", [f"old{i}" for i in range(10)] + [f"n{i}" for i in range(11)])
+        assert (err.value.current, err.value.requested, err.value.limit) == (10, 11, 20)
+        assert [i.resource_count for i in await reg.list_instances(SVC)] == [10]
+        # owned ids do not count: exactly the limit fits
+        ok = await reg.register_resource(SVC, "i1", [f"old{i}" for i in range(10)] + [f"n{i}" for i in range(10)])
+        assert len(ok.registered) == 20
+        with pytest.raises(InstanceNotAliveError):
+            await reg.register_resource(SVC, "ghost", [f"g{i}" for i in range(12)])
+
+
+async def test_chunked_registration_rolls_back_when_a_later_step_hits_the_limit(
+    backend_url: str, namespace: str
+) -> None:
+    """A concurrent registration between the steps makes a later step exceed the limit: what this call
+    took is released again, and the call fails as a single step would have."""
+    reg = await chunked(backend_url, namespace, chunk=4, limit=10)
+    async with reg:
+        await reg.register_instance(SVC, "i1", ttl=5)
+        await reg.register_resource(SVC, "i1", ["mine"])
+        original = reg._register_step
+        calls = 0
+
+        async def racing_step(*args: object) -> list[object]:
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # someone else registers for i1 between the first and second step
+                await original(reg._sk(SVC), "i1", ["x1", "x2", "x3", "x4", "x5"], False, "", "other")
+            return await original(*args)  # type: ignore[arg-type]
+
+        reg._register_step = racing_step  # type: ignore[method-assign]
+        with pytest.raises(ResourceLimitExceededError) as err:
+            await reg.register_resource(SVC, "i1", ["mine"] + [f"n{i}" for i in range(8)])
+        owned = sorted(r.resource_id for r in await reg.list_resources(SVC, "i1"))
+        assert owned == ["mine", "x1", "x2", "x3", "x4", "x5"]  # n0..n2 were rolled back; 'mine' kept
+        assert err.value.current == 6
+        rolled = [e for e in await reg.events.recent(SVC, 50) if e.reason == "rolled_back"]
+        assert [e.resource_ids for e in rolled] == [["n0", "n1", "n2"]]

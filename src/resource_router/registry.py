@@ -58,6 +58,7 @@ from .scripts import (
     STATUS_INSTANCE_NOT_ALIVE,
     STATUS_LIMIT_EXCEEDED,
     STATUS_NOT_OWNER,
+    STATUS_OK,
     ScriptSet,
     check_status,
 )
@@ -408,24 +409,12 @@ class ResourceRegistry:
         ids = validate_resource_ids(resource_ids, max_count=self.settings.max_batch_size)
         meta = self._metadata_json(metadata)
         trace_id = trace_id or new_trace_id()
-        keys = [sk.instance(instance_id), sk.owned(instance_id), sk.fence, sk.audit, *sk.owner_keys(ids)]
-        args = [
-            *self._common(sk, instance_id, trace_id),
-            "1" if force else "0",
-            self.settings.max_resources_per_instance,
-            meta,
-            sk.owned_prefix,
-            sk.lost_prefix,
-            sk.owner_prefix,
-            sk.grant_prefix,
-        ]
         start = time.perf_counter()
-        reply = await call_redis(
-            "register_resource",
-            lambda: self._scripts.register_resources(keys=keys, args=args),
-            settings=self.settings,
-            idempotent=True,  # re-registering owned ids is a no-op that keeps their tokens
-        )
+        chunk = self.settings.register_chunk_size
+        if chunk is not None and len(ids) > chunk:
+            reply = await self._register_chunked(sk, instance_id, ids, force, meta, trace_id, chunk)
+        else:
+            reply = await self._register_step(sk, instance_id, ids, force, meta, trace_id)
         elapsed = time.perf_counter() - start
         self._child("operation_duration", "register_resource").observe(elapsed)
         status = check_status(reply, "register_resources")
@@ -489,6 +478,90 @@ class ResourceRegistry:
             },
         )
 
+    async def _register_step(
+        self, sk: ServiceKeys, instance_id: str, ids: list[str], force: bool, meta: str, trace_id: str
+    ) -> list[Any]:
+        """One run of register_resources.lua (one atomic step); the raw reply."""
+        keys = [sk.instance(instance_id), sk.owned(instance_id), sk.fence, sk.audit, *sk.owner_keys(ids)]
+        args = [
+            *self._common(sk, instance_id, trace_id),
+            "1" if force else "0",
+            self.settings.max_resources_per_instance,
+            meta,
+            sk.owned_prefix,
+            sk.lost_prefix,
+            sk.owner_prefix,
+            sk.grant_prefix,
+        ]
+        reply: list[Any] = await call_redis(
+            "register_resource",
+            lambda: self._scripts.register_resources(keys=keys, args=args),
+            settings=self.settings,
+            idempotent=True,  # re-registering owned ids is a no-op that keeps their tokens
+        )
+        return reply
+
+    async def _register_chunked(
+        self, sk: ServiceKeys, instance_id: str, ids: list[str], force: bool, meta: str, trace_id: str, chunk: int
+    ) -> list[Any]:
+        """``settings.register_chunk_size``: a large batch as several atomic steps of ``chunk`` ids, so
+        that no single script holds Redis for long. The whole batch is checked first (liveness and the
+        limit, exactly, in one read-only round trip); each step checks again. If a concurrent change
+        makes a later step exceed the limit, the ids this call newly took are released again and the
+        call fails with 429, as a single step would have. Readers may see the batch half-applied
+        while it runs. Returns a reply in the single step's shape."""
+        limit = self.settings.max_resources_per_instance
+
+        async def precheck() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.exists(sk.instance(instance_id))
+                pipe.scard(sk.owned(instance_id))
+                for start in range(0, len(ids), 500):
+                    pipe.mget(sk.owner_keys(ids[start : start + 500]))
+                result: list[Any] = await pipe.execute()
+                return result
+
+        checked = await call_redis("register_resource", precheck, settings=self.settings, idempotent=True)
+        if not checked[0]:
+            return [STATUS_INSTANCE_NOT_ALIVE]
+        before = [None if o is None else _s(o) for part in checked[2:] for o in part]
+        new = [rid for rid, o in zip(ids, before, strict=True) if o is None or (force and o != instance_id)]
+        if int(checked[1]) + len(new) > limit:
+            return [STATUS_LIMIT_EXCEEDED, int(checked[1]), len(new), limit]
+        was_mine = {rid for rid, o in zip(ids, before, strict=True) if o == instance_id}
+        per_id: list[Any] = []
+        prev_flat: list[Any] = []
+        owned_count = 0
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            reply = await self._register_step(sk, instance_id, part, force, meta, trace_id)
+            status = check_status(reply, "register_resources")
+            if status == STATUS_LIMIT_EXCEEDED:
+                taken = [r for r, v in zip(ids, per_id, strict=False) if isinstance(v, int) and r not in was_mine]
+                if taken:
+                    await self._release_step(sk, instance_id, taken, trace_id, "rolled_back")
+                return [STATUS_LIMIT_EXCEEDED, int(reply[1]) - len(taken), len(new), limit]
+            if status != STATUS_OK:
+                return reply  # the lease ran out meanwhile: everything it took is gone with it
+            per_id.extend(reply[1])
+            prev_flat.extend(reply[2])
+            owned_count = reply[3]
+        return [STATUS_OK, per_id, prev_flat, owned_count]
+
+    async def _release_step(
+        self, sk: ServiceKeys, instance_id: str, ids: list[str], trace_id: str, reason: str
+    ) -> list[Any]:
+        """One run of release_resources.lua; the raw reply."""
+        keys = [sk.owned(instance_id), sk.audit, *sk.owner_keys(ids)]
+        args = [*self._common(sk, instance_id, trace_id), reason, sk.owner_prefix, sk.grant_prefix]
+        reply: list[Any] = await call_redis(
+            "release_resource",
+            lambda: self._scripts.release_resources(keys=keys, args=args),
+            settings=self.settings,
+            idempotent=False,
+        )
+        return reply
+
     async def release_resource(
         self,
         service_name: str,
@@ -502,15 +575,8 @@ class ResourceRegistry:
         validate_instance_id(instance_id)
         ids = validate_resource_ids(resource_ids, max_count=self.settings.max_batch_size)
         trace_id = trace_id or new_trace_id()
-        keys = [sk.owned(instance_id), sk.audit, *sk.owner_keys(ids)]
-        args = [*self._common(sk, instance_id, trace_id), "released", sk.owner_prefix, sk.grant_prefix]
         start = time.perf_counter()
-        reply = await call_redis(
-            "release_resource",
-            lambda: self._scripts.release_resources(keys=keys, args=args),
-            settings=self.settings,
-            idempotent=False,
-        )
+        reply = await self._release_step(sk, instance_id, ids, trace_id, "released")
         elapsed = time.perf_counter() - start
         self._child("operation_duration", "release_resource").observe(elapsed)
         ctx = {

@@ -23,6 +23,11 @@ class RouterSettings(BaseModel):
     max_resources_per_instance: int = Field(default=1000, ge=1, le=1_000_000)
     #: Largest number of ids one register/release call accepts (one Lua step each).
     max_batch_size: int = Field(default=10_000, ge=1, le=100_000)
+    #: None (the default): every register_resource call is one atomic step, however many ids.
+    #: A number: batches larger than it run as several atomic steps of that many ids, so that a
+    #: large registration never holds Redis for long (other clients' commands wait behind a Lua
+    #: script). See ``ResourceRegistry._register_chunked`` for what stays guaranteed.
+    register_chunk_size: int | None = Field(default=None, ge=1, le=100_000)
     #: Approximate bound of the audit stream (XADD MAXLEN ~).
     audit_maxlen: int = Field(default=10_000, ge=100)
     #: Bound on one Redis operation (each attempt) of the registry; a paused or partitioned Redis
