@@ -369,9 +369,7 @@ async def test_chunked_registration_matches_a_single_step(backend_url: str, name
         assert len(events) == 2 + 6 + 3
 
 
-async def test_chunked_registration_checks_the_whole_batch_against_the_limit(
-    backend_url: str, namespace: str
-) -> None:
+async def test_chunked_registration_checks_the_whole_batch_against_the_limit(backend_url: str, namespace: str) -> None:
     reg = await chunked(backend_url, namespace, chunk=5, limit=20)
     async with reg:
         await reg.register_instance(SVC, "i1", ttl=5)
