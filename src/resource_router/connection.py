@@ -16,7 +16,15 @@ import redis.asyncio as aredis
 
 from .errors import InvalidRequestError
 
-__all__ = ["RedisLike", "binary_client", "connect", "describe", "is_memory_url", "memory_server"]
+__all__ = [
+    "RedisLike",
+    "binary_client",
+    "binary_connection_kwargs",
+    "connect",
+    "describe",
+    "is_memory_url",
+    "memory_server",
+]
 
 #: What every entry object accepts: a URL or an asyncio client (``Redis`` or ``RedisCluster``).
 RedisLike = str | aredis.Redis | aredis.RedisCluster
@@ -83,10 +91,15 @@ def binary_client(client: aredis.Redis | aredis.RedisCluster) -> aredis.Redis | 
     pool = client.connection_pool
     if not pool.connection_kwargs.get("decode_responses", False):
         return client
-    kwargs = dict(pool.connection_kwargs)
-    kwargs["decode_responses"] = False
-    new_pool = type(pool)(connection_class=pool.connection_class, **kwargs)
+    new_pool = type(pool)(connection_class=pool.connection_class, **binary_connection_kwargs(client))
     return aredis.Redis.from_pool(new_pool)  # closes its own pool on aclose()
+
+
+def binary_connection_kwargs(client: aredis.Redis) -> dict[str, Any]:
+    """The connection arguments of ``client``'s pool, with replies as bytes."""
+    kwargs = dict(client.connection_pool.connection_kwargs)
+    kwargs["decode_responses"] = False
+    return kwargs
 
 
 def describe(client: aredis.Redis | aredis.RedisCluster) -> str:

@@ -7,11 +7,13 @@ the library expose the default registry however they already do.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["Metrics", "get_metrics"]
+__all__ = ["Metrics", "get_metrics", "metric_set"]
 
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -90,15 +92,25 @@ class Metrics:
 
 
 _LOCK = threading.Lock()
-_BY_REGISTRY: dict[int, tuple[CollectorRegistry, Metrics]] = {}
+_SETS: dict[tuple[Callable[[CollectorRegistry], Any], int], tuple[CollectorRegistry, Any]] = {}
+
+S = TypeVar("S")
+
+
+def metric_set(create: Callable[[CollectorRegistry], S], registry: CollectorRegistry | None = None) -> S:
+    """The metric set made by ``create`` for ``registry`` (default: the Prometheus default registry),
+    made once: Prometheus refuses to register the same metric name twice in one registry."""
+    reg = REGISTRY if registry is None else registry
+    key = (create, id(reg))
+    with _LOCK:
+        entry = _SETS.get(key)
+        if entry is None or entry[0] is not reg:
+            entry = (reg, create(reg))
+            _SETS[key] = entry
+        result: S = entry[1]
+        return result
 
 
 def get_metrics(registry: CollectorRegistry | None = None) -> Metrics:
-    """The metric set bound to ``registry`` (the default Prometheus registry when None)."""
-    reg = REGISTRY if registry is None else registry
-    with _LOCK:
-        entry = _BY_REGISTRY.get(id(reg))
-        if entry is None or entry[0] is not reg:
-            entry = (reg, Metrics.create(reg))
-            _BY_REGISTRY[id(reg)] = entry
-        return entry[1]
+    """The library's metric set bound to ``registry`` (the default Prometheus registry when None)."""
+    return metric_set(Metrics.create, registry)

@@ -36,6 +36,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
+from .connection import binary_connection_kwargs
 from .errors import InvalidRequestError, RedisUnavailableError, ResourceRouterError
 from .retry import TRANSIENT_ERRORS
 from .tracing import logger
@@ -282,8 +283,7 @@ class _RawHub(PubSubHub):
     def __init__(self, key: tuple[Any, ...], client: aredis.Redis) -> None:
         super().__init__(key)
         pool = client.connection_pool
-        kwargs = dict(pool.connection_kwargs)
-        kwargs["decode_responses"] = False
+        kwargs = binary_connection_kwargs(client)
         self._make: Callable[[], AbstractConnection] = lambda: pool.connection_class(**kwargs)
         # subscriber
         self._sub: _RawConnection | None = None
@@ -519,9 +519,8 @@ class _ClientHub(PubSubHub):
     def __init__(self, key: tuple[Any, ...], client: aredis.Redis) -> None:
         super().__init__(key)
         pool = client.connection_pool
-        kwargs = dict(pool.connection_kwargs)
-        kwargs["decode_responses"] = False
-        self._client = aredis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
+        kwargs = binary_connection_kwargs(client)
+        self._client = aredis.Redis.from_pool(type(pool)(connection_class=pool.connection_class, **kwargs))
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
         self._confirm: dict[tuple[str, bytes], deque[asyncio.Future[None]]] = {}

@@ -97,6 +97,19 @@ def _parse_grant(raw: Any) -> tuple[str, int, int, dict[str, Any]] | None:
         return None
 
 
+def _log_context(
+    operation: str, elapsed: float, service_name: str, instance_id: str, trace_id: str, ids: list[str]
+) -> dict[str, Any]:
+    return {
+        "service_name": service_name,
+        "instance_id": instance_id,
+        "trace_id": trace_id,
+        "operation": operation,
+        "duration_ms": round(elapsed * 1000.0, 3),
+        **id_fields(ids),
+    }
+
+
 class ResourceRegistry:
     """Register instances and resources, look up owners, renew leases and clean up after the dead.
 
@@ -418,14 +431,7 @@ class ResourceRegistry:
         elapsed = time.perf_counter() - start
         self._child("operation_duration", "register_resource").observe(elapsed)
         status = check_status(reply, "register_resources")
-        ctx = {
-            "service_name": service_name,
-            "instance_id": instance_id,
-            "trace_id": trace_id,
-            "operation": "register_resource",
-            "duration_ms": round(elapsed * 1000.0, 3),
-            **id_fields(ids),
-        }
+        ctx = _log_context("register_resource", elapsed, service_name, instance_id, trace_id, ids)
         if status == STATUS_INSTANCE_NOT_ALIVE:
             self._child("registrations", service_name, "rejected").inc(len(ids))
             logger.warning("resource.register_rejected", reason="instance_not_alive", **ctx)
@@ -579,14 +585,7 @@ class ResourceRegistry:
         reply = await self._release_step(sk, instance_id, ids, trace_id, "released")
         elapsed = time.perf_counter() - start
         self._child("operation_duration", "release_resource").observe(elapsed)
-        ctx = {
-            "service_name": service_name,
-            "instance_id": instance_id,
-            "trace_id": trace_id,
-            "operation": "release_resource",
-            "duration_ms": round(elapsed * 1000.0, 3),
-            **id_fields(ids),
-        }
+        ctx = _log_context("release_resource", elapsed, service_name, instance_id, trace_id, ids)
         if check_status(reply, "release_resources") == STATUS_NOT_OWNER:
             owners = _pairs(reply[1])
             logger.warning("resource.release_forbidden", owners=owners, **ctx)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from resource_router.metrics import metric_set
 
 __all__ = ["GatewayMetrics", "get_gateway_metrics"]
 
@@ -36,16 +37,6 @@ class GatewayMetrics:
         )
 
 
-_LOCK = threading.Lock()
-_BY_REGISTRY: dict[int, tuple[CollectorRegistry, GatewayMetrics]] = {}
-
-
 def get_gateway_metrics(registry: CollectorRegistry | None = None) -> GatewayMetrics:
     """The HTTP metric set bound to ``registry`` (the default Prometheus registry when None)."""
-    reg = REGISTRY if registry is None else registry
-    with _LOCK:
-        entry = _BY_REGISTRY.get(id(reg))
-        if entry is None or entry[0] is not reg:
-            entry = (reg, GatewayMetrics.create(reg))
-            _BY_REGISTRY[id(reg)] = entry
-        return entry[1]
+    return metric_set(GatewayMetrics.create, registry)
