@@ -35,7 +35,7 @@ async def run_lookups(ctx: Ctx) -> list[Row]:
     ops: dict[str, Op] = {}
     labels = {
         "raw_get": "redis-py asyncio GET (floor)",
-        "lookup": "ResourceRegistry.get_resource_owner (MGET owner+grant)",
+        "lookup": "ResourceRegistry.get_resource_owner (one EVALSHA: owner + grant record)",
         "lookup_owner_id": "ResourceRegistry.get_owner_id (GET)",
     }
     if ctx.want("raw_get"):

@@ -1,7 +1,7 @@
 """Lookup and registration p50 with 10^3 .. 10^6 resources stored, and Redis memory per resource.
 
-Each size lives in its own Redis database (db 1, 2, ...) of the same server, filled with owner keys,
-grant keys and owned-set members in the library's key format (built from ``keys.py`` prefixes; 1000
+Each size lives in its own Redis database (db 1, 2, ...) of the same server, filled with owner keys
+and owned-hash grant records in the library's key format (built from ``keys.py`` prefixes; 1000
 resources per filler instance). Measurements then interleave the sizes round by round, so every size
 sees the same machine conditions (noise here is +-20-30% between minutes).
 """
@@ -26,17 +26,16 @@ PER_INSTANCE = 1000
 FILL_CHUNK = 20_000
 
 # Bench-only filler (not a library script): writes what register_resources.lua writes per granted id.
-# ARGV: owner prefix, grant prefix, owned-set prefix, first index, count, ids per instance, ttl ms, now ms
+# ARGV: owner prefix, owned-hash prefix, first index, count, ids per instance, ttl ms, now ms
 FILL_LUA = """
-local op, gp, sp = ARGV[1], ARGV[2], ARGV[3]
-local first, count, per = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local ttl, now = ARGV[7], ARGV[8]
+local op, hp = ARGV[1], ARGV[2]
+local first, count, per = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local ttl, now = ARGV[6], ARGV[7]
 for i = first, first + count - 1 do
   local rid = string.format('res-%07d', i)
   local iid = 'fill-' .. math.floor(i / per)
   redis.call('SET', op .. rid, iid, 'PX', ttl)
-  redis.call('SET', gp .. rid, iid .. '|' .. string.format('%d', 1700000000000000 + i) .. '|' .. now .. '|')
-  redis.call('SADD', sp .. iid, rid)
+  redis.call('HSET', hp .. iid, rid, string.format('%d', 1700000000000000 + i) .. '|' .. now .. '|')
 end
 return count
 """
@@ -58,7 +57,7 @@ async def _fill(client: aredis.Redis, n: int) -> float:
     t0 = time.perf_counter()
     for first in range(0, n, FILL_CHUNK):
         count = min(FILL_CHUNK, n - first)
-        args = [sk.owner_prefix, sk.grant_prefix, sk.owned_prefix, first, count, PER_INSTANCE, int(LONG_TTL * 1000)]
+        args = [sk.owner_prefix, sk.owned_prefix, first, count, PER_INSTANCE, int(LONG_TTL * 1000)]
         await fill(keys=[], args=[*args, now_ms])
     return time.perf_counter() - t0
 
@@ -67,18 +66,16 @@ async def _memory(client: aredis.Redis, n: int, used_delta: int) -> dict[str, fl
     sk = KeySpace(NAMESPACE).service(SVC)
     rng = random.Random(7)
     picks = [rng.randrange(n) for _ in range(min(100, n))]
-    owner = grant = member = 0.0
+    owner = record = 0.0
     for i in picks:
         owner += await client.memory_usage(sk.owner(rid(i)), samples=0) or 0
-        grant += await client.memory_usage(sk.grant(rid(i)), samples=0) or 0
         owned = sk.owned(f"fill-{i // PER_INSTANCE}")
-        member += (await client.memory_usage(owned, samples=0) or 0) / max(1, await client.scard(owned))
+        record += (await client.memory_usage(owned, samples=0) or 0) / max(1, await client.hlen(owned))
     k = len(picks)
     return {
         "owner_key_bytes": round(owner / k, 1),
-        "grant_key_bytes": round(grant / k, 1),
-        "set_member_bytes": round(member / k, 1),
-        "memory_usage_bytes_per_resource": round((owner + grant + member) / k, 1),
+        "grant_record_bytes": round(record / k, 1),
+        "memory_usage_bytes_per_resource": round((owner + record) / k, 1),
         "used_memory_bytes_per_resource": round(used_delta / n, 1),
     }
 
@@ -139,7 +136,7 @@ async def run_scale(ctx: Ctx) -> list[Row]:
             f"memory_at_{label}",
             f"Redis memory per owned resource with {n:,} stored",
             "memory",
-            note="owner+grant MEMORY USAGE + set-member share; used_memory delta / count",
+            note="owner key MEMORY USAGE + owned-hash share; used_memory delta / count",
         )
         mem.extras.update(memory[n], resources=n, fill_s=round(fill_s[n], 2))
         mem.extras["scale"] = n

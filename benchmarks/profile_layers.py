@@ -62,7 +62,7 @@ async def run(url: str, n: int, rounds: int) -> None:
     reg = ResourceRegistry(url, namespace="pl", metrics_registry=CollectorRegistry())
     await reg.register_instance("svc", "inst-A", ttl=3600)
     await reg.register_resource("svc", "inst-A", ["res-1"])
-    okey, gkey = "pl:{svc}:owner:res-1", "pl:{svc}:grant:res-1"
+    okey, gkey = "pl:{svc}:owner:res-1", "pl:{svc}:owned:inst-A"
     mreg = CollectorRegistry()
     found = Counter("x_lookups", "x", ["service_name", "found"], registry=mreg).labels("svc", "true")
     hist = Histogram("x_seconds", "x", ["operation"], registry=mreg, buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025))
@@ -86,7 +86,7 @@ async def run(url: str, n: int, rounds: int) -> None:
         await reg.get_owner_id("svc", "res-1")
 
     async def mget() -> None:
-        await r.mget(okey, gkey)
+        await r.mget(okey, gkey + ":x")  # two keys, as a lower bound for reading owner + record
 
     async def lookup() -> None:
         await reg.get_resource_owner("svc", "res-1")
@@ -98,8 +98,8 @@ async def run(url: str, n: int, rounds: int) -> None:
             "GET in asyncio.timeout": get_timeout,
             "GET in asyncio.timeout + counter + histogram": get_timeout_metrics,
             "registry.get_owner_id (GET)": owner_id,
-            "raw MGET owner+grant": mget,
-            "registry.get_resource_owner (MGET + Resource)": lookup,
+            "raw MGET of two keys": mget,
+            "registry.get_resource_owner (EVALSHA + Resource)": lookup,
         },
         n,
         rounds,

@@ -199,14 +199,14 @@ def markdown_table(rows: list[Row]) -> str:
     out = head + "\n".join(lines) + "\n"
     if mem:
         out += (
-            "\n| id | resources | MEMORY USAGE bytes/resource (owner + grant + set member) "
+            "\n| id | resources | MEMORY USAGE bytes/resource (owner key + owned-hash record) "
             "| used_memory delta bytes/resource | fill s |\n|---|---:|---:|---:|---:|\n"
         )
         for r in mem:
             e = r.extras
             out += (
                 f"| `{r.id}` | {e['resources']:,} | {e['memory_usage_bytes_per_resource']:.0f} "
-                f"({e['owner_key_bytes']:.0f} + {e['grant_key_bytes']:.0f} + {e['set_member_bytes']:.0f}) "
+                f"({e['owner_key_bytes']:.0f} + {e['grant_record_bytes']:.0f}) "
                 f"| {e['used_memory_bytes_per_resource']:.0f} | {e['fill_s']} |\n"
             )
     return out
@@ -312,11 +312,11 @@ redis-server (process CPU, including network I/O), the Redis command time report
 * Request-reply: every responder runs in its own process (`benchmarks/responder.py`): a
   `ServiceInstance` with an `echo` handler, a naive `listen()` loop, or a nats-py subscription;
   ~100-byte msgpack bodies as in the anchors.
-* Scale: each size has its own Redis database filled (bench-only Lua filler) with owner key, grant
-  key and owned-set member per resource in the library's key format, 1000 resources per instance;
+* Scale: each size has its own Redis database filled (bench-only Lua filler) with an owner key and
+  an owned-hash grant record per resource in the library's key format, 1000 resources per instance;
   lookups of random stored ids and registrations of one fresh id are interleaved across sizes in
-  rounds. Memory per resource: `MEMORY USAGE` of owner key + grant key + the owned set's size / its
-  member count (resource ids `res-NNNNNNN`, instance ids `fill-N`), and `INFO memory` `used_memory`
+  rounds. Memory per resource: `MEMORY USAGE` of the owner key + the owned hash's size / its field
+  count (resource ids `res-NNNNNNN`, instance ids `fill-N`), and `INFO memory` `used_memory`
   delta / count (this one includes the expires entry of the owner key and dict overhead).
 * Noise: the machine has {meta.get("cpu_count")} cores shared by the client, redis-server, the helper processes and
   nats-server; expect +-25% between runs. Compare ratios measured in the same run, not figures across runs.

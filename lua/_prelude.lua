@@ -18,7 +18,7 @@ local function rr_fmt(n)
   return string.format('%d', n)
 end
 
--- SADD / SREM a Lua list of members in chunks.
+-- SADD / SREM / HDEL a Lua list of members (fields) in chunks.
 local function rr_set_op(op, key, members)
   for i = 1, #members, RR_CHUNK do
     redis.call(op, key, unpack(members, i, math.min(i + RR_CHUNK - 1, #members)))
@@ -55,13 +55,13 @@ local function rr_emit(stream, event)
   redis.call('PUBLISH', ARGV[3], payload)
 end
 
--- Release everything instance ARGV[2] still holds: its owner keys, the grants of ids whose owner
--- key is gone, its owned and lost sets, and its entry in the instance index.
--- Keys are built from the prefixes given; they carry the service's hash tag (same slot).
--- Returns the released ids and whether the instance was in the index.
-local function rr_release_all(owned_key, lost_key, index_key, owner_prefix, grant_prefix)
+-- Release everything instance ARGV[2] still holds: the owner keys it owns, its owned hash (with the
+-- grant records), its lost set and its entry in the instance index.
+-- Owner keys are built from the prefix given; they carry the service's hash tag (same slot).
+-- Returns the released ids (owner key still the instance's, or already expired).
+local function rr_release_all(owned_key, lost_key, index_key, owner_prefix)
   local iid = ARGV[2]
-  local members = redis.call('SMEMBERS', owned_key)
+  local members = redis.call('HKEYS', owned_key)
   local okeys = {}
   for i = 1, #members do okeys[i] = owner_prefix .. members[i] end
   local owners = rr_mget(okeys, 1, #okeys)
@@ -72,7 +72,6 @@ local function rr_release_all(owned_key, lost_key, index_key, owner_prefix, gran
       dels[#dels + 1] = okeys[i]
     end
     if cur == iid or not cur then
-      dels[#dels + 1] = grant_prefix .. members[i]
       released[#released + 1] = members[i]
     end
   end

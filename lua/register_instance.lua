@@ -4,13 +4,13 @@
 --
 -- KEYS[1] instance hash      rr:{S}:instance:I
 -- KEYS[2] instance index     rr:{S}:instances    (zset: id -> lease expiry ms)
--- KEYS[3] owned set          rr:{S}:owned:I
+-- KEYS[3] owned hash         rr:{S}:owned:I
 -- KEYS[4] lost set           rr:{S}:lost:I
 -- KEYS[5] audit stream       rr:{S}:audit
 -- ARGV[1..5] see _prelude.lua
--- ARGV[6] ttl_ms   ARGV[7] metadata (JSON text)   ARGV[8] owner key prefix   ARGV[9] grant key prefix
+-- ARGV[6] ttl_ms   ARGV[7] metadata (JSON text)   ARGV[8] owner key prefix
 -- Returns {0, registered_at_ms, now_ms, existed (0/1), swept_ids}
--- Touches: the keys above; owner/grant keys of a swept previous incarnation.
+-- Touches: the keys above; the owner keys of a swept previous incarnation.
 
 local iid = ARGV[2]
 local ttl = tonumber(ARGV[6])
@@ -21,7 +21,7 @@ local swept = {}
 if existed == 1 then
   registered_at = tonumber(redis.call('HGET', KEYS[1], 'registered_at_ms')) or now
 elseif redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 or redis.call('ZSCORE', KEYS[2], iid) then
-  swept = rr_release_all(KEYS[3], KEYS[4], KEYS[2], ARGV[8], ARGV[9])
+  swept = rr_release_all(KEYS[3], KEYS[4], KEYS[2], ARGV[8])
   rr_emit(KEYS[5], {type = 'ResourceReleased', reason = 'instance_offline', resource_ids = swept})
 end
 redis.call('HSET', KEYS[1],

@@ -1,27 +1,28 @@
 -- register_resources: claim many resource ids for one instance in one atomic step.
 -- Free ids and ids the instance already owns are granted; ids owned by others are conflicts unless
--- force is set, in which case they are taken over (the previous owner's sets are updated so its
--- next heartbeat reports them lost). The per-instance limit is checked before anything is written:
--- a call that would exceed it writes nothing.
+-- force is set, in which case they are taken over (the previous owner's owned hash and lost set are
+-- updated so its next heartbeat reports them lost). The per-instance limit is checked before
+-- anything is written: a call that would exceed it writes nothing.
 -- Owner keys get the instance's remaining lease (PTTL of its hash): they never outlive it.
 -- New grants get fencing tokens above every token issued before in the service (Redis TIME in
 -- microseconds, or last + 1), so each resource's tokens strictly increase across owners.
+-- The grant record of each id (token|registered_ms|metadata_json) is a field of the owner's owned
+-- hash, keyed by the resource id.
 --
 -- KEYS[1] instance hash     rr:{S}:instance:I
--- KEYS[2] owned set         rr:{S}:owned:I
+-- KEYS[2] owned hash        rr:{S}:owned:I
 -- KEYS[3] fence             rr:{S}:fence
 -- KEYS[4] audit stream      rr:{S}:audit
 -- KEYS[4+i]     owner key of resource i   rr:{S}:owner:R     (i = 1..n)
 -- ARGV[1..5] see _prelude.lua
 -- ARGV[6] force ('1'/'0')   ARGV[7] limit   ARGV[8] metadata (JSON text)
--- ARGV[9] owned-set key prefix   ARGV[10] lost-set key prefix
--- ARGV[11] owner key prefix      ARGV[12] grant key prefix
--- The resource id is the owner key without its prefix; its grant key is grant prefix .. id.
+-- ARGV[9] owned-hash key prefix   ARGV[10] lost-set key prefix   ARGV[11] owner key prefix
+-- The resource id is the owner key without its prefix.
 -- Returns {1} instance not alive; {2, current, requested, limit}; or
 --         {0, per_id, previous_owners_flat, owned_count} where per_id[i] is the fencing token
 --         (integer) of a granted id or the owner (string) of a conflicting one.
--- Touches: the keys above, the grant keys of the ids, the caller's lost set and, with force, the
--- owned and lost sets of previous owners (all built from prefixes; same hash tag).
+-- Touches: the keys above, the caller's lost set and, with force, the owned hash and lost set of
+-- each previous owner (built from prefixes; same hash tag).
 
 local iid = ARGV[2]
 local pttl = redis.call('PTTL', KEYS[1])
@@ -32,12 +33,8 @@ local force = ARGV[6] == '1'
 local limit = tonumber(ARGV[7])
 local n = #KEYS - 4
 local id_from = #ARGV[11] + 1
-local ids, grant_keys = {}, {}
-for i = 1, n do
-  local rid = string.sub(KEYS[4 + i], id_from)
-  ids[i] = rid
-  grant_keys[i] = ARGV[12] .. rid
-end
+local ids = {}
+for i = 1, n do ids[i] = string.sub(KEYS[4 + i], id_from) end
 
 local per_id, grant_idx, mine_idx, prev = {}, {}, {}, {}
 local owners = rr_mget(KEYS, 5, 4 + n)
@@ -55,32 +52,37 @@ for i = 1, n do
   end
 end
 
-local current = redis.call('SCARD', KEYS[2])
+local current = redis.call('HLEN', KEYS[2])
 if current + #grant_idx > limit then
   return {2, current, #grant_idx, limit}
 end
 
-local next_token = nil
-local function take_token()
-  if not next_token then
-    local last = tonumber(redis.call('GET', KEYS[3]) or '0')
-    next_token = rr_now_us()
-    if next_token <= last then next_token = last + 1 end
+-- Tokens of ids already owned (kept on re-registration), read in chunks.
+local mine_tokens = {}
+for c = 1, #mine_idx, RR_CHUNK do
+  local fields = {}
+  for j = c, math.min(c + RR_CHUNK - 1, #mine_idx) do fields[#fields + 1] = ids[mine_idx[j]] end
+  local records = redis.call('HMGET', KEYS[2], unpack(fields))
+  for j = 1, #records do
+    mine_tokens[c + j - 1] = records[j] and tonumber(string.match(records[j], '^(%d+)|'))
   end
-  local t = next_token
-  next_token = next_token + 1
-  return t
 end
 
-local now_ms = rr_fmt(math.floor(rr_now_us() / 1000))
-local grant_tail = '|' .. now_ms .. '|' .. ARGV[8]
+local next_token, grant_tail = nil, nil
 local added, grant_kv, prev_flat, prev_map, have_prev = {}, {}, {}, {}, false
 
 local function grant(i)
-  local token = take_token()
+  if not next_token then
+    local now_us = rr_now_us()
+    local last = tonumber(redis.call('GET', KEYS[3]) or '0')
+    next_token = now_us > last and now_us or last + 1
+    grant_tail = '|' .. rr_fmt(math.floor(now_us / 1000)) .. '|' .. ARGV[8]
+  end
+  local token = next_token
+  next_token = next_token + 1
   redis.call('SET', KEYS[4 + i], iid, 'PX', pttl)
-  grant_kv[#grant_kv + 1] = grant_keys[i]
-  grant_kv[#grant_kv + 1] = iid .. '|' .. rr_fmt(token) .. grant_tail
+  grant_kv[#grant_kv + 1] = ids[i]
+  grant_kv[#grant_kv + 1] = rr_fmt(token) .. grant_tail
   per_id[i] = token
   added[#added + 1] = ids[i]
 end
@@ -89,7 +91,7 @@ for _, i in ipairs(grant_idx) do
   local p = prev[i]
   if p then
     local rid = ids[i]
-    redis.call('SREM', ARGV[9] .. p, rid)
+    redis.call('HDEL', ARGV[9] .. p, rid)
     redis.call('SADD', ARGV[10] .. p, rid)
     prev_flat[#prev_flat + 1] = rid
     prev_flat[#prev_flat + 1] = p
@@ -99,15 +101,10 @@ for _, i in ipairs(grant_idx) do
   grant(i)
 end
 
-local mine_grant_keys = {}
-for j, i in ipairs(mine_idx) do mine_grant_keys[j] = grant_keys[i] end
-local mine_grants = rr_mget(mine_grant_keys, 1, #mine_grant_keys)
 for j, i in ipairs(mine_idx) do
   redis.call('PEXPIRE', KEYS[4 + i], pttl)
-  local g = mine_grants[j]
-  local token = g and tonumber(string.match(g, '^[^|]*|(%d+)|'))
-  if token then
-    per_id[i] = token
+  if mine_tokens[j] then
+    per_id[i] = mine_tokens[j]
   else
     grant(i)  -- a grant record went missing: issue a fresh one
   end
@@ -115,10 +112,9 @@ end
 
 if next_token then
   redis.call('SET', KEYS[3], rr_fmt(next_token - 1))
-  rr_chunked('MSET', grant_kv)
-end
-if #added > 0 then
-  rr_set_op('SADD', KEYS[2], added)
+  for c = 1, #grant_kv, RR_CHUNK do
+    redis.call('HSET', KEYS[2], unpack(grant_kv, c, math.min(c + RR_CHUNK - 1, #grant_kv)))
+  end
   -- Ids the caller takes back after losing them are no longer lost.
   local own_lost = ARGV[10] .. iid
   if redis.call('EXISTS', own_lost) == 1 then
@@ -131,4 +127,4 @@ if #added > 0 then
   end
   rr_emit(KEYS[4], event)
 end
-return {0, per_id, prev_flat, redis.call('SCARD', KEYS[2])}
+return {0, per_id, prev_flat, redis.call('HLEN', KEYS[2])}

@@ -1,16 +1,17 @@
 -- release_resources: owner-checked, all-or-nothing release of many ids.
 -- If any id is owned by another instance nothing is released. Ids without an owner are reported
--- as already free (release is idempotent).
+-- as already free (release is idempotent); a stale grant record of theirs in the caller's owned
+-- hash is dropped too.
 --
--- KEYS[1] owned set        rr:{S}:owned:I
+-- KEYS[1] owned hash       rr:{S}:owned:I
 -- KEYS[2] audit stream     rr:{S}:audit
 -- KEYS[2+i]     owner key of resource i   (i = 1..n)
 -- ARGV[1..5] see _prelude.lua
--- ARGV[6] reason for the event ('released')   ARGV[7] owner key prefix   ARGV[8] grant key prefix
--- The resource id is the owner key without its prefix; its grant key is grant prefix .. id.
+-- ARGV[6] reason for the event ('released')   ARGV[7] owner key prefix
+-- The resource id is the owner key without its prefix.
 -- Returns {3, owners_flat} (rid, owner, ...) when forbidden, else {0, flags, owned_count} where
 -- flags[i] is 1 for a released id and 0 for an id that was already free.
--- Touches: the keys above and the grant keys of the ids (built from the prefix; same hash tag).
+-- Touches: the keys above.
 
 local iid = ARGV[2]
 local n = #KEYS - 2
@@ -28,37 +29,19 @@ if #foreign > 0 then
   return {3, foreign}
 end
 
--- Free ids may still have a grant record of ours (an expired lease): drop it too.
-local free_idx, free_grant_keys = {}, {}
-for i = 1, n do
-  if not current[i] then
-    free_idx[#free_idx + 1] = i
-    free_grant_keys[#free_grant_keys + 1] = ARGV[8] .. ids[i]
-  end
-end
-local free_grants = rr_mget(free_grant_keys, 1, #free_grant_keys)
-
 local flags, released, dels = {}, {}, {}
 for i = 1, n do
   if current[i] then
     dels[#dels + 1] = KEYS[2 + i]
-    dels[#dels + 1] = ARGV[8] .. ids[i]
     released[#released + 1] = ids[i]
     flags[i] = 1
   else
     flags[i] = 0
   end
 end
-local own_grant = iid .. '|'
-for j, i in ipairs(free_idx) do
-  local g = free_grants[j]
-  if g and string.sub(g, 1, #own_grant) == own_grant then
-    dels[#dels + 1] = free_grant_keys[j]
-  end
-end
 rr_chunked('DEL', dels)
-rr_set_op('SREM', KEYS[1], ids)
+rr_set_op('HDEL', KEYS[1], ids)
 if #released > 0 then
   rr_emit(KEYS[2], {type = 'ResourceReleased', reason = ARGV[6], resource_ids = released})
 end
-return {0, flags, redis.call('SCARD', KEYS[1])}
+return {0, flags, redis.call('HLEN', KEYS[1])}

@@ -133,7 +133,7 @@ async def test_two_sweepers_clean_a_dead_instance_exactly_once(backend_url: str,
         offline = [e for e in await regs[0].events.recent(SVC, 100) if e.reason == "instance_offline"]
         assert len(offline) == 1 and offline[0].instance_id == "dead" and len(offline[0].resource_ids) == 20
         sk = regs[0].keys.service(SVC)
-        assert await regs[0].redis.exists(sk.owned("dead"), sk.lost("dead"), sk.grant("d0")) == 0
+        assert await regs[0].redis.exists(sk.owned("dead"), sk.lost("dead"), sk.owner("d0")) == 0
         assert await regs[0].live_instance_ids(SVC) == ["alive"]
         assert await regs[0].get_owner_id(SVC, "x") == "alive"
         assert await regs[1].sweep(SVC) == {}

@@ -7,10 +7,10 @@ instance ``I`` and resource ``R`` (README, "Keys", has the same table with examp
 key                             type    TTL                         holds
 ==============================  ======  ==========================  ==========================================
 ``rr:{S}:owner:R``              string  the owner's lease           owner instance id, plain text
-``rr:{S}:grant:R``              string  none (cleaned on loss)      ``owner|fencing_token|registered_ms|meta``
 ``rr:{S}:instance:I``           hash    the instance's lease        ttl_ms, registered_at_ms, heartbeat_at_ms,
                                                                     metadata (JSON)
-``rr:{S}:owned:I``              set     none (swept)                resource ids the instance owns
+``rr:{S}:owned:I``              hash    none (swept)                resource id -> grant record
+                                                                    ``fencing_token|registered_ms|meta``
 ``rr:{S}:lost:I``               set     none (drained by heartbeat) ids taken from the instance by force
 ``rr:{S}:instances``            zset    none                        instance id -> lease expiry (ms, Redis time)
 ``rr:{S}:fence``                string  none                        last fencing token issued in the service
@@ -23,11 +23,11 @@ instance), ``rr:reply:C`` (replies to client process ``C``).
 
 Cluster: every key of a service carries the hash tag ``{S}``, so every script runs on one slot.
 Scripts receive the keys they are about in ``KEYS`` (instance keys; the owner key of each resource in
-a registration or release). Keys that follow from those are built inside Lua from prefixes made here:
-the grant key of each resource, the member keys of an owned set (heartbeat, deregister, sweep) and
-the previous owner's sets in a forced takeover. Passing them in ``KEYS`` as well would triple the
-arguments of a 1000-id registration (about 1 ms of client CPU); they carry the same hash tag, so they
-stay on the script's slot.
+a registration, release or lookup). Keys that follow from those are built inside Lua from prefixes
+made here: the owner keys of the ids in an owned hash (heartbeat, deregister, sweep), the owner's
+owned hash in a lookup, and the previous owner's hash and set in a forced takeover. Their names
+depend on what the script reads, or passing them would double the arguments of a 1000-id
+registration; they carry the same hash tag, so they stay on the script's slot.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ MAX_NAMESPACE_LENGTH = 64
 
 # Names that appear inside the hash tag or as a path segment: a conservative, shell-safe alphabet.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-# Instance ids often look like host:pid or pod names; '|' is the grant separator and stays out.
+# Instance ids often look like host:pid or pod names; '|' (the separator of stored records) stays out.
 _INSTANCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
 # Characters refused in resource ids besides control/format/separator code points:
 # braces would change the hash tag, '*?[]' are glob characters that make SCAN/KEYS patterns ambiguous.
@@ -202,22 +202,11 @@ class ServiceKeys:
     def owner_prefix(self) -> str:
         return self.prefix + "owner:"
 
-    @cached_property
-    def grant_prefix(self) -> str:
-        return self.prefix + "grant:"
-
     def owner(self, resource_id: str) -> str:
         return self.owner_prefix + resource_id
 
-    def grant(self, resource_id: str) -> str:
-        return self.grant_prefix + resource_id
-
     def owner_keys(self, resource_ids: list[str]) -> list[str]:
         p = self.owner_prefix
-        return [p + r for r in resource_ids]
-
-    def grant_keys(self, resource_ids: list[str]) -> list[str]:
-        p = self.grant_prefix
         return [p + r for r in resource_ids]
 
     # -- per instance -------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
+from redis.exceptions import NoScriptError
 
 from .connection import RedisLike, connect
 from .errors import (
@@ -85,14 +86,14 @@ def _pairs(flat: Sequence[Any]) -> dict[str, str]:
     return {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
-def _parse_grant(raw: Any) -> tuple[str, int, int, dict[str, Any]] | None:
-    """``owner|token|registered_ms|metadata_json`` -> parts; None when absent or unreadable."""
-    if raw is None:
+def _parse_grant(raw: Any) -> tuple[int, int, dict[str, Any]] | None:
+    """A grant record ``fencing_token|registered_ms|metadata_json`` -> parts; None when absent or unreadable."""
+    if raw is None or raw is False:
         return None
     try:
-        owner, token, registered_ms, meta = _s(raw).split("|", 3)
+        token, registered_ms, meta = _s(raw).split("|", 2)
         metadata = json.loads(meta) if meta else {}
-        return owner, int(token), int(registered_ms), metadata if isinstance(metadata, dict) else {}
+        return int(token), int(registered_ms), metadata if isinstance(metadata, dict) else {}
     except ValueError:
         return None
 
@@ -254,7 +255,7 @@ class ResourceRegistry:
         ttl_ms = _ttl_ms(ttl)
         meta = self._metadata_json(metadata)
         keys = self._instance_keys(sk, instance_id)
-        args = [*self._common(sk, instance_id, None), ttl_ms, meta or "{}", sk.owner_prefix, sk.grant_prefix]
+        args = [*self._common(sk, instance_id, None), ttl_ms, meta or "{}", sk.owner_prefix]
 
         async def run() -> Any:
             reply = await self._scripts.register_instance(keys=keys, args=args)
@@ -299,7 +300,7 @@ class ResourceRegistry:
         validate_instance_id(instance_id)
         ttl_ms = _ttl_ms(ttl)
         keys = self._instance_keys(sk, instance_id)
-        args = [*self._common(sk, instance_id, None), ttl_ms, sk.owner_prefix, sk.grant_prefix]
+        args = [*self._common(sk, instance_id, None), ttl_ms, sk.owner_prefix]
         with timed(self.metrics, "heartbeat") as info:
             reply = await call_redis(
                 "heartbeat",
@@ -333,7 +334,7 @@ class ResourceRegistry:
         sk = self._sk(service_name)
         validate_instance_id(instance_id)
         keys = self._instance_keys(sk, instance_id)
-        args = [*self._common(sk, instance_id, None), sk.owner_prefix, sk.grant_prefix]
+        args = [*self._common(sk, instance_id, None), sk.owner_prefix]
         with timed(self.metrics, "deregister_instance") as info:
             reply = await call_redis(
                 "deregister_instance",
@@ -366,7 +367,7 @@ class ResourceRegistry:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for iid in ids:
                     pipe.hgetall(sk.instance(iid))
-                    pipe.scard(sk.owned(iid))
+                    pipe.hlen(sk.owned(iid))
                 replies = await pipe.execute()
             return [(iid, replies[2 * i], replies[2 * i + 1]) for i, iid in enumerate(ids)]
 
@@ -497,7 +498,6 @@ class ResourceRegistry:
             sk.owned_prefix,
             sk.lost_prefix,
             sk.owner_prefix,
-            sk.grant_prefix,
         ]
         reply: list[Any] = await call_redis(
             "register_resource",
@@ -521,7 +521,7 @@ class ResourceRegistry:
         async def precheck() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.exists(sk.instance(instance_id))
-                pipe.scard(sk.owned(instance_id))
+                pipe.hlen(sk.owned(instance_id))
                 for start in range(0, len(ids), 500):
                     pipe.mget(sk.owner_keys(ids[start : start + 500]))
                 result: list[Any] = await pipe.execute()
@@ -559,7 +559,7 @@ class ResourceRegistry:
     ) -> list[Any]:
         """One run of release_resources.lua; the raw reply."""
         keys = [sk.owned(instance_id), sk.audit, *sk.owner_keys(ids)]
-        args = [*self._common(sk, instance_id, trace_id), reason, sk.owner_prefix, sk.grant_prefix]
+        args = [*self._common(sk, instance_id, trace_id), reason, sk.owner_prefix]
         reply: list[Any] = await call_redis(
             "release_resource",
             lambda: self._scripts.release_resources(keys=keys, args=args),
@@ -608,16 +608,21 @@ class ResourceRegistry:
         )
 
     async def get_resource_owner(self, service_name: str, resource_id: str) -> Resource:
-        """The resource's owner, fencing token and metadata in one round trip (MGET of two keys)."""
+        """The resource's owner, fencing token and metadata in one round trip (lookup_resource.lua)."""
         sk = self._sk(service_name)
         validate_resource_id(resource_id)
         found, missing, duration = self._lookup_children(service_name)
-        okey, gkey = sk.owner_prefix + resource_id, sk.grant_prefix + resource_id
+        okey = sk.owner_prefix + resource_id
         start = time.perf_counter()
-        owner, grant = await call_redis(
-            "lookup", lambda: self.redis.mget(okey, gkey), settings=self.settings, idempotent=True
+        reply = await call_redis(
+            "lookup",
+            lambda: self._lookup_script(okey, sk.owned_prefix, resource_id),
+            settings=self.settings,
+            idempotent=True,
         )
         duration.observe(time.perf_counter() - start)
+        owner = reply[1] if len(reply) > 1 else None
+        grant = reply[2] if len(reply) > 2 else None
         if owner is None:
             missing.inc()
             raise ResourceNotFoundError(
@@ -627,6 +632,15 @@ class ResourceRegistry:
             )
         found.inc()
         return self._resource(service_name, resource_id, _s(owner), grant)
+
+    async def _lookup_script(self, owner_key: str, owned_prefix: str, resource_id: str) -> Any:
+        """lookup_resource.lua by its SHA (EVALSHA through ``execute_command``: the script object's
+        own call costs several microseconds more); loads it when the server does not know it."""
+        script = self._scripts.lookup_resource
+        try:
+            return await self.redis.execute_command("EVALSHA", script.sha, 1, owner_key, owned_prefix, resource_id)
+        except NoScriptError:
+            return await script(keys=[owner_key], args=[owned_prefix, resource_id])
 
     async def get_owner_id(self, service_name: str, resource_id: str) -> str | None:
         """Just the owner's instance id (one GET), or None. The routing hot path uses this."""
@@ -652,30 +666,38 @@ class ResourceRegistry:
         return {rid: self._resource(service_name, rid, _s(o), g) for rid, o, g in rows if o is not None}
 
     async def _read_rows(self, sk: ServiceKeys, rids: list[str]) -> list[tuple[str, Any, Any]]:
-        """(id, owner, grant) for each id: MGET of owner and grant keys, 500 ids per command."""
-        rows: list[tuple[str, Any, Any]] = []
+        """(id, owner, grant record) for each id: MGET of the owner keys, then HMGET of each owner's
+        owned hash, 500 ids per command."""
+        owners: list[Any] = []
         for start in range(0, len(rids), 500):
-            chunk = rids[start : start + 500]
-            values = await self.redis.mget([k for r in chunk for k in (sk.owner(r), sk.grant(r))])
-            rows.extend((r, values[2 * i], values[2 * i + 1]) for i, r in enumerate(chunk))
-        return rows
+            owners.extend(await self.redis.mget(sk.owner_keys(rids[start : start + 500])))
+        by_owner: dict[str, list[str]] = {}
+        for rid, owner in zip(rids, owners, strict=True):
+            if owner is not None:
+                by_owner.setdefault(_s(owner), []).append(rid)
+        records: dict[str, Any] = {}
+        for owner, owned in by_owner.items():
+            for start in range(0, len(owned), 500):
+                chunk = owned[start : start + 500]
+                records.update(zip(chunk, await self.redis.hmget(sk.owned(owner), chunk), strict=True))  # type: ignore[misc]
+        return [(rid, owner, records.get(rid)) for rid, owner in zip(rids, owners, strict=True)]
 
     def _resource(self, service_name: str, resource_id: str, owner: str, grant: Any) -> Resource:
         parsed = _parse_grant(grant)
-        if parsed is None or parsed[0] != owner:
-            # Cannot happen through the scripts (owner and grant are written together); keep the
-            # owner, which is authoritative, and say the rest is unknown.
+        if parsed is None:
+            # Cannot happen through the scripts (the owner key and the grant record are written
+            # together); keep the owner, which is authoritative, and say the rest is unknown.
             logger.warning("resource.grant_missing", service_name=service_name, resource_id=resource_id)
-            parsed = (owner, 0, 0, {})
+            parsed = (0, 0, {})
         return trusted(
             Resource,
             {
                 "resource_id": resource_id,
                 "owner_instance_id": owner,
                 "service_name": service_name,
-                "registered_at": ms_to_datetime(parsed[2]),
-                "fencing_token": parsed[1],
-                "metadata": parsed[3],
+                "registered_at": ms_to_datetime(parsed[1]),
+                "fencing_token": parsed[0],
+                "metadata": parsed[2],
             },
         )
 
@@ -694,7 +716,7 @@ class ResourceRegistry:
                 return []
             async with self.redis.pipeline(transaction=False) as pipe:
                 for iid in instance_ids:
-                    pipe.smembers(sk.owned(iid))
+                    pipe.hkeys(sk.owned(iid))
                 member_sets = await pipe.execute()
             return await self._read_rows(sk, sorted({_s(r) for members in member_sets for r in members}))
 
@@ -725,7 +747,7 @@ class ResourceRegistry:
         sk = self._sk(service_name)
         validate_instance_id(instance_id)
         keys = self._instance_keys(sk, instance_id)
-        args = [*self._common(sk, instance_id, None), sk.owner_prefix, sk.grant_prefix]
+        args = [*self._common(sk, instance_id, None), sk.owner_prefix]
         reply = await call_redis(
             "sweep",
             lambda: self._scripts.sweep_instance(keys=keys, args=args),

@@ -35,6 +35,7 @@ SCRIPT_NAMES: Final = (
     "sweep_instance",
     "register_resources",
     "release_resources",
+    "lookup_resource",
 )
 
 STATUS_OK: Final = 0
@@ -80,6 +81,7 @@ class ScriptSet:
     sweep_instance: AsyncScript
     register_resources: AsyncScript
     release_resources: AsyncScript
+    lookup_resource: AsyncScript
 
     @classmethod
     def for_client(cls, client: Any) -> ScriptSet:
