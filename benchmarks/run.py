@@ -63,6 +63,7 @@ ROW_IDS = (
     "routed_call_uncached",
     "raw_pubsub_rpc",
     "nats_request_reply",
+    "gateway_route",
     "scale",
 )
 
