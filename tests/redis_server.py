@@ -42,6 +42,16 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.proc = subprocess.Popen(
             [
@@ -74,6 +84,7 @@ class RedisServer:
                 if s.recv(16).startswith(b"+PONG"):
                     return self
             time.sleep(0.02)
+        self.kill()
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s")
 
     def kill(self) -> None:
