@@ -39,6 +39,11 @@ def _testcontainers_url() -> tuple[str, object] | None:
     return f"redis://{host}:{port}/0", container
 
 
+def sample(reg: CollectorRegistry, name: str, **labels: str) -> float:
+    """The current value of a metric sample (0 when it was never set)."""
+    return reg.get_sample_value(name, labels) or 0.0
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     env = os.environ.get("REDIS_URL")

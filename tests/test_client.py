@@ -26,13 +26,10 @@ from resource_router import (
     ServiceInstance,
     ServiceUnavailableError,
 )
+from tests.conftest import sample
 from tests.redis_server import RedisServer
 
 SVC = "svc"
-
-
-def sample(reg: CollectorRegistry, name: str, **labels: str) -> float:
-    return reg.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture

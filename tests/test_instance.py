@@ -31,13 +31,10 @@ from resource_router import (
 )
 from resource_router.connection import connect
 from resource_router.instance import default_instance_id
+from tests.conftest import sample
 from tests.procs.peer import RawPeer
 
 SVC = "svc"
-
-
-def sample(reg: CollectorRegistry, name: str, **labels: str) -> float:
-    return reg.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture

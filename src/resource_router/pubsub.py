@@ -38,7 +38,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .connection import binary_connection_kwargs
 from .errors import InvalidRequestError, RedisUnavailableError, ResourceRouterError
-from .retry import TRANSIENT_ERRORS
+from .retry import TRANSIENT_ERRORS, redis_unavailable
 from .tracing import logger
 
 hiredis: Any
@@ -72,12 +72,6 @@ def _pack(*parts: bytes) -> bytes:
         out.append(part)
         out.append(b"\r\n")
     return b"".join(out)
-
-
-def _unavailable(operation: str, exc: BaseException) -> RedisUnavailableError:
-    return RedisUnavailableError(
-        f"Redis is unreachable during {operation} ({type(exc).__name__}: {exc})", operation=operation
-    )
 
 
 def _hashable(value: Any) -> Any:
@@ -301,7 +295,7 @@ class _RawHub(PubSubHub):
         try:
             self._sub = await self._open()
         except _REDIS_FAILURES as exc:
-            raise _unavailable("subscribe", exc) from exc
+            raise redis_unavailable("subscribe", exc) from exc
         self._sub_task = asyncio.create_task(self._subscriber_loop(), name="resource-router-pubsub")
         await self._ensure_cmd()
 
@@ -394,7 +388,7 @@ class _RawHub(PubSubHub):
         try:
             await fut
         except RedisConnectionError as exc:
-            raise _unavailable(operation, exc) from exc
+            raise redis_unavailable(operation, exc) from exc
 
     async def _subscribe(self, name: bytes) -> None:
         await self._confirmed(b"subscribe", name, "subscribe")
@@ -417,7 +411,7 @@ class _RawHub(PubSubHub):
                 try:
                     conn = await self._open()
                 except _REDIS_FAILURES as exc:
-                    raise _unavailable("connect", exc) from exc
+                    raise redis_unavailable("connect", exc) from exc
                 self._cmd = conn
                 self._cmd_task = asyncio.create_task(self._command_loop(conn), name="resource-router-commands")
             return self._cmd
@@ -483,7 +477,7 @@ class _RawHub(PubSubHub):
         try:
             return await fut
         except RedisConnectionError as exc:
-            raise _unavailable(operation, exc) from exc
+            raise redis_unavailable(operation, exc) from exc
         except ResponseError as exc:
             raise ResourceRouterError(f"Redis error during {operation}: {exc}") from exc
 
@@ -592,7 +586,7 @@ class _ClientHub(PubSubHub):
                 self._task = asyncio.create_task(self._reader(), name="resource-router-pubsub")
             await fut
         except _REDIS_FAILURES as exc:
-            raise _unavailable(kind, exc) from exc
+            raise redis_unavailable(kind, exc) from exc
 
     async def _subscribe(self, name: bytes) -> None:
         await self._confirmed("subscribe", name)
@@ -605,7 +599,7 @@ class _ClientHub(PubSubHub):
         try:
             return int(await self._client.publish(channel, data))
         except TRANSIENT_ERRORS as exc:
-            raise _unavailable("publish", exc) from exc
+            raise redis_unavailable("publish", exc) from exc
         except RedisError as exc:
             raise ResourceRouterError(f"Redis error during publish: {exc}") from exc
 
@@ -624,7 +618,7 @@ class _ClientHub(PubSubHub):
         try:
             value: bytes | None = await self._client.get(key)
         except TRANSIENT_ERRORS as exc:
-            raise _unavailable("lookup", exc) from exc
+            raise redis_unavailable("lookup", exc) from exc
         except RedisError as exc:
             raise ResourceRouterError(f"Redis error during lookup: {exc}") from exc
         return value

@@ -23,7 +23,7 @@ from tenacity import (
 from .errors import RedisUnavailableError, ResourceRouterError
 from .settings import RouterSettings
 
-__all__ = ["TRANSIENT_ERRORS", "bounded", "call_redis"]
+__all__ = ["TRANSIENT_ERRORS", "bounded", "call_redis", "redis_unavailable"]
 
 T = TypeVar("T")
 
@@ -181,9 +181,13 @@ def _unavailable(operation: str, exc: BaseException, *, attempts: int, idempoten
         if attempts > 1
         else ("not retried (not idempotent)" if not idempotent else "retries disabled")
     )
-    return RedisUnavailableError(
-        f"Redis is unreachable during {operation} ({type(exc).__name__}: {exc}); {tail}", operation=operation
-    )
+    return redis_unavailable(operation, exc, tail)
+
+
+def redis_unavailable(operation: str, exc: BaseException, tail: str | None = None) -> RedisUnavailableError:
+    """The one wording of "Redis could not be reached" (registry calls, pub/sub hub, events)."""
+    message = f"Redis is unreachable during {operation} ({type(exc).__name__}: {exc})"
+    return RedisUnavailableError(f"{message}; {tail}" if tail else message, operation=operation)
 
 
 def _redis_error(operation: str, exc: RedisError) -> ResourceRouterError:
