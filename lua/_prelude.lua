@@ -4,7 +4,9 @@
 -- Conventions of every script:
 --   ARGV[1] service name      ARGV[2] instance id     ARGV[3] events channel
 --   ARGV[4] audit MAXLEN ~    ARGV[5] trace id ('' when none)
---   script-specific ARGV start at 6. The first reply element is a status code:
+--   ARGV[6] the publish command for the events channel: PUBLISH, or SPUBLISH on Redis Cluster
+--           (sharded pub/sub: the message stays on the shard of the script's slot)
+--   script-specific ARGV start at 7. The first reply element is a status code:
 --   0 ok, 1 instance not alive, 2 per-instance limit exceeded, 3 release of ids owned by others.
 
 local RR_CHUNK = 1000  -- unpack() stays far below Lua's C-stack limit
@@ -52,7 +54,7 @@ local function rr_emit(stream, event)
   event.ts_ms = math.floor(rr_now_us() / 1000)
   local payload = cjson.encode(event)
   redis.call('XADD', stream, 'MAXLEN', '~', ARGV[4], '*', 'event', payload)
-  redis.call('PUBLISH', ARGV[3], payload)
+  redis.call(ARGV[6], ARGV[3], payload)
 end
 
 -- Release everything instance ARGV[2] still holds: the owner keys it owns, its owned hash (with the

@@ -14,9 +14,9 @@
 -- KEYS[3] fence             rr:{S}:fence
 -- KEYS[4] audit stream      rr:{S}:audit
 -- KEYS[4+i]     owner key of resource i   rr:{S}:owner:R     (i = 1..n)
--- ARGV[1..5] see _prelude.lua
--- ARGV[6] force ('1'/'0')   ARGV[7] limit   ARGV[8] metadata (JSON text)
--- ARGV[9] owned-hash key prefix   ARGV[10] lost-set key prefix   ARGV[11] owner key prefix
+-- ARGV[1..6] see _prelude.lua
+-- ARGV[7] force ('1'/'0')   ARGV[8] limit   ARGV[9] metadata (JSON text)
+-- ARGV[10] owned-hash key prefix   ARGV[11] lost-set key prefix   ARGV[12] owner key prefix
 -- The resource id is the owner key without its prefix.
 -- Returns {1} instance not alive; {2, current, requested, limit}; or
 --         {0, per_id, previous_owners_flat, owned_count} where per_id[i] is the fencing token
@@ -29,10 +29,10 @@ local pttl = redis.call('PTTL', KEYS[1])
 if pttl <= 0 then
   return {1}
 end
-local force = ARGV[6] == '1'
-local limit = tonumber(ARGV[7])
+local force = ARGV[7] == '1'
+local limit = tonumber(ARGV[8])
 local n = #KEYS - 4
-local id_from = #ARGV[11] + 1
+local id_from = #ARGV[12] + 1
 local ids = {}
 for i = 1, n do ids[i] = string.sub(KEYS[4 + i], id_from) end
 
@@ -76,7 +76,7 @@ local function grant(i)
     local now_us = rr_now_us()
     local last = tonumber(redis.call('GET', KEYS[3]) or '0')
     next_token = now_us > last and now_us or last + 1
-    grant_tail = '|' .. rr_fmt(math.floor(now_us / 1000)) .. '|' .. ARGV[8]
+    grant_tail = '|' .. rr_fmt(math.floor(now_us / 1000)) .. '|' .. ARGV[9]
   end
   local token = next_token
   next_token = next_token + 1
@@ -91,8 +91,8 @@ for _, i in ipairs(grant_idx) do
   local p = prev[i]
   if p then
     local rid = ids[i]
-    redis.call('HDEL', ARGV[9] .. p, rid)
-    redis.call('SADD', ARGV[10] .. p, rid)
+    redis.call('HDEL', ARGV[10] .. p, rid)
+    redis.call('SADD', ARGV[11] .. p, rid)
     prev_flat[#prev_flat + 1] = rid
     prev_flat[#prev_flat + 1] = p
     prev_map[rid] = p
@@ -116,7 +116,7 @@ if next_token then
     redis.call('HSET', KEYS[2], unpack(grant_kv, c, math.min(c + RR_CHUNK - 1, #grant_kv)))
   end
   -- Ids the caller takes back after losing them are no longer lost.
-  local own_lost = ARGV[10] .. iid
+  local own_lost = ARGV[11] .. iid
   if redis.call('EXISTS', own_lost) == 1 then
     rr_set_op('SREM', own_lost, added)
   end

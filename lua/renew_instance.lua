@@ -8,8 +8,8 @@
 -- KEYS[3] owned hash      rr:{S}:owned:I
 -- KEYS[4] lost set        rr:{S}:lost:I
 -- KEYS[5] audit stream    rr:{S}:audit
--- ARGV[1..5] see _prelude.lua
--- ARGV[6] ttl_ms   ARGV[7] owner key prefix
+-- ARGV[1..6] see _prelude.lua
+-- ARGV[7] ttl_ms   ARGV[8] owner key prefix
 -- Returns {1} when the instance is not alive, else {0, owned_count, lost_ids}
 -- Touches: the keys above and the owner keys of the owned ids (same hash tag).
 
@@ -17,7 +17,7 @@ local iid = ARGV[2]
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {1}
 end
-local ttl = tonumber(ARGV[6])
+local ttl = tonumber(ARGV[7])
 local now = math.floor(rr_now_us() / 1000)
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('HSET', KEYS[1], 'heartbeat_at_ms', rr_fmt(now), 'ttl_ms', rr_fmt(ttl))
@@ -25,7 +25,7 @@ redis.call('ZADD', KEYS[2], now + ttl, iid)
 
 local members = redis.call('HKEYS', KEYS[3])
 local okeys = {}
-for i = 1, #members do okeys[i] = ARGV[7] .. members[i] end
+for i = 1, #members do okeys[i] = ARGV[8] .. members[i] end
 local owners = rr_mget(okeys, 1, #okeys)
 local lost, expired = {}, {}
 for i = 1, #members do

@@ -6,8 +6,8 @@
 --
 -- KEYS[1] instance hash   KEYS[2] instance index   KEYS[3] owned hash   KEYS[4] lost set
 -- KEYS[5] audit stream
--- ARGV[1..5] see _prelude.lua
--- ARGV[6] owner key prefix
+-- ARGV[1..6] see _prelude.lua
+-- ARGV[7] owner key prefix
 -- Returns {0, 0} when alive or already clean, else {0, 1, released_ids}
 -- Touches: the keys above and the owner keys of the owned ids (same hash tag).
 
@@ -17,6 +17,6 @@ end
 if redis.call('EXISTS', KEYS[3], KEYS[4]) == 0 and not redis.call('ZSCORE', KEYS[2], ARGV[2]) then
   return {0, 0}
 end
-local released = rr_release_all(KEYS[3], KEYS[4], KEYS[2], ARGV[6])
+local released = rr_release_all(KEYS[3], KEYS[4], KEYS[2], ARGV[7])
 rr_emit(KEYS[5], {type = 'ResourceReleased', reason = 'instance_offline', resource_ids = released})
 return {0, 1, released}

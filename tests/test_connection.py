@@ -18,7 +18,7 @@ from resource_router import (
     Sweeper,
     connect,
 )
-from resource_router.connection import binary_client, describe, memory_server
+from resource_router.connection import CLIENT_OPTIONS, describe, memory_server, server_identity
 from resource_router.events import parse_event
 
 SVC = "conn"
@@ -35,23 +35,32 @@ async def test_memory_urls_share_one_server_per_name() -> None:
         await client.aclose()
 
 
-async def test_a_client_is_used_as_is_and_not_closed(redis_url: str, namespace: str) -> None:
-    client = aredis.Redis.from_url(redis_url, decode_responses=True)
+async def test_a_client_passed_in_gets_a_twin_with_the_librarys_settings(redis_url: str, namespace: str) -> None:
+    client = aredis.Redis.from_url(redis_url, decode_responses=True, protocol=3, socket_timeout=5)
     async with ResourceRegistry(client, namespace=namespace, metrics_registry=CollectorRegistry()) as reg:
-        assert reg.redis is client
+        assert reg.redis is not client  # a twin: same server and credentials, the library's settings
+        kwargs = reg.redis.connection_pool.connection_kwargs
+        for name, value in CLIENT_OPTIONS.items():
+            assert kwargs[name] == value, name
+        assert server_identity(reg.redis) == server_identity(client)
         await reg.register_instance(SVC, "i1", ttl=5)
         resp = await reg.register_resource(SVC, "i1", ["a"])
         assert isinstance(resp.fencing_tokens["a"], int)
         assert (await reg.get_resource_owner(SVC, "a")).owner_instance_id == "i1"
         assert [r.resource_id for r in await reg.list_resources(SVC)] == ["a"]
     assert await client.ping()  # still open: the caller owns it
-    binary = binary_client(client)
-    assert binary is not client
-    assert await binary.get(reg.keys.service(SVC).owner("a")) == b"i1"
-    assert binary_client(binary) is binary
+    assert await client.get(reg.keys.service(SVC).owner("a")) == "i1"
     assert describe(client).startswith("redis://127.0.0.1:")
-    await binary.aclose()
     await client.aclose()
+
+
+async def test_clients_of_one_server_share_one_identity(redis_url: str) -> None:
+    a, b = connect(redis_url), connect(aredis.Redis.from_url(redis_url, client_name="x"))
+    c = connect(aredis.Redis.from_url(redis_url))
+    assert server_identity(a) == server_identity(c)
+    assert server_identity(a) != server_identity(b)  # another client name: another connection set
+    for client in (a, b, c):
+        await client.aclose()
 
 
 def test_describe_unix_socket_and_bad_inputs() -> None:

@@ -510,7 +510,7 @@ async def test_random_bytes_never_crash_an_instance_process(redis_url: str, name
     (proc,) = await start_all(
         [{"url": redis_url, "namespace": namespace, "service": SVC, "instance_id": "target", "resources": ["x"]}]
     )
-    channel = f"{namespace}:{{{SVC}}}:rpc:target"
+    channel = f"{namespace}:rpc:{SVC}:target"
     reply_channel = f"{namespace}:reply:hypothesis"
     structured = st.dictionaries(_FIELDS, _VALUES, max_size=12)
     shaped = st.fixed_dictionaries(
@@ -638,6 +638,6 @@ def test_constructor_checks_its_arguments(backend_url: str) -> None:
         ServiceInstance(backend_url, "bad service!", "a")
     inst = ServiceInstance(backend_url, SVC, "a", namespace="ns1")
     assert (inst.namespace, inst.service_name, inst.instance_id) == ("ns1", SVC, "a")
-    assert inst.channel == "ns1:{svc}:rpc:a"
+    assert inst.channel == "ns1:rpc:svc:a"
     with pytest.raises(TypeError):
         inst.add_handler("m", "not callable")  # type: ignore[arg-type]

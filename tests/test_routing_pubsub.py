@@ -128,10 +128,10 @@ async def test_unreachable_redis_is_a_redis_unavailable_error() -> None:
         await dead.aclose()
 
 
-async def test_cluster_clients_are_refused_for_now() -> None:
-    cluster = aredis.RedisCluster(host="127.0.0.1", port=free_port())
+async def test_an_unreachable_cluster_is_a_redis_unavailable_error() -> None:
+    cluster = connect(f"redis+cluster://127.0.0.1:{free_port()}/")
     try:
-        with pytest.raises(InvalidRequestError):
+        with pytest.raises(RedisUnavailableError):
             await PubSubHub.acquire(cluster)
     finally:
         await cluster.aclose()

@@ -13,8 +13,16 @@ Failure handling:
 * no owner: ``ResourceNotFoundError``; no reply before the timeout: ``RouteTimeoutError``;
 * errors raised by the remote side come back as the library's exceptions (``error_from_dict``).
 
-The owner cache (``owner_cache_ttl`` seconds, 0 disables it) never makes a request run on a
-non-owner: instances refuse what they do not own, and any refusal or silent channel drops the entry.
+The owner cache never makes a request run on a non-owner (instances refuse what they do not own,
+and any refusal or silent channel drops the entry), and it is never stale for long: the client
+listens to the ownership events of every service it calls and drops an entry as soon as its
+resource is registered, taken over or released. Owners are cached only while that subscription is
+heard (its connection dropping empties the service's cache); ``owner_cache_ttl`` (seconds, 0
+disables the cache) is only a backstop.
+
+One deadline covers a call from start to reply (``deadline.bounded``). When the reply subscription
+is lost (the connection dropped, or Redis disconnected a slow subscriber), every call waiting for a
+reply fails at once with ``RedisUnavailableError`` (retryable) instead of waiting out its timeout.
 """
 
 from __future__ import annotations
@@ -28,22 +36,24 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from .connection import RedisLike
+from .deadline import bounded
 from .errors import (
     InvalidRequestError,
     OwnerUnavailableError,
+    RedisUnavailableError,
     ResourceNotFoundError,
     ResourceRouterError,
     RouteTimeoutError,
     ServiceUnavailableError,
     error_from_dict,
 )
+from .events import parse_event
 from .instance import default_instance_id
 from .keys import ServiceKeys, validate_instance_id, validate_resource_id
 from .models import Resource, RouteRequest, RouteResponse
 from .protocol import STATUS_NOT_OWNER, STATUS_OK, ProtocolError, Reply, decode_reply, encode_request
 from .pubsub import PubSubHub
 from .registry import ResourceRegistry
-from .retry import bounded
 from .settings import RouterSettings
 from .tracing import logger, new_trace_id
 
@@ -51,7 +61,11 @@ __all__ = ["ServiceClient"]
 
 DEFAULT_TIMEOUT = 5.0
 MAX_TIMEOUT = 3600.0
+#: The owner cache's backstop TTL: entries are dropped by ownership events long before it.
+DEFAULT_OWNER_CACHE_TTL = 5.0
 _CACHE_LIMIT = 100_000
+#: Services whose ownership events one client follows (beyond it, the oldest is dropped).
+_EVENT_SERVICES_LIMIT = 1024
 
 
 class _Call:
@@ -82,11 +96,6 @@ class _Call:
         return RouteTimeoutError(f"no reply within {self.seconds:g}s", timeout=self.seconds)
 
 
-def _expire(fut: asyncio.Future[Reply], call: _Call) -> None:
-    if not fut.done():
-        fut.set_exception(call.timeout_error())
-
-
 class ServiceClient:
     """Call resources' owners (and services) over Redis pub/sub; see the module docstring.
 
@@ -100,7 +109,7 @@ class ServiceClient:
         *,
         namespace: str = "rr",
         client_id: str | None = None,
-        owner_cache_ttl: float = 1.0,
+        owner_cache_ttl: float = DEFAULT_OWNER_CACHE_TTL,
         default_timeout: float = DEFAULT_TIMEOUT,
         settings: RouterSettings | None = None,
         metrics_registry: CollectorRegistry | None = None,
@@ -124,9 +133,12 @@ class ServiceClient:
         self._id_prefix = self.client_id + ":"
         self._service_keys: dict[str, ServiceKeys] = {}
         self._owner_cache: dict[tuple[str, str], tuple[str, float]] = {}
+        #: service -> True while its events subscription is heard (owners are cached only then)
+        self._following: dict[str, bool] = {}
         self._live_cache: dict[str, tuple[list[str], float]] = {}
         self._round_robin: dict[str, int] = {}
         self._outcomes: dict[tuple[str, str], Any] = {}
+        self._event_handlers: dict[str, tuple[Any, Any]] = {}
         self._duration = self._metrics.operation_duration.labels("route")
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -153,9 +165,9 @@ class ServiceClient:
             raise RuntimeError("the ServiceClient is closed")
         async with self._start_lock:
             if self._hub is None:
-                hub = await PubSubHub.acquire(self._registry.redis)
+                hub = await PubSubHub.acquire(self._registry.redis, self._registry.settings)
                 try:
-                    await hub.subscribe(self.reply_channel, self._on_reply)
+                    await hub.subscribe(self.reply_channel, self._on_reply, self._on_reply_state)
                 except BaseException:
                     await hub.release()
                     raise
@@ -171,7 +183,9 @@ class ServiceClient:
                 fut.set_exception(ResourceRouterError("the ServiceClient was closed while waiting for a reply"))
         if hub is not None:
             with contextlib.suppress(ResourceRouterError):
-                await hub.unsubscribe(self.reply_channel, self._on_reply)
+                await hub.unsubscribe(self.reply_channel, self._on_reply, self._on_reply_state)
+                for service_name in list(self._following):
+                    await self._unfollow(hub, service_name)
             await hub.release()
         await self._registry.aclose()
 
@@ -357,11 +371,7 @@ class ServiceClient:
         try:
             if not await hub.publish(call.sk.rpc_channel(instance_id), data):
                 return None
-            handle = loop.call_at(call.deadline, _expire, fut, call)
-            try:
-                return await fut
-            finally:
-                handle.cancel()
+            return await fut  # the call's one deadline (``bounded`` in ``_route``) ends this wait
         finally:
             del self._pending[request_id]
 
@@ -375,14 +385,16 @@ class ServiceClient:
         return entry[0]
 
     def _cache_owner(self, key: tuple[str, str], owner: str) -> None:
-        if self.owner_cache_ttl <= 0:
-            return
+        if self.owner_cache_ttl <= 0 or not self._following.get(key[0]):
+            return  # not hearing the service's events: a cached owner could go stale unseen
         if len(self._owner_cache) >= _CACHE_LIMIT:
             self._owner_cache.clear()
         self._owner_cache[key] = (owner, time.monotonic() + self.owner_cache_ttl)
 
     async def _call_resource(self, call: _Call, resource_id: str) -> Reply:
         key = (call.sk.service_name, resource_id)
+        if key[0] not in self._following and self.owner_cache_ttl > 0:
+            await self._follow(key[0])  # once per service: the cache's invalidation comes first
         owner = self._cached_owner(key)
         fresh = owner is None
         if owner is None:
@@ -467,7 +479,78 @@ class ServiceClient:
             else:
                 self._live_cache.pop(name, None)
 
+    # -- ownership events: the owner cache's invalidation ------------------------------------------
+    async def _follow(self, service_name: str) -> None:
+        """Hear the service's ownership events; owners are cached only while they are heard. Without
+        them (Redis refused, or too many services) the call goes on uncached."""
+        hub = self._hub
+        if hub is None or len(self._following) >= _EVENT_SERVICES_LIMIT:
+            return
+        self._following[service_name] = False
+        sk = self._keys_for(service_name)
+        on_event, on_state = self._event_callbacks(service_name)
+        try:
+            await hub.subscribe(sk.events_channel, on_event, on_state)
+        except ResourceRouterError as exc:
+            self._following.pop(service_name, None)
+            logger.debug("route.events_unavailable", service_name=service_name, error=str(exc))
+            return
+        if service_name in self._following:
+            self._following[service_name] = hub.heard(sk.events_channel)
+
+    def _event_callbacks(self, service_name: str) -> tuple[Any, Any]:
+        callbacks = self._event_handlers.get(service_name)
+        if callbacks is None:
+
+            def on_event(data: bytes) -> None:
+                self._on_event(service_name, data)
+
+            def on_state(heard: bool) -> None:
+                if service_name in self._following:
+                    self._following[service_name] = heard
+                if not heard:
+                    self.forget_owner(service_name)
+
+            callbacks = self._event_handlers[service_name] = (on_event, on_state)
+        return callbacks
+
+    async def _unfollow(self, hub: PubSubHub, service_name: str) -> None:
+        self._following.pop(service_name, None)
+        on_event, on_state = self._event_handlers.pop(service_name, (None, None))
+        if on_event is not None:
+            await hub.unsubscribe(self._keys_for(service_name).events_channel, on_event, on_state)
+
+    def _on_event(self, service_name: str, data: bytes) -> None:
+        try:
+            event = parse_event(data)
+        except Exception:
+            self._metrics.dropped_messages.labels("malformed").inc()
+            return
+        cache = self._owner_cache
+        if event.type == "InstanceRegistered":
+            return
+        if not event.resource_ids and event.type == "ResourceReleased":
+            self.forget_owner(service_name)  # a whole instance went: drop the service's entries
+            return
+        for rid in event.resource_ids:
+            cache.pop((service_name, rid), None)
+
     # -- replies ---------------------------------------------------------------------------------
+    def _on_reply_state(self, heard: bool) -> None:
+        """The reply subscription dropped: no reply can arrive for calls in flight; fail them now."""
+        if heard or not self._pending:
+            return
+        pending = [fut for fut in self._pending.values() if not fut.done()]
+        logger.warning("route.reply_channel_lost", client_id=self.client_id, failed_calls=len(pending))
+        for fut in pending:
+            fut.set_exception(
+                RedisUnavailableError(
+                    "the connection carrying replies was lost while waiting; the request may or may not "
+                    "have run: retry if it is safe to",
+                    operation="reply",
+                )
+            )
+
     def _on_reply(self, data: bytes) -> None:
         try:
             reply = decode_reply(data)

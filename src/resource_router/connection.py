@@ -1,38 +1,86 @@
-"""Redis connections: a URL or a ready client, including the embedded ``memory://`` server.
+"""Redis connections: a URL or a ready client, for a single Redis, a Redis Cluster or ``memory://``.
 
-``memory://`` and ``memory://NAME`` give an in-process Redis-compatible server (fakeredis with Lua).
-Every client made from the same URL in one process talks to the same server, so a demo can run a
-registry, instances and clients side by side without any Redis installed. A real URL is never
-replaced by the embedded server.
+URL forms: ``redis://host:port/db``, ``rediss://`` (TLS), ``unix:///path.sock``,
+``redis+cluster://host:port[,host:port...]/`` (``rediss+cluster://`` with TLS) and ``memory://`` /
+``memory://NAME`` (an in-process Redis-compatible server, fakeredis with Lua; every client made
+from the same name in one process shares it). A real URL is never replaced by the embedded server.
+
+**What the library sets on the clients it makes** (``CLIENT_OPTIONS``; redis-py's defaults differ
+between 5.x and 8.x, so the library owns them instead of inheriting them):
+
+* ``protocol=2``: RESP2 on every redis-py version (8.x defaults to RESP3);
+* ``decode_responses=False``: replies as bytes (payloads are msgpack);
+* ``socket_timeout=None``: no per-read timer inside redis-py. Every operation has the library's
+  own deadline (``operation_timeout``, the caller's timeout), and cancelling a read never turns
+  into a ``TimeoutError`` that a loop would mistake for a transient failure (redis-py 8.x sets 5 s);
+* ``retry`` with 0 retries: redis-py 8.x retries every command 10 times by default, including
+  non-idempotent script calls; the library retries only idempotent operations, under one policy;
+* ``socket_connect_timeout`` from ``RouterSettings.connect_timeout``; TCP keepalive on, with
+  probes after ``keepalive_idle`` seconds of silence (half-open connections fail within bounds).
+
+**Clients passed in** stay the caller's (never closed by the library). The library talks to the
+same server with a twin of its own: same connection class, address, database, credentials, client
+name and TLS options, and the settings above. Pools that cannot be re-created from their connection
+arguments (Sentinel pools, custom pools, the embedded server's) are used as they are: then they
+should have no retries of their own for commands (``retry=Retry(NoBackoff(), 0)``) and RESP2.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
+import weakref
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aredis
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .errors import InvalidRequestError
+from .settings import RouterSettings
 
 __all__ = [
+    "CLIENT_OPTIONS",
+    "Client",
     "RedisLike",
-    "binary_client",
-    "binary_connection_kwargs",
     "connect",
     "describe",
+    "is_cluster",
+    "is_memory",
     "is_memory_url",
     "memory_server",
+    "server_identity",
 ]
 
 #: What every entry object accepts: a URL or an asyncio client (``Redis`` or ``RedisCluster``).
 RedisLike = str | aredis.Redis | aredis.RedisCluster
+#: A client the library talks through.
+Client = aredis.Redis | aredis.RedisCluster
+
+#: Behaviour the library owns on its clients (see the module docstring); the timeouts come from settings.
+CLIENT_OPTIONS: dict[str, Any] = {
+    "protocol": 2,
+    "decode_responses": False,
+    "socket_timeout": None,
+    "socket_keepalive": True,
+    "health_check_interval": 0,
+}
+
+_SINGLE_SCHEMES = ("redis", "rediss", "unix")
+_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+#: Connection arguments that say where a connection goes and how it authenticates (kept in twins,
+#: and what two clients must share to share the process's pub/sub connections).
+_IDENTITY_KEYS = frozenset(
+    {"host", "port", "path", "db", "username", "password", "credential_provider", "client_name", "ssl"}
+)
 
 _MEMORY_LOCK = threading.Lock()
 _MEMORY_SERVERS: dict[str, Any] = {}
-
-_REAL_SCHEMES = ("redis", "rediss", "unix")
+#: Identity recorded for the clients this module made (RedisCluster nodes change after discovery).
+_IDENTITIES: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
 def is_memory_url(url: str) -> bool:
@@ -56,59 +104,191 @@ def _memory_name(url: str) -> str:
     return (parts.netloc + parts.path).strip("/")
 
 
-def connect(redis: RedisLike, **kwargs: Any) -> aredis.Redis | aredis.RedisCluster:
-    """Return an asyncio client for ``redis`` (a URL, or a client that is returned as is)."""
-    if isinstance(redis, aredis.Redis | aredis.RedisCluster):
-        return redis
+def _options(settings: RouterSettings) -> dict[str, Any]:
+    options = dict(CLIENT_OPTIONS)
+    options["socket_connect_timeout"] = settings.connect_timeout
+    options["socket_keepalive_options"] = _keepalive_options(settings.keepalive_idle)
+    options["retry"] = Retry(NoBackoff(), 0)
+    return options
+
+
+def _keepalive_options(idle: float) -> dict[int, int]:
+    """TCP keepalive probes after ``idle`` seconds of silence, 3 probes 1 s apart (Linux, macOS)."""
+    out: dict[int, int] = {}
+    idle_s = max(1, int(idle))
+    for name, value in (("TCP_KEEPIDLE", idle_s), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            out[option] = value
+    return out
+
+
+def connect(redis: RedisLike, settings: RouterSettings | None = None) -> Client:
+    """The client the library talks through for ``redis`` (a URL, or a client to make a twin of).
+
+    Returns ``redis`` itself only when it cannot be twinned (see the module docstring); callers
+    close what they get unless it ``is`` what they passed.
+    """
+    settings = settings or RouterSettings()
+    if redis in _IDENTITIES:  # made here already: the library's settings are on it
+        return redis  # type: ignore[return-value]
+    if isinstance(redis, aredis.RedisCluster):
+        return _cluster_twin(redis, settings)
+    if isinstance(redis, aredis.Redis):
+        return _twin(redis, settings)
     if not isinstance(redis, str) or not redis:
         raise InvalidRequestError("redis must be a URL or a redis.asyncio client", field="redis")
     if is_memory_url(redis):
-        from fakeredis import FakeAsyncRedis
-
-        client: aredis.Redis = FakeAsyncRedis(server=memory_server(_memory_name(redis)), **kwargs)
-        return client
+        return _memory_client(redis)
     scheme = urlsplit(redis).scheme
-    if scheme not in _REAL_SCHEMES:
+    if scheme in _CLUSTER_SCHEMES:
+        return _cluster_from_url(redis, settings)
+    if scheme not in _SINGLE_SCHEMES:
         raise InvalidRequestError(
-            f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, unix:// or memory://",
+            f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, unix://, "
+            "redis+cluster://host:port[,host:port...]/ or memory://",
             field="redis",
         )
-    kwargs.setdefault("socket_connect_timeout", 5.0)
-    kwargs.setdefault("health_check_interval", 0)
-    real: aredis.Redis = aredis.Redis.from_url(redis, **kwargs)
-    return real
+    try:
+        client: aredis.Redis = aredis.Redis.from_url(redis, **_options(settings))
+    except ValueError as exc:
+        raise InvalidRequestError(f"invalid Redis URL: {exc}", field="redis") from exc
+    _IDENTITIES[client] = _pool_identity(client)
+    return client
 
 
-def binary_client(client: aredis.Redis | aredis.RedisCluster) -> aredis.Redis | aredis.RedisCluster:
-    """A client on the same server whose replies are bytes (needed for msgpack on pub/sub).
+def _memory_client(url: str) -> aredis.Redis:
+    try:
+        from fakeredis import FakeAsyncRedis
+    except ImportError as exc:  # pragma: no cover - the memory extra is installed in tests
+        raise InvalidRequestError(
+            "memory:// needs the embedded backend: pip install 'resource-router[memory]'", field="redis"
+        ) from exc
+    server = memory_server(_memory_name(url))
+    client: aredis.Redis = FakeAsyncRedis(server=server)
+    _IDENTITIES[client] = ("memory", id(server), 0)
+    return client
 
-    Returns ``client`` itself when it already returns bytes.
-    """
-    if isinstance(client, aredis.RedisCluster):
-        if not client.get_encoder().decode_responses:
-            return client
-        raise InvalidRequestError("pass a RedisCluster client created with decode_responses=False", field="redis")
+
+def _twin(client: aredis.Redis, settings: RouterSettings) -> aredis.Redis:
     pool = client.connection_pool
-    if not pool.connection_kwargs.get("decode_responses", False):
+    conn_class = pool.connection_class
+    if type(pool) not in (ConnectionPool, BlockingConnectionPool) or not conn_class.__module__.startswith("redis."):
+        if pool.connection_kwargs.get("decode_responses", False):
+            # The embedded server (or a custom pool): keep everything but ask for bytes.
+            kwargs = dict(pool.connection_kwargs, decode_responses=False)
+            twin = aredis.Redis.from_pool(type(pool)(connection_class=conn_class, **kwargs))
+            _IDENTITIES[twin] = server_identity(client)
+            return twin
         return client
-    new_pool = type(pool)(connection_class=pool.connection_class, **binary_connection_kwargs(client))
-    return aredis.Redis.from_pool(new_pool)  # closes its own pool on aclose()
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in _IDENTITY_KEYS or k.startswith("ssl_")}
+    new_pool = ConnectionPool(connection_class=conn_class, **kwargs, **_options(settings))
+    twin = aredis.Redis.from_pool(new_pool)  # closes its own pool on aclose()
+    _IDENTITIES[twin] = _pool_identity(twin)
+    return twin
 
 
-def binary_connection_kwargs(client: aredis.Redis) -> dict[str, Any]:
-    """The connection arguments of ``client``'s pool, with replies as bytes."""
-    kwargs = dict(client.connection_pool.connection_kwargs)
-    kwargs["decode_responses"] = False
-    return kwargs
+def _cluster_nodes(spec: str) -> list[tuple[str, int]]:
+    nodes: list[tuple[str, int]] = []
+    for part in spec.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidRequestError(
+                f"invalid cluster node {part!r}: use redis+cluster://host:port[,host:port...]/", field="redis"
+            )
+        nodes.append((host.strip("[]"), int(port)))
+    return nodes
 
 
-def describe(client: aredis.Redis | aredis.RedisCluster) -> str:
+def _cluster_from_url(url: str, settings: RouterSettings) -> aredis.RedisCluster:
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    if parts.path not in ("", "/"):
+        raise InvalidRequestError("a Redis Cluster has only database 0: drop the path from the URL", field="redis")
+    username, _, password = userinfo.partition(":")
+    auth: dict[str, Any] = {}
+    if username:
+        auth["username"] = unquote(username)
+    if password:
+        auth["password"] = unquote(password)
+    if parts.scheme.startswith("rediss"):
+        auth["ssl"] = True
+    return _make_cluster(_cluster_nodes(hosts), auth, settings)
+
+
+def _make_cluster(
+    nodes: list[tuple[str, int]], kwargs: dict[str, Any], settings: RouterSettings
+) -> aredis.RedisCluster:
+    options = _options(settings)
+    client = aredis.RedisCluster(  # type: ignore[abstract]
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+        require_full_coverage=False,
+        **kwargs,
+        **options,
+    )
+    _IDENTITIES[client] = (
+        "cluster",
+        tuple(sorted(nodes)),
+        tuple(sorted((k, _hashable(v)) for k, v in kwargs.items())),
+    )
+    return client
+
+
+def _cluster_twin(client: aredis.RedisCluster, settings: RouterSettings) -> aredis.RedisCluster:
+    source = client.nodes_manager.connection_kwargs
+    kwargs = {
+        k: v for k, v in source.items() if (k in _IDENTITY_KEYS or k.startswith("ssl_")) and k not in ("host", "port")
+    }
+    nodes = [(node.host, int(node.port)) for node in client.nodes_manager.startup_nodes.values()]
+    return _make_cluster(nodes, kwargs, settings)
+
+
+def _hashable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool | bytes):
+        return value
+    if isinstance(value, tuple | list):
+        return tuple(_hashable(v) for v in value)
+    return ("id", id(value))
+
+
+def _pool_identity(client: aredis.Redis) -> tuple[Any, ...]:
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    if "server" in kwargs:  # the embedded server: one per memory:// name, whatever the client
+        return ("memory", id(kwargs["server"]), kwargs.get("db", 0))
+    items = tuple(sorted((k, _hashable(v)) for k, v in kwargs.items() if k in _IDENTITY_KEYS or k.startswith("ssl_")))
+    return ("redis", pool.connection_class, items)
+
+
+def server_identity(client: Client) -> tuple[Any, ...]:
+    """What identifies the server(s) behind ``client``: clients with equal identities share the
+    process's pub/sub connections."""
+    known = _IDENTITIES.get(client)
+    if known is not None:
+        return known
+    if isinstance(client, aredis.RedisCluster):
+        nodes = tuple(sorted(client.nodes_manager.startup_nodes))
+        return ("cluster", nodes, ())
+    return _pool_identity(client)
+
+
+def is_cluster(client: Client) -> bool:
+    return isinstance(client, aredis.RedisCluster)
+
+
+def is_memory(client: Client) -> bool:
+    return bool(server_identity(client)[0] == "memory")
+
+
+def describe(client: Client) -> str:
     """A printable, password-free description of where ``client`` points."""
     if isinstance(client, aredis.RedisCluster):
-        return "redis-cluster"
+        nodes = ",".join(sorted(client.nodes_manager.startup_nodes))
+        return f"redis+cluster://{nodes}/"
     kw = client.connection_pool.connection_kwargs
     if "server" in kw or type(client).__module__.startswith("fakeredis"):
         return "memory://"
     if "path" in kw:
         return f"unix://{kw['path']}"
-    return f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+    scheme = "rediss" if kw.get("ssl") or "ssl_cert_reqs" in kw else "redis"
+    return f"{scheme}://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"

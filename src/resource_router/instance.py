@@ -1,7 +1,7 @@
 """A service instance: owns resources, serves requests for them on its own channel.
 
 ``async with ServiceInstance(redis, "user-service") as inst`` subscribes the instance's channel
-``{ns}:{S}:rpc:{instance_id}``, takes a lease (``register_instance``), and then:
+``{ns}:rpc:{S}:{instance_id}``, takes a lease (``register_instance``), and then:
 
 * heartbeats every ``ttl / 3``, renewing the lease and every resource it owns in one round trip;
   ids reported lost (expired, or taken by force) leave the local view at once and are passed to
@@ -35,6 +35,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from .connection import RedisLike
+from .deadline import stop_task
 from .errors import (
     InstanceNotAliveError,
     InvalidRequestError,
@@ -196,6 +197,14 @@ class ServiceInstance:
         return self._serving and self.lease_valid
 
     @property
+    def listening(self) -> bool:
+        """True while Redis has confirmed this instance's request channel on a live connection. While
+        False (the connection dropped and is being re-established), requests sent to it are lost:
+        callers see "owner unavailable" at once, since nobody receives them."""
+        hub = self._hub
+        return hub is not None and hub.heard(self._channel)
+
+    @property
     def in_flight(self) -> int:
         return len(self._inflight)
 
@@ -232,9 +241,9 @@ class ServiceInstance:
             return
         self._started = True
         try:
-            self._hub = await PubSubHub.acquire(self._registry.redis)
-            await self._hub.subscribe(self._channel, self._on_message)
-            await self._hub.subscribe(self._keys.events_channel, self._on_event)
+            self._hub = await PubSubHub.acquire(self._registry.redis, self._settings)
+            await self._hub.subscribe(self._channel, self._on_message, self._on_channel_state)
+            await self._hub.subscribe(self._keys.events_channel, self._on_event, self._on_events_state)
             sent = time.monotonic()
             await self._registry.register_instance(
                 self.service_name, self._instance_id, ttl=self.ttl, metadata=self.metadata or None
@@ -274,11 +283,8 @@ class ServiceInstance:
             task.cancel()
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat_task
-            self._heartbeat_task = None
+        await stop_task(self._heartbeat_task)
+        self._heartbeat_task = None
         if self._sweeper is not None:
             await self._sweeper.stop()
             self._sweeper = None
@@ -293,10 +299,15 @@ class ServiceInstance:
                 self._lease_until = 0.0
         hub, self._hub = self._hub, None
         if hub is not None:
-            for channel, callback in ((self._channel, self._on_message), (self._keys.events_channel, self._on_event)):
+            for channel, callback, listener in (
+                (self._channel, self._on_message, self._on_channel_state),
+                (self._keys.events_channel, self._on_event, self._on_events_state),
+            ):
                 with contextlib.suppress(ResourceRouterError):
-                    await hub.unsubscribe(channel, callback)
+                    await hub.unsubscribe(channel, callback, listener)
             await hub.release()
+        with contextlib.suppress(KeyError):
+            self._metrics.instance_listening.remove(self.service_name, self._instance_id)
         for task in list(self._background):
             task.cancel()
         if self._background:
@@ -401,7 +412,7 @@ class ServiceInstance:
     async def _heartbeat_loop(self) -> None:
         interval = self.ttl / 3.0
         ok = True
-        while True:
+        while not self._closed:  # checked too: a cancellation swallowed below must not keep it going
             # After a failure, try again soon: the lease is running out.
             await asyncio.sleep(interval if ok else min(interval / 3.0, 0.25))
             ok = False
@@ -463,6 +474,20 @@ class ServiceInstance:
         self._owned.update(server)
         self._needs_reconcile = False
         self._log.info("instance.reconciled", owned=len(self._owned), adopted=len(adopted))
+
+    # -- connection state --------------------------------------------------------------------------
+    def _on_channel_state(self, heard: bool) -> None:
+        if heard:
+            self._log.info("instance.listening", channel=self._channel)
+        else:
+            self._log.warning("instance.not_listening", channel=self._channel)
+        if not self._closed:
+            self._metrics.instance_listening.labels(self.service_name, self._instance_id).set(1 if heard else 0)
+
+    def _on_events_state(self, heard: bool) -> None:
+        if not heard:
+            # Takeover events published meanwhile are lost: re-read ownership at the next heartbeat.
+            self._needs_reconcile = True
 
     # -- events (forced takeovers, seen at once) -------------------------------------------------
     def _on_event(self, data: bytes) -> None:

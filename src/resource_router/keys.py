@@ -18,8 +18,10 @@ key                             type    TTL                         holds
 ``rr:services``                 set     none                        service names that registered an instance
 ==============================  ======  ==========================  ==========================================
 
-Pub/sub channels (not keys): ``rr:{S}:events`` (ownership events), ``rr:{S}:rpc:I`` (requests to an
-instance), ``rr:reply:C`` (replies to client process ``C``).
+Pub/sub channels (not keys): ``rr:{S}:events`` (ownership events, published by the scripts on the
+service's slot), ``rr:rpc:S:I`` (requests to an instance) and ``rr:reply:C`` (replies to client
+process ``C``). On Redis Cluster they are sharded channels (``SSUBSCRIBE``/``SPUBLISH``): the last two
+carry no hash tag, so each lives on the shard of its own slot.
 
 Cluster: every key of a service carries the hash tag ``{S}``, so every script runs on one slot.
 Scripts receive the keys they are about in ``KEYS`` (instance keys; the owner key of each resource in
@@ -232,7 +234,9 @@ class ServiceKeys:
         return self.lost_prefix + instance_id
 
     def rpc_channel(self, instance_id: str) -> str:
-        return f"{self.prefix}rpc:{instance_id}"
+        """Requests to one instance. No hash tag: on Redis Cluster each instance's channel lives on
+        the shard of its own slot (sharded pub/sub), so a service's traffic spreads over shards."""
+        return f"{self.namespace}:rpc:{self.service_name}:{instance_id}"
 
     # -- per service --------------------------------------------------------------------------
     @cached_property

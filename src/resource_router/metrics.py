@@ -29,6 +29,7 @@ class Metrics:
     route_calls: Counter
     route_requests: Counter
     dropped_messages: Counter
+    instance_listening: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -86,6 +87,13 @@ class Metrics:
                 "ipc_dropped_messages_total",
                 "Pub/sub messages dropped (malformed, foreign, expired, oversized)",
                 ["reason"],
+                registry=registry,
+            ),
+            instance_listening=Gauge(
+                "ipc_instance_listening",
+                "1 while an instance of this process hears its request channel, 0 while its connection "
+                "is being re-established (removed when the instance stops)",
+                ["service_name", "instance_id"],
                 registry=registry,
             ),
         )

@@ -1,6 +1,6 @@
 """The wire format of routed calls: msgpack maps with a version field ``v`` (``docs/protocol.md``).
 
-A request goes to the owner's channel ``{ns}:{S}:rpc:{instance_id}``; the reply goes to the caller's
+A request goes to the owner's channel ``{ns}:rpc:{S}:{instance_id}``; the reply goes to the caller's
 channel ``{ns}:reply:{client_id}`` named in the request. Both are msgpack maps with short string keys:
 
 request  ``{"v": 1, "k": "req", "id", "rc", "svc", "m", "rid", "p", "dl", "tr", "ft"}``

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from redis.exceptions import NoScriptError
 
-from .connection import RedisLike, connect
+from .connection import RedisLike, connect, is_cluster
 from .errors import (
     InstanceNotAliveError,
     InvalidRequestError,
@@ -137,8 +137,10 @@ class ResourceRegistry:
             field = str(exc.errors()[0]["loc"][0]) if exc.errors() else None
             raise InvalidRequestError(f"invalid registry settings: {exc}", field=field) from exc
         self.keys = KeySpace(namespace)
-        self._owns_client = isinstance(redis, str)
-        self.redis = connect(redis)
+        self.redis = connect(redis, self.settings)
+        self._owns_client = self.redis is not redis
+        #: Sharded pub/sub on Redis Cluster: events stay on the shard of the service's slot.
+        self._publish_command = "SPUBLISH" if is_cluster(self.redis) else "PUBLISH"
         self._scripts = ScriptSet.for_client(self.redis)
         self.metrics = get_metrics(metrics_registry)
         self.events = EventLog(self.redis, self.keys, self.settings)
@@ -204,7 +206,14 @@ class ResourceRegistry:
         return children
 
     def _common(self, sk: ServiceKeys, instance_id: str, trace_id: str | None) -> list[Any]:
-        return [sk.service_name, instance_id, sk.events_channel, self.settings.audit_maxlen, trace_id or ""]
+        return [
+            sk.service_name,
+            instance_id,
+            sk.events_channel,
+            self.settings.audit_maxlen,
+            trace_id or "",
+            self._publish_command,
+        ]
 
     def _instance_keys(self, sk: ServiceKeys, instance_id: str) -> list[str]:
         return [

@@ -37,6 +37,16 @@ class RouterSettings(BaseModel):
     retry_attempts: int = Field(default=3, ge=1, le=20)
     retry_initial_backoff: float = Field(default=0.05, gt=0)
     retry_max_backoff: float = Field(default=1.0, gt=0)
+    #: Bound on opening one connection to Redis (TCP connect and TLS handshake).
+    connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    #: TCP keepalive probes start after this many seconds of silence on a connection.
+    keepalive_idle: float = Field(default=5.0, ge=1, le=7200)
+    #: The pub/sub connections of a process send PING after this many seconds without traffic...
+    health_check_interval: float = Field(default=1.0, gt=0, le=300)
+    #: ...and are declared dead (then reconnected and re-subscribed) when no reply comes within this
+    #: many seconds; a command waiting that long for its reply ends its connection the same way.
+    #: A half-open connection is thus noticed within ``health_check_interval + health_check_timeout``.
+    health_check_timeout: float = Field(default=2.0, gt=0, le=300)
     #: Largest msgpack request or reply payload in bytes.
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
     #: Largest resource metadata (JSON bytes) stored per grant.

@@ -7,9 +7,9 @@ the sweep script is atomic and does the cleanup, and writes its audit record, ex
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 
+from .deadline import stop_task
 from .errors import ResourceRouterError
 from .registry import ResourceRegistry
 from .tracing import logger
@@ -34,6 +34,7 @@ class Sweeper:
         self.interval = interval
         self.swept_instances = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def run_once(self) -> dict[str, dict[str, list[str]]]:
         if self.services is None:
@@ -48,7 +49,7 @@ class Sweeper:
         return result
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:  # checked too: a cancellation swallowed below must not keep it going
             try:
                 await self.run_once()
             except ResourceRouterError as exc:
@@ -57,14 +58,13 @@ class Sweeper:
 
     def start(self) -> None:
         if self._task is None or self._task.done():
+            self._stopping = False
             self._task = asyncio.create_task(self._loop(), name="resource-router-sweeper")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._stopping = True
+        await stop_task(self._task)
+        self._task = None
 
     async def __aenter__(self) -> Sweeper:
         self.start()
