@@ -150,11 +150,18 @@ def connect(redis: RedisLike, settings: RouterSettings | None = None) -> Client:
             field="redis",
         )
     try:
-        client: aredis.Redis = aredis.Redis.from_url(redis, **_options(settings))
+        pool = BlockingConnectionPool.from_url(redis, **_pool_options(settings))
     except ValueError as exc:
         raise InvalidRequestError(f"invalid Redis URL: {exc}", field="redis") from exc
+    client = aredis.Redis.from_pool(pool)  # closes its pool on aclose()
     _IDENTITIES[client] = _pool_identity(client)
     return client
+
+
+def _pool_options(settings: RouterSettings) -> dict[str, Any]:
+    """A blocking pool: past ``max_connections``, callers wait (within their deadline) instead of
+    failing (redis-py 8.x raises) or opening without bound (5.x)."""
+    return {**_options(settings), "max_connections": settings.max_connections, "timeout": None}
 
 
 def _memory_client(url: str) -> aredis.Redis:
@@ -182,7 +189,7 @@ def _twin(client: aredis.Redis, settings: RouterSettings) -> aredis.Redis:
             return twin
         return client
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in _IDENTITY_KEYS or k.startswith("ssl_")}
-    new_pool = ConnectionPool(connection_class=conn_class, **kwargs, **_options(settings))
+    new_pool = BlockingConnectionPool(connection_class=conn_class, **kwargs, **_pool_options(settings))
     twin = aredis.Redis.from_pool(new_pool)  # closes its own pool on aclose()
     _IDENTITIES[twin] = _pool_identity(twin)
     return twin
@@ -223,6 +230,7 @@ def _make_cluster(
     client = aredis.RedisCluster(  # type: ignore[abstract]
         startup_nodes=[ClusterNode(host, port) for host, port in nodes],
         require_full_coverage=False,
+        max_connections=settings.max_connections * 8,  # per node; redis-py has no blocking cluster pool
         **kwargs,
         **options,
     )

@@ -96,7 +96,7 @@ class _Watchdog:
         self._handle = self._loop.call_later(self.TICK, self._tick) if self._inflight else None
 
 
-async def stop_task(task: asyncio.Task[Any] | None, *, grace: float = 0.5) -> None:
+async def stop_task(task: asyncio.Task[Any] | None, *, grace: float = 0.05) -> None:
     """Cancel ``task`` and wait until it has ended, cancelling again every ``grace`` seconds while it
     runs (a cancellation swallowed below must not leave the loop running)."""
     if task is None or task is asyncio.current_task():

@@ -37,6 +37,9 @@ class RouterSettings(BaseModel):
     retry_attempts: int = Field(default=3, ge=1, le=20)
     retry_initial_backoff: float = Field(default=0.05, gt=0)
     retry_max_backoff: float = Field(default=1.0, gt=0)
+    #: Connections of one client made by the library (single Redis: a blocking pool, callers wait
+    #: for a free connection within their deadline; Redis Cluster: per node).
+    max_connections: int = Field(default=128, ge=1, le=100_000)
     #: Bound on opening one connection to Redis (TCP connect and TLS handshake).
     connect_timeout: float = Field(default=5.0, gt=0, le=300)
     #: TCP keepalive probes start after this many seconds of silence on a connection.
