@@ -25,8 +25,6 @@ import socket
 import sys
 from typing import Any
 
-import structlog
-
 from resource_router import RouteRequest
 from resource_router.instance import ServiceInstance
 
@@ -102,12 +100,9 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    # An application configures logging (the library never does): library log lines go to stderr,
-    # so stdout carries only this program's own JSON lines.
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    # An application configures logging (the library never does): the library's events go to
+    # stderr, so stdout carries only this program's own JSON lines.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(serve(parse_args(argv)))
 
 

@@ -491,16 +491,29 @@ def test_serve_builds_settings_from_options_and_env(monkeypatch: pytest.MonkeyPa
 
 
 def test_configure_logging_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    from resource_router.tracing import get_logger
+
     cli.configure_logging("json", "info")
-    structlog.get_logger("resource_router").info("probe.event", trace_id="t-json", duration_ms=1.5)
-    structlog.get_logger("resource_router").debug("hidden.event")
+    log = get_logger("resource_router.probe").bind(instance_id="i-1")
+    log.info("probe.event", trace_id="t-json", duration_ms=1.5, message="a field named like a record attribute")
+    log.debug("hidden.event")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("probe.failed", operation="probe")
+    structlog.get_logger("app").info("structlog.event", key=1)
     logging.getLogger("uvicorn.error").warning("from uvicorn")
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [(e["event"], e["level"], e["logger"]) for e in lines] == [
-        ("probe.event", "info", "resource_router"),
+        ("probe.event", "info", "resource_router.probe"),
+        ("probe.failed", "error", "resource_router.probe"),
+        ("structlog.event", "info", "app"),
         ("from uvicorn", "warning", "uvicorn.error"),
     ]
-    assert lines[0]["trace_id"] == "t-json"
+    assert (lines[0]["trace_id"], lines[0]["duration_ms"], lines[0]["instance_id"]) == ("t-json", 1.5, "i-1")
+    assert lines[0]["message"] == "a field named like a record attribute"
+    assert lines[1]["operation"] == "probe"
+    assert 'raise RuntimeError("boom")' in lines[1]["exception"]
     with pytest.raises(InvalidRequestError):
         cli.configure_logging("xml", "info")
     with pytest.raises(InvalidRequestError):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import logging
 import re
 import signal
 import sys
@@ -28,7 +27,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import structlog
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
@@ -38,6 +36,7 @@ from .registry import ResourceRegistry
 from .settings import DEFAULT_REDIS_URL, ENV_REDIS_URL, RouterSettings
 
 try:  # the ``cli`` extra; main() says which pip command to run when it is missing
+    import structlog  # noqa: F401  (the renderer of .logs)
     import typer
     from rich.console import Console
     from rich.markup import escape
@@ -46,6 +45,7 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - exercised in a subproc
     _MISSING_EXTRA: str | None = _exc.name
 else:
     _MISSING_EXTRA = None
+    from .logs import configure_logging
 
 __all__ = [
     "EXIT_ERROR",
@@ -66,70 +66,6 @@ ENV_NAMESPACE = "RESOURCE_ROUTER_NAMESPACE"
 _STREAM_ID = re.compile(r"\$|\d+(-\d+)?")
 
 T = TypeVar("T")
-
-
-# -- logging --------------------------------------------------------------------------------------
-
-
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is at the time of the log call (test runners swap it)."""
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
-
-
-_HANDLER_NAME = "resource-router"
-
-
-def configure_logging(fmt: str = "console", level: str = "info") -> None:
-    """Route structlog and stdlib logging (uvicorn's too) through one renderer on stderr.
-
-    ``fmt`` is ``json`` (one JSON object per line, for ``serve``) or ``console`` (readable). Every line
-    carries the context variables bound for the request (``trace_id``). The library never calls this.
-    """
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    final: list[Any]
-    if fmt == "json":
-        final = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
-    elif fmt == "console":
-        # plain tracebacks: rich's default ones print local variables (request bodies, URLs) and are slow
-        final = [
-            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback)
-        ]
-    else:
-        raise InvalidRequestError(f"log format must be 'json' or 'console', not {fmt!r}", field="log_format")
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        raise InvalidRequestError(f"unknown log level {level!r}", field="log_level")
-    structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        # Drops calls below ``level`` before any processor runs (the routing hot path logs at debug).
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        cache_logger_on_first_use=False,
-    )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
-    )
-    handler = _StderrHandler()
-    handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(numeric)
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -45,7 +45,9 @@ from .pubsub import PubSubHub
 from .registry import ResourceRegistry
 from .retry import bounded
 from .settings import RouterSettings
-from .tracing import logger, new_trace_id
+from .tracing import get_logger, new_trace_id
+
+logger = get_logger(__name__)
 
 __all__ = ["ServiceClient"]
 

@@ -244,17 +244,16 @@ async def run_demo(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m resource_router.demo``: configure quiet logging and run the demo."""
-    import logging
-
-    import structlog
+    """``python -m resource_router.demo``: render only errors of the library's logs, run the demo."""
+    from .logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m resource_router.demo", description=__doc__)
     parser.add_argument("--redis", default=None, help=f"Redis URL (default: ${ENV_REDIS_URL} or {DEMO_URL})")
     parser.add_argument("--requests", type=int, default=3000)
     args = parser.parse_args(argv)
-    # An application entry point: the library itself never configures logging.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    # An application entry point: the library itself never configures logging. The demo provokes
+    # failures on purpose; its story is its output.
+    configure_logging("console", "error")
     asyncio.run(run_demo(args.redis, requests=args.requests))
 
 

@@ -58,7 +58,9 @@ from .registry import ResourceRegistry
 from .retry import call_redis
 from .settings import RouterSettings
 from .sweeper import Sweeper
-from .tracing import id_fields, logger
+from .tracing import get_logger, id_fields
+
+logger = get_logger(__name__)
 
 __all__ = ["Handler", "ResourceLostCallback", "ServiceInstance", "default_instance_id"]
 

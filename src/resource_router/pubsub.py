@@ -39,13 +39,15 @@ from redis.exceptions import RedisError, ResponseError
 from .connection import binary_connection_kwargs
 from .errors import InvalidRequestError, RedisUnavailableError, ResourceRouterError
 from .retry import TRANSIENT_ERRORS, redis_unavailable
-from .tracing import logger
+from .tracing import get_logger
 
 hiredis: Any
 try:  # hiredis comes with redis[hiredis]; without it every hub uses the generic backend
     hiredis = importlib.import_module("hiredis")
 except ImportError:  # pragma: no cover
     hiredis = None
+
+logger = get_logger(__name__)
 
 __all__ = ["MessageCallback", "PubSubHub"]
 

@@ -64,7 +64,9 @@ from .scripts import (
     check_status,
 )
 from .settings import RouterSettings
-from .tracing import id_fields, logger, new_trace_id, timed
+from .tracing import get_logger, id_fields, new_trace_id, timed
+
+logger = get_logger(__name__)
 
 __all__ = ["ResourceRegistry"]
 
