@@ -44,14 +44,13 @@ from .protocol import STATUS_NOT_OWNER, STATUS_OK, ProtocolError, Reply, decode_
 from .pubsub import PubSubHub
 from .registry import ResourceRegistry
 from .retry import bounded
-from .settings import RouterSettings
+from .settings import DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RouterSettings
 from .tracing import get_logger, new_trace_id
 
 logger = get_logger(__name__)
 
 __all__ = ["ServiceClient"]
 
-DEFAULT_TIMEOUT = 5.0
 MAX_TIMEOUT = 3600.0
 _CACHE_LIMIT = 100_000
 
@@ -100,7 +99,7 @@ class ServiceClient:
         self,
         redis: RedisLike,
         *,
-        namespace: str = "rr",
+        namespace: str = DEFAULT_NAMESPACE,
         client_id: str | None = None,
         owner_cache_ttl: float = 1.0,
         default_timeout: float = DEFAULT_TIMEOUT,

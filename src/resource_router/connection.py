@@ -1,13 +1,14 @@
 """Redis connections: a URL or a ready client, including the embedded ``memory://`` server.
 
-``memory://`` and ``memory://NAME`` give an in-process Redis-compatible server (fakeredis with Lua).
-Every client made from the same URL in one process talks to the same server, so a demo can run a
-registry, instances and clients side by side without any Redis installed. A real URL is never
-replaced by the embedded server.
+``memory://`` and ``memory://NAME`` give an in-process Redis-compatible server (fakeredis with Lua,
+the ``memory`` extra: ``pip install 'resource-router[memory]'``). Every client made from the same URL
+in one process talks to the same server, so a demo can run a registry, instances and clients side by
+side without any Redis installed. A real URL is never replaced by the embedded server.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aredis
 
 from .errors import InvalidRequestError
+from .settings import DEFAULT_TIMEOUT, redact_url
 
 __all__ = [
     "RedisLike",
@@ -39,14 +41,29 @@ def is_memory_url(url: str) -> bool:
     return url.startswith("memory:")
 
 
+def _fakeredis() -> Any:
+    """The fakeredis module, or an ImportError that names the extra to install."""
+    try:
+        import fakeredis  # imported lazily: only the embedded mode needs it
+
+        if importlib.util.find_spec("lupa") is None:  # fakeredis' Lua runtime, needed by every script
+            raise ModuleNotFoundError("No module named 'lupa'", name="lupa")
+    except ModuleNotFoundError as exc:
+        raise ImportError(
+            f"memory:// needs the 'memory' extra (fakeredis with Lua; {exc.name} is not installed): "
+            "pip install 'resource-router[memory]'",
+            name=exc.name,
+        ) from exc
+    return fakeredis
+
+
 def memory_server(name: str = "") -> Any:
     """The process-wide embedded server for ``memory://NAME`` (created on first use)."""
-    from fakeredis import FakeServer  # imported lazily: only the embedded mode needs it
-
+    fakeredis = _fakeredis()
     with _MEMORY_LOCK:
         server = _MEMORY_SERVERS.get(name)
         if server is None:
-            server = FakeServer(version=(7,))
+            server = fakeredis.FakeServer(version=(7,))
             _MEMORY_SERVERS[name] = server
         return server
 
@@ -63,9 +80,8 @@ def connect(redis: RedisLike, **kwargs: Any) -> aredis.Redis | aredis.RedisClust
     if not isinstance(redis, str) or not redis:
         raise InvalidRequestError("redis must be a URL or a redis.asyncio client", field="redis")
     if is_memory_url(redis):
-        from fakeredis import FakeAsyncRedis
-
-        client: aredis.Redis = FakeAsyncRedis(server=memory_server(_memory_name(redis)), **kwargs)
+        server = memory_server(_memory_name(redis))
+        client: aredis.Redis = _fakeredis().FakeAsyncRedis(server=server, **kwargs)
         return client
     scheme = urlsplit(redis).scheme
     if scheme not in _REAL_SCHEMES:
@@ -73,9 +89,12 @@ def connect(redis: RedisLike, **kwargs: Any) -> aredis.Redis | aredis.RedisClust
             f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, unix:// or memory://",
             field="redis",
         )
-    kwargs.setdefault("socket_connect_timeout", 5.0)
+    kwargs.setdefault("socket_connect_timeout", DEFAULT_TIMEOUT)
     kwargs.setdefault("health_check_interval", 0)
-    real: aredis.Redis = aredis.Redis.from_url(redis, **kwargs)
+    try:
+        real: aredis.Redis = aredis.Redis.from_url(redis, **kwargs)
+    except ValueError as exc:  # e.g. a port that is not a number
+        raise InvalidRequestError(f"invalid Redis URL {redact_url(redis)}: {exc}", field="redis") from exc
     return real
 
 

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import os
 import random
 import secrets
 import time
@@ -32,7 +31,7 @@ from .errors import (
 from .instance import ServiceInstance
 from .models import RouteRequest
 from .registry import ResourceRegistry
-from .settings import ENV_REDIS_URL
+from .settings import ENV_REDIS_URL, RouterSettings
 
 __all__ = ["DEMO_URL", "format_table", "main", "percentile", "run_demo"]
 
@@ -86,7 +85,10 @@ async def run_demo(
     users_per_instance: int = 30,
 ) -> dict[str, Any]:
     """Run the demo and return its figures (also printed through ``out``)."""
-    url = redis_url or os.environ.get(ENV_REDIS_URL) or DEMO_URL
+    if not redis_url:
+        configured = RouterSettings()  # RESOURCE_ROUTER_REDIS_URL, or .env
+        redis_url = configured.redis_url.get_secret_value() if configured.redis_url_given else DEMO_URL
+    url = redis_url
     namespace = f"demo-{secrets.token_hex(4)}"
     limit = 2 * users_per_instance + 10  # room for one takeover, and a request that breaks it
     redis = connect(url)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from .errors import InvalidRequestError
+from .settings import DEFAULT_NAMESPACE
 
 __all__ = [
     "MAX_INSTANCE_ID_LENGTH",
@@ -165,7 +166,7 @@ def _batch_is_plain(values: Sequence[object]) -> bool:
 class KeySpace:
     """Key and channel builder for one namespace."""
 
-    namespace: str = "rr"
+    namespace: str = DEFAULT_NAMESPACE
 
     def __post_init__(self) -> None:
         validate_namespace(self.namespace)

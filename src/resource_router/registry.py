@@ -63,15 +63,12 @@ from .scripts import (
     ScriptSet,
     check_status,
 )
-from .settings import RouterSettings
+from .settings import DEFAULT_MAX_RESOURCES_PER_INSTANCE, DEFAULT_NAMESPACE, MAX_TTL, MIN_TTL, RouterSettings
 from .tracing import get_logger, id_fields, new_trace_id, timed
 
 logger = get_logger(__name__)
 
 __all__ = ["ResourceRegistry"]
-
-MIN_TTL = 0.05
-MAX_TTL = 86_400.0
 
 
 def _s(value: Any) -> str:
@@ -124,8 +121,8 @@ class ResourceRegistry:
         self,
         redis: RedisLike,
         *,
-        namespace: str = "rr",
-        max_resources_per_instance: int = 1000,
+        namespace: str = DEFAULT_NAMESPACE,
+        max_resources_per_instance: int = DEFAULT_MAX_RESOURCES_PER_INSTANCE,
         settings: RouterSettings | None = None,
         metrics_registry: CollectorRegistry | None = None,
     ) -> None:

@@ -36,7 +36,7 @@ class GatewayState:
         self.metrics_registry = metrics_registry
         router = settings.router
         self.registry = ResourceRegistry(
-            router.redis_url,
+            settings.redis_url,
             namespace=router.namespace,
             max_resources_per_instance=router.max_resources_per_instance,
             settings=router,
