@@ -4,18 +4,21 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck bench bench-quick wheel-check clean help
+.PHONY: demo test test-fast lint typecheck bench bench-quick constraints clean help
 
 help:
 	@echo "make demo         run the demo (embedded memory:// unless RESOURCE_ROUTER_REDIS_URL is set)"
 	@echo "make test         lint, type-check and run the whole suite against a real Redis"
 	@echo "make bench        full benchmark suite (tables, JSON, plots in benchmarks/results/)"
 	@echo "make bench-quick  the same, bounded to well under a minute"
+	@echo "make constraints  re-pin docker/constraints.txt (the image's dependencies) from pyproject.toml"
 
+# The package with every extra (memory:// for the demo and tests), plus the dev and bench dependency
+# groups (pip >= 25.1 installs PEP 735 groups).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
+	$(BIN)/python -m pip install --quiet -e ".[cli,gateway,memory]" --group dev --group bench
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -39,6 +42,11 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.run --quick
+
+# What the Docker image installs, pinned: the gateway extra's dependencies as pip resolves them now.
+constraints: $(STAMP)
+	$(BIN)/python -m pip install --quiet --dry-run --ignore-installed --report $(VENV)/report.json ".[gateway]"
+	$(BIN)/python docker/pin.py $(VENV)/report.json > docker/constraints.txt
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov

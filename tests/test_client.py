@@ -19,12 +19,12 @@ from resource_router import (
     ResourceNotFoundError,
     ResourceRouterError,
     RouteRequest,
-    RouteResponse,
     RouteTimeoutError,
     ServiceClient,
     ServiceInstance,
     ServiceUnavailableError,
 )
+from resource_router.models import RouteResponse
 from tests.conftest import sample
 from tests.logs import capture_logs
 from tests.redis_server import RedisServer
