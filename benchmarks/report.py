@@ -249,9 +249,9 @@ def write_readme(path: Path, meta: dict[str, Any], table: str, goals_md: str, pl
     plot_md = "\n".join(f"![{Path(p).stem}](results/{Path(p).name})" for p in plots)
     text = f"""# Benchmarks
 
-resource-router measured side by side with the libraries it is compared against
-(`shared/anchors/`: redis-py GET, redis-py Lock, aioredlock, python-redis-lock, a redis-py pipeline,
-naive redis-py pub/sub request-reply, NATS request-reply), in one run against one Redis.
+resource-router measured side by side with the libraries it is compared against (redis-py GET,
+redis-py Lock, aioredlock, python-redis-lock, a redis-py pipeline, naive redis-py pub/sub
+request-reply, NATS request-reply), in one run against one Redis.
 
 ```
 make bench-quick                     # python -m benchmarks.run --quick   (< 60 s, prints the table)

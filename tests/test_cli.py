@@ -339,7 +339,7 @@ def test_demo_runs_on_the_embedded_store() -> None:
     result = invoke("demo")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("resource-router demo on memory://")
-    assert "Instances stopped gracefully: 0 resources left registered." in result.stdout
+    assert "Instances stopped gracefully: 0 resources left registered; the demo's " in result.stdout
     assert "Traceback" not in result.stderr
 
 

@@ -7,6 +7,7 @@ decision to the application).
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def run_script(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_readme_has_python_examples() -> None:
-    assert len(BLOCKS) >= 2
+    assert len(BLOCKS) >= 4
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
@@ -87,3 +88,33 @@ def test_the_library_needs_no_structlog(tmp_path: Path) -> None:
     out = run_script(tmp_path, _BLOCK_STRUCTLOG + BLOCKS[1])
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("{'user': 'user-1', 'token': ")
+
+
+SH_BLOCKS = re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.S)
+
+
+@pytest.mark.real_redis
+def test_the_replica_block_works_when_pasted(redis_url: str, namespace: str) -> None:
+    """The README's two-replica block, as a user pastes it (on free ports and the suite's Redis): it
+    waits for the replicas and the instance before it routes, so the curl answers the first time."""
+    from tests.redis_server import free_port
+
+    (block,) = [b for b in SH_BLOCKS if "serve --port 8001" in b]
+    bin_dir = str(Path(sys.executable).parent)
+    script = block.replace(".venv/bin/", bin_dir + "/").replace("redis://localhost:6379/0", redis_url)
+    for port in ("8001", "8002"):
+        script = script.replace(port, str(free_port()))
+    wrapped = (
+        "set -u\n"
+        f"export RESOURCE_ROUTER_NAMESPACE={namespace}\n"
+        "trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n"
+        f"{script}\n"
+        "echo\n"  # curl's answer has no newline of its own
+    )
+    out = subprocess.run(
+        ["bash", "-c", wrapped], capture_output=True, text=True, timeout=90, cwd=README.parent, env=clean_env()
+    )
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(next(line for line in out.stdout.splitlines() if line.startswith('{"result"')))
+    assert answer["result"]["echo"] == {"hello": "world"}
+    assert (answer["instance_id"], answer["result"]["resource_id"]) == ("echo-1", "user-1")

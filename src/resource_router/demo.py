@@ -29,6 +29,7 @@ from .errors import (
     ResourceRouterError,
 )
 from .instance import ServiceInstance
+from .keys import KeySpace
 from .models import RouteRequest
 from .registry import ResourceRegistry
 from .settings import ENV_REDIS_URL, RouterSettings
@@ -73,6 +74,21 @@ def _make_handlers(inst: ServiceInstance, served: Counter[str]) -> None:
             "served_by": inst.instance_id,
             "fencing_token": request.fencing_token,
         }
+
+
+async def _delete_namespace(redis: Any, namespace: str) -> int:
+    """Delete every key of the demo's own namespace (its audit stream, fence, indexes): a demo run
+    against a real Redis leaves nothing behind."""
+    deleted = 0
+    batch: list[Any] = []
+    async for key in redis.scan_iter(match=KeySpace(namespace).match_all, count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            deleted += await redis.unlink(*batch)
+            batch.clear()
+    if batch:
+        deleted += await redis.unlink(*batch)
+    return deleted
 
 
 async def run_demo(
@@ -238,9 +254,13 @@ async def run_demo(
                 await inst.stop()
         remaining = await ResourceRegistry(redis, namespace=namespace).list_resources(SERVICE)
         summary["left_after_exit"] = len(remaining)
+        summary["keys_deleted"] = await _delete_namespace(redis, namespace)
         await redis.aclose()
     summary["seconds"] = round(time.perf_counter() - t_start, 2)
-    out(f"\n6. Instances stopped gracefully: {summary['left_after_exit']} resources left registered.")
+    out(
+        f"\n6. Instances stopped gracefully: {summary['left_after_exit']} resources left registered; "
+        f"the demo's {summary['keys_deleted']} keys deleted."
+    )
     out(f"Done in {summary['seconds']:.1f}s.")
     return summary
 

@@ -178,6 +178,11 @@ class KeySpace:
     def services(self) -> str:
         return f"{self.namespace}:services"
 
+    @property
+    def match_all(self) -> str:
+        """A SCAN pattern matching every key of the namespace (namespaces allow no glob characters)."""
+        return f"{self.namespace}:*"
+
     def reply_channel(self, client_id: str) -> str:
         return f"{self.namespace}:reply:{client_id}"
 
