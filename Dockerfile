@@ -1,17 +1,24 @@
 # One image for the router replicas (`resource-router serve`) and the example instances
 # (`python examples/echo_instance.py`). Build: docker build -t resource-router .
-FROM python:3.11-slim AS build
+#
+# Reproducible: the base image is pinned to a full version, and every dependency to the version in
+# docker/constraints.txt (`make constraints` re-pins it). The image holds the gateway extra only: no
+# fakeredis, so a replica serves a real Redis.
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
 
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # Only what the wheel needs (no .venv, caches or tests from the build context).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
+COPY docker/constraints.txt ./docker/constraints.txt
 COPY src ./src
 COPY lua ./lua
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install ".[gateway]"
+    && /opt/venv/bin/pip install --constraint docker/constraints.txt ".[gateway]"
 
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aredis
-import structlog
 from prometheus_client import CollectorRegistry
 
 from resource_router import ResourceRegistry
@@ -51,10 +50,7 @@ MODES: dict[str, Mode] = {
 
 def configure_logging() -> None:
     """The runner is an application: drop the library's info events (state changes) and keep warnings."""
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        cache_logger_on_first_use=True,
-    )
+    logging.basicConfig(level=logging.WARNING)
 
 
 def child_env() -> dict[str, str]:

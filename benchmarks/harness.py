@@ -1,6 +1,6 @@
 """Timing drivers, percentiles, CPU accounting and the result row shared by every benchmark.
 
-Method (the same as ``shared/anchors/bench_anchors.py``): a sequential phase (one caller, ``n`` ops
+Method (the same for every row, ours and the compared libraries'): a sequential phase (one caller, ``n`` ops
 after ``warm`` warm-up ops; p50/p99 latency and ops/s) and a concurrent phase (64 asyncio tasks, or
 64 threads for sync libraries, ``per_task`` ops each after a short warm-up; ops/s). Latencies are
 ``perf_counter_ns`` around one awaited operation. CPU columns are CPU microseconds per op of this

@@ -19,7 +19,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
 from prometheus_client import CollectorRegistry
 
 from resource_router import ResourceRegistry
@@ -92,7 +91,7 @@ def main() -> None:
     ap.add_argument("--redis-url", help="use this Redis instead of a private redis-server")
     ap.add_argument("-n", type=int, default=2000, help="timed operations per figure (1000-id: n/20)")
     args = ap.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.basicConfig(level=logging.WARNING)
     proc = tmp = None
     url = args.redis_url
     if url is None:

@@ -249,9 +249,9 @@ def write_readme(path: Path, meta: dict[str, Any], table: str, goals_md: str, pl
     plot_md = "\n".join(f"![{Path(p).stem}](results/{Path(p).name})" for p in plots)
     text = f"""# Benchmarks
 
-resource-router measured side by side with the libraries it is compared against
-(`shared/anchors/`: redis-py GET, redis-py Lock, aioredlock, python-redis-lock, a redis-py pipeline,
-naive redis-py pub/sub request-reply, NATS request-reply), in one run against one Redis.
+resource-router measured side by side with the libraries it is compared against (redis-py GET,
+redis-py Lock, aioredlock, python-redis-lock, a redis-py pipeline, naive redis-py pub/sub
+request-reply, NATS request-reply), in one run against one Redis.
 
 ```
 make bench-quick                     # python -m benchmarks.run --quick   (< 60 s, prints the table)
@@ -307,8 +307,8 @@ redis-server (process CPU, including network I/O), the Redis command time report
   Sizes per mode: {meta.get("mode_params")}.
 * `raw_get`, `redispy_lock` and the pipeline use a plain `redis.asyncio.Redis.from_url(url)`;
   library rows use a `ResourceRegistry` made from the URL (as users do) with a fresh
-  `CollectorRegistry`. structlog is configured to drop the library's info events (an application
-  would); Prometheus metrics stay on.
+  `CollectorRegistry`. Logging stays at WARNING, so the library's info events are dropped (an
+  application would); Prometheus metrics stay on.
 * `register_release` registers one fresh id and releases it (two Lua calls); `redispy_lock`,
   `aioredlock` (fixed TTL) and `python_redis_lock` acquire and release one fresh lock name.
 * `register_1000` registers 1000 fresh ids in one call for an instance with a limit of 10^6;

@@ -25,20 +25,19 @@ import socket
 import sys
 from typing import Any
 
-import structlog
-
-from resource_router import RouteRequest
+from resource_router import RouteRequest, RouterSettings
 from resource_router.instance import ServiceInstance
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    settings = RouterSettings()  # RESOURCE_ROUTER_* variables and .env
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--redis",
-        default=os.environ.get("RESOURCE_ROUTER_REDIS_URL", "redis://localhost:6379/0"),
+        default=settings.redis_url.get_secret_value() if settings.redis_url_given else "redis://localhost:6379/0",
         help="Redis URL (default: $RESOURCE_ROUTER_REDIS_URL or redis://localhost:6379/0)",
     )
-    parser.add_argument("--namespace", default=os.environ.get("RESOURCE_ROUTER_NAMESPACE", "rr"))
+    parser.add_argument("--namespace", default=settings.namespace)
     parser.add_argument("--service", default=os.environ.get("ECHO_SERVICE", "echo"), help="service name")
     parser.add_argument(
         "--instance-id",
@@ -102,12 +101,9 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    # An application configures logging (the library never does): library log lines go to stderr,
-    # so stdout carries only this program's own JSON lines.
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    # An application configures logging (the library never does): the library's events go to
+    # stderr, so stdout carries only this program's own JSON lines.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(serve(parse_args(argv)))
 
 

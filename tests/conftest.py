@@ -4,7 +4,8 @@ Redis for the suite, in order of preference:
 1. ``REDIS_URL`` when set (the suite only uses fresh namespaces and never flushes a shared server);
 2. a private ``redis-server`` started on a free port for the session;
 3. a testcontainers Redis when Docker works.
-Otherwise the session fails with a message saying how to get Redis.
+Otherwise the session fails with a message saying how to get Redis. The header of the run says
+which one it will be, and the summary at the end which one it was.
 
 ``backend_url`` runs a test on the real Redis and, as a second backend, on ``memory://``.
 """
@@ -12,18 +13,57 @@ Otherwise the session fails with a message saying how to get Redis.
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import redis
 import redis.asyncio as aredis
 from prometheus_client import CollectorRegistry
 
 from resource_router import ResourceRegistry
+from resource_router.settings import redact_url
 from tests.redis_server import RedisServer, redis_server_binary
 
 #: Scale of slow/chaos/soak tests. CI runs the bounded default (1); RR_SLOW_SCALE=10 for a long run.
 SLOW_SCALE = max(1, int(os.environ.get("RR_SLOW_SCALE", "1")))
+
+
+#: The Redis the session used, for the summary at the end.
+_USED: list[str] = []
+
+
+def _redis_server_version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "(version unknown)"
+    version = next((part for part in out.split() if part.startswith("v=")), "v=?")
+    return version[2:]
+
+
+def _redis_plan() -> str:
+    """Which Redis the ``redis_url`` fixture will use (the same order as the fixture)."""
+    env = os.environ.get("REDIS_URL")
+    if env:
+        return f"REDIS_URL={redact_url(env)}"
+    binary = redis_server_binary()
+    if binary:
+        return f"a private redis-server {_redis_server_version(binary)} ({binary}) on a free port"
+    return "a testcontainers Redis (redis:7) if Docker works, else none (the Redis tests fail)"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [
+        f"redis: {_redis_plan()}; memory:// (fakeredis with Lua) as the second backend",
+        f"redis-py {redis.__version__}",
+    ]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _USED:
+        terminalreporter.write_line(f"redis used: {_USED[0]} (redis-py {redis.__version__})")
 
 
 def _testcontainers_url() -> tuple[str, object] | None:
@@ -48,10 +88,13 @@ def sample(reg: CollectorRegistry, name: str, **labels: str) -> float:
 def redis_url() -> Iterator[str]:
     env = os.environ.get("REDIS_URL")
     if env:
+        _USED.append(f"{redact_url(env)} (REDIS_URL)")
         yield env
         return
-    if redis_server_binary():
+    binary = redis_server_binary()
+    if binary:
         server = RedisServer().start()
+        _USED.append(f"{server.url} (private redis-server {_redis_server_version(binary)})")
         try:
             yield server.url
         finally:
@@ -65,6 +108,7 @@ def redis_url() -> Iterator[str]:
             pytrace=False,
         )
     url, container = found
+    _USED.append(f"{url} (testcontainers)")
     try:
         yield url
     finally:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import structlog
 from typer.testing import CliRunner
 
 from resource_router import InvalidRequestError, ResourceRegistry, RouterSettings, __version__, cli
-from resource_router.cli import EXIT_ERROR, EXIT_INVALID, EXIT_REDIS_UNAVAILABLE, build_app, main
+from resource_router.cli import EXIT_CANNOT_LISTEN, EXIT_ERROR, EXIT_INVALID, EXIT_REDIS_UNAVAILABLE, build_app, main
 from resource_router.gateway import GatewaySettings
 from tests.redis_server import RedisServer, free_port
 from tests.test_gateway_replicas import ROOT, clean_env, cli_command
@@ -216,6 +217,8 @@ def test_events_follow_stops_on_sigterm_and_reports_redis_loss(private_redis: Re
     with follow(private_redis.url, "tfollow", "--follow") as proc:
         try:
             assert proc.stderr is not None
+            unknown = proc.stderr.readline().decode()
+            assert unknown == f"note: no instance of {SVC!r} ever registered in namespace 'tfollow' (yet)\n"
             assert proc.stderr.readline().decode().startswith("following ownership events")
             private_redis.kill()
             assert proc.wait(20) == EXIT_REDIS_UNAVAILABLE
@@ -230,7 +233,8 @@ def test_events_follow_stops_on_sigterm_and_reports_redis_loss(private_redis: Re
     with follow(private_redis.url, "tfollow", "--follow") as proc:
         try:
             assert proc.stderr is not None
-            proc.stderr.readline()
+            while not proc.stderr.readline().startswith(b"following"):
+                pass
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(10) == 0
         finally:
@@ -249,12 +253,16 @@ def test_no_url_says_memory_is_empty() -> None:
     assert result.exit_code == EXIT_ERROR
     assert "memory:// store, which is empty in a new process" in " ".join(result.stderr.split())
     assert "RESOURCE_ROUTER_REDIS_URL" in result.stderr
-    assert result.stderr.splitlines()[-1] == "error: resource 'acct-1' of service 'billing' has no owner"
+    assert result.stderr.splitlines()[-2:] == [
+        "error: unknown service 'billing': no instance of it ever registered in namespace 'rr'",
+        "no service registered in this namespace: check --namespace and --redis",
+    ]
 
     listed = invoke("instances", SVC, "--json")
-    assert listed.exit_code == 0
-    assert json.loads(listed.stdout) == []
+    assert listed.exit_code == EXIT_ERROR  # nothing was ever registered there
+    assert listed.stdout == ""
     assert "empty in a new process" in " ".join(listed.stderr.split())
+    assert f"error: unknown service {SVC!r}" in listed.stderr
 
 
 def test_env_var_gives_the_url(redis_url: str, namespace: str, populated: dict[str, Any]) -> None:
@@ -331,7 +339,7 @@ def test_demo_runs_on_the_embedded_store() -> None:
     result = invoke("demo")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("resource-router demo on memory://")
-    assert "Instances stopped gracefully: 0 resources left registered." in result.stdout
+    assert "Instances stopped gracefully: 0 resources left registered; the demo's " in result.stdout
     assert "Traceback" not in result.stderr
 
 
@@ -383,6 +391,18 @@ sys.exit(main({argv!r}))
             ["serve"],
             "error: the resource-router gateway needs the 'gateway' extra (fastapi is not installed): "
             "pip install 'resource-router[gateway]'\n",
+        ),
+        (
+            {"fakeredis"},
+            ["demo"],
+            "error: memory:// needs the 'memory' extra (fakeredis with Lua; fakeredis is not installed): "
+            "pip install 'resource-router[memory]'\n",
+        ),
+        (
+            {"fakeredis"},
+            ["serve", "--embedded", "--port", "0"],
+            "error: memory:// needs the 'memory' extra (fakeredis with Lua; fakeredis is not installed): "
+            "pip install 'resource-router[memory]'\n",
         ),
     ],
 )
@@ -446,6 +466,7 @@ def test_follow_in_process_redis_lost(private_redis: RedisServer, monkeypatch: p
     result = _follow_in_process(monkeypatch, private_redis.kill, "--redis", private_redis.url, "--json")
     assert result.exit_code == EXIT_REDIS_UNAVAILABLE
     assert " ".join(result.stderr.split()).startswith(
+        f"note: no instance of {SVC!r} ever registered in namespace 'rr' (yet) "
         f"following ownership events of {SVC} (Ctrl-C to stop) "
         "error: Redis is unreachable during events (ConnectionError"
     )
@@ -481,27 +502,191 @@ def test_serve_builds_settings_from_options_and_env(monkeypatch: pytest.MonkeyPa
         sweep_interval=0,
     )
     seen.clear()
-    assert invoke("serve", env={"RESOURCE_ROUTER_PORT": "8123", "RESOURCE_ROUTER_NAMESPACE": "blue"}).exit_code == 0
-    assert (seen[0].port, seen[0].namespace, seen[0].redis_url, seen[0].log_format) == (
+    env = {"RESOURCE_ROUTER_PORT": "8123", "RESOURCE_ROUTER_NAMESPACE": "blue", "RESOURCE_ROUTER_EMBEDDED": "1"}
+    assert invoke("serve", env=env).exit_code == 0
+    assert (seen[0].port, seen[0].namespace, seen[0].redis_url, seen[0].log_format, seen[0].embedded) == (
         8123,
         "blue",
         "memory://",
         "json",
+        True,
     )
 
 
 def test_configure_logging_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    from resource_router.tracing import get_logger
+
     cli.configure_logging("json", "info")
-    structlog.get_logger("resource_router").info("probe.event", trace_id="t-json", duration_ms=1.5)
-    structlog.get_logger("resource_router").debug("hidden.event")
+    log = get_logger("resource_router.probe").bind(instance_id="i-1")
+    log.info("probe.event", trace_id="t-json", duration_ms=1.5, message="a field named like a record attribute")
+    log.debug("hidden.event")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("probe.failed", operation="probe")
+    structlog.get_logger("app").info("structlog.event", key=1)
     logging.getLogger("uvicorn.error").warning("from uvicorn")
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [(e["event"], e["level"], e["logger"]) for e in lines] == [
-        ("probe.event", "info", "resource_router"),
+        ("probe.event", "info", "resource_router.probe"),
+        ("probe.failed", "error", "resource_router.probe"),
+        ("structlog.event", "info", "app"),
         ("from uvicorn", "warning", "uvicorn.error"),
     ]
-    assert lines[0]["trace_id"] == "t-json"
+    assert (lines[0]["trace_id"], lines[0]["duration_ms"], lines[0]["instance_id"]) == ("t-json", 1.5, "i-1")
+    assert lines[0]["message"] == "a field named like a record attribute"
+    assert lines[1]["operation"] == "probe"
+    assert 'raise RuntimeError("boom")' in lines[1]["exception"]
     with pytest.raises(InvalidRequestError):
         cli.configure_logging("xml", "info")
     with pytest.raises(InvalidRequestError):
         cli.configure_logging("json", "loud")
+
+
+# -- found by trying it ----------------------------------------------------------------------------
+
+
+def test_a_malformed_url_is_one_line_and_exit_2() -> None:
+    proc = subprocess.run(
+        [*cli_command(), "owner", SVC, "a", "--redis", "redis://:pw@127.0.0.1:notaport/9"],
+        capture_output=True,
+        env=clean_env(),
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == EXIT_INVALID
+    assert proc.stdout == b""
+    assert proc.stderr.decode() == (
+        "error: invalid Redis URL redis://***@127.0.0.1:notaport/9: "
+        "Port could not be cast to integer value as 'notaport'\n"
+    )
+
+
+def test_following_into_a_pipe_that_closes_exits_quietly(redis_url: str, namespace: str) -> None:
+    """``events --follow | head -3``: once head has its lines, the next write ends the command, quietly."""
+    pipeline = f"{' '.join(cli_command())} events {SVC} --follow --since 0 --redis {redis_url} -n {namespace} | head -3"
+
+    async def produce(count: int, start: int) -> None:
+        async with ResourceRegistry(redis_url, namespace=namespace) as reg:
+            for i in range(start, start + count):
+                await reg.register_instance(SVC, f"p-{i}", ttl=30)
+
+    asyncio.run(produce(2, 0))
+    with subprocess.Popen(
+        ["bash", "-o", "pipefail", "-c", pipeline],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_env(),
+        cwd=ROOT,
+    ) as proc:
+        try:
+            assert proc.stderr is not None and proc.stdout is not None
+            assert proc.stderr.readline().decode() == f"following ownership events of {SVC} (Ctrl-C to stop)\n"
+            for i in range(50):  # head exits after the third line; a later write finds the pipe closed
+                if proc.poll() is not None:
+                    break
+                asyncio.run(produce(1, 2 + i))
+            assert proc.wait(20) == 0  # pipefail: the CLI's own exit code counts too
+            assert len(proc.stdout.read().decode().splitlines()) == 3
+            assert proc.stderr.read() == b""  # no "Redis is unreachable", no BrokenPipeError noise
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_a_taken_port_has_its_own_message_and_exit_code(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import resource_router.gateway as gateway
+
+    monkeypatch.setattr(gateway, "run", lambda settings: pytest.fail("the replica must not start"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = invoke("serve", "--redis", redis_url, "--port", str(port))
+    assert result.exit_code == EXIT_CANNOT_LISTEN
+    assert result.stderr.splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: the address is already in use (another replica or program "
+        "listens there)",
+        "Choose another --port or --host.",
+    ]
+
+
+def test_a_replica_that_fails_to_start_is_not_reported_as_redis_down(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import resource_router.gateway as gateway
+
+    def startup_failure(settings: GatewaySettings) -> None:
+        raise SystemExit(3)  # what uvicorn does when its startup fails
+
+    monkeypatch.setattr(gateway, "run", startup_failure)
+    result = invoke("serve", "--redis", redis_url, "--port", str(free_port()))
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr == "error: the replica could not start: see its log above\n"
+
+
+def test_serve_needs_a_redis_url_unless_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource_router.gateway as gateway
+
+    seen: list[GatewaySettings] = []
+    monkeypatch.setattr(gateway, "run", seen.append)
+    refused = invoke("serve", "--port", str(free_port()))
+    assert refused.exit_code == EXIT_INVALID
+    assert refused.stderr.startswith("error: invalid settings: a replica needs a Redis URL: pass --redis URL or set")
+    explicit = invoke("serve", "--redis", "memory://", "--port", str(free_port()))
+    assert explicit.exit_code == EXIT_INVALID
+    assert "memory:// is the embedded in-process store" in explicit.stderr
+    assert seen == []
+    allowed = invoke("serve", "--embedded", "--port", str(free_port()))
+    assert allowed.exit_code == 0, allowed.output
+    assert (seen[0].embedded, seen[0].redis_url) == (True, "memory://")
+
+
+def test_an_unknown_service_says_so(redis_url: str, namespace: str, populated: dict[str, Any]) -> None:
+    for command in (["instances", "nosuch"], ["resources", "nosuch"], ["events", "nosuch"], ["owner", "nosuch", "x"]):
+        result = invoke(*command, "--redis", redis_url, "-n", namespace)
+        assert result.exit_code == EXIT_ERROR, command
+        assert result.stdout == ""
+        assert result.stderr.splitlines() == [
+            f"error: unknown service 'nosuch': no instance of it ever registered in namespace '{namespace}'",
+            f"known services: {SVC}",
+        ]
+
+    async def gone() -> None:  # a known service whose instances all left: an empty answer, not an error
+        async with ResourceRegistry(redis_url, namespace=namespace) as reg:
+            for instance_id in ("i-1", "i-2"):
+                await reg.deregister_instance(SVC, instance_id)
+
+    asyncio.run(gone())
+    empty = invoke("instances", SVC, "--redis", redis_url, "-n", namespace)
+    assert empty.exit_code == 0
+    assert empty.stdout.splitlines()[0].rstrip() == f"0 live instance(s) of {SVC}"
+
+
+def test_tables_keep_tokens_and_times_whole_at_80_columns(
+    redis_url: str, namespace: str, populated: dict[str, Any]
+) -> None:
+    result = invoke("resources", SVC, "--redis", redis_url, "-n", namespace, env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for token in populated["tokens"].values():
+        if str(token) in result.stdout:
+            break
+    else:
+        pytest.fail(f"no whole fencing token in:\n{result.stdout}")
+    assert str(populated["tokens"]["acct-3"]) in result.stdout
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z", result.stdout)
+    instances_table = invoke("instances", SVC, "--redis", redis_url, "-n", namespace, env={"COLUMNS": "80"})
+    assert len(re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z", instances_table.stdout)) == 4
+
+
+def test_flags_do_not_look_like_they_take_a_value() -> None:
+    for command in ("owner", "resources", "instances", "events", "serve"):
+        helped = invoke(command, "--help", env={"COLUMNS": "100"})
+        flag_lines = [line for line in helped.stdout.splitlines() if re.search(r"--(json|follow|embedded)\b", line)]
+        assert flag_lines, command
+        for line in flag_lines:
+            assert "<bool>" not in line and "BOOLEAN" not in line, line

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import structlog
 from prometheus_client import CollectorRegistry
 
 from resource_router import (
@@ -20,13 +19,14 @@ from resource_router import (
     ResourceNotFoundError,
     ResourceRouterError,
     RouteRequest,
-    RouteResponse,
     RouteTimeoutError,
     ServiceClient,
     ServiceInstance,
     ServiceUnavailableError,
 )
+from resource_router.models import RouteResponse
 from tests.conftest import sample
+from tests.logs import capture_logs
 from tests.redis_server import RedisServer
 
 SVC = "svc"
@@ -265,7 +265,7 @@ async def test_one_pubsub_hub_per_process(make: Any, client: ServiceClient, back
 async def test_logs_carry_trace_resource_and_instance_ids(make: Any, client: ServiceClient) -> None:
     async with make("a") as a:
         await a.register_resource(["x"])
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             await client.call(SVC, "whoami", resource_id="x", trace_id="trace-42")
             await asyncio.sleep(0.01)
             with pytest.raises(MethodNotFoundError):

@@ -3,8 +3,10 @@ parser always, and with ``docker compose config -q`` when the docker CLI has the
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +124,52 @@ def test_dockerfile_installs_the_gateway_extra_and_serves() -> None:
     text = (ROOT / "Dockerfile").read_text()
     lines = [line.strip() for line in text.splitlines()]
     assert lines[0].startswith("#")
-    assert sum(1 for line in lines if line.startswith("FROM python:3.11")) == 2
-    assert '/opt/venv/bin/pip install ".[gateway]"' in text
-    for copied in ("COPY pyproject.toml README.md ./", "COPY src ./src", "COPY lua ./lua", "COPY examples ./examples"):
+    assert sum(1 for line in lines if line.startswith("FROM ${PYTHON_IMAGE}")) == 2
+    assert '/opt/venv/bin/pip install --constraint docker/constraints.txt ".[gateway]"' in text
+    for copied in (
+        "COPY pyproject.toml README.md LICENSE ./",
+        "COPY docker/constraints.txt ./docker/constraints.txt",
+        "COPY src ./src",
+        "COPY lua ./lua",
+        "COPY examples ./examples",
+    ):
         assert copied in lines
     assert 'ENTRYPOINT ["resource-router"]' in lines
     assert 'CMD ["serve"]' in lines
     assert "EXPOSE 8000" in lines
     assert "USER router" in lines
     assert any(line.startswith("HEALTHCHECK") for line in lines)
+
+
+# -- reproducible images -----------------------------------------------------------------------------
+
+PINNED_TAG = re.compile(r"^[\w./-]+:v?\d+\.\d+\.\d+(-[\w.-]+)?(@sha256:[0-9a-f]{64})?$")
+
+
+def test_the_dockerfile_pins_its_base_image() -> None:
+    (arg,) = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("ARG PYTHON_IMAGE=")]
+    image = arg.split("=", 1)[1]
+    assert PINNED_TAG.match(image), image
+    assert image.startswith("python:3.11.")
+
+
+def test_compose_images_are_pinned(services: dict[str, Any]) -> None:
+    for name, svc in services.items():
+        if "build" in svc:
+            continue  # the project's own image, built from the Dockerfile
+        assert PINNED_TAG.match(svc["image"]), (name, svc["image"])
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_image_installs_pinned_dependencies_and_no_fakeredis() -> None:
+    lines = [line for line in (ROOT / "docker" / "constraints.txt").read_text().splitlines() if line[:1].isalnum()]
+    pins = {_name(line): line.split("==", 1)[1] for line in lines}
+    assert all("==" in line for line in lines)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["gateway"]}
+    assert wanted <= set(pins), wanted - set(pins)
+    assert pins["redis"] == "5.2.1"
+    assert not {"fakeredis", "lupa"} & set(pins)  # the image holds no embedded store

@@ -71,21 +71,24 @@ def test_describe_unix_socket_and_bad_inputs() -> None:
         connect(42)  # type: ignore[arg-type]
 
 
-def test_settings_from_env() -> None:
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {
         "RESOURCE_ROUTER_REDIS_URL": "redis://example:6379/2",
         "RESOURCE_ROUTER_NAMESPACE": "prod",
         "RESOURCE_ROUTER_MAX_RESOURCES_PER_INSTANCE": "50",
         "RESOURCE_ROUTER_AUDIT_MAXLEN": "",
     }
-    s = RouterSettings.from_env(env, namespace="override")
-    assert (s.redis_url, s.namespace, s.max_resources_per_instance, s.audit_maxlen) == (
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    s = RouterSettings.from_env(namespace="override")
+    assert (s.redis_url.get_secret_value(), s.namespace, s.max_resources_per_instance, s.audit_maxlen) == (
         "redis://example:6379/2",
         "override",
         50,
         10_000,
     )
-    assert RouterSettings.from_env({}).redis_url == "memory://"
+    monkeypatch.delenv("RESOURCE_ROUTER_REDIS_URL")
+    assert RouterSettings.from_env().redis_url.get_secret_value() == "memory://"
 
 
 async def test_follow_streams_new_events(registry: ResourceRegistry) -> None:

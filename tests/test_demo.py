@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aredis
 
 from resource_router.demo import format_table, percentile, run_demo
 
@@ -54,11 +55,16 @@ async def test_demo_on_the_embedded_server(monkeypatch: pytest.MonkeyPatch) -> N
     assert summary["seconds"] < 30
 
 
-async def test_demo_on_a_real_redis_from_the_environment(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_demo_on_a_real_redis_from_the_environment(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, raw_redis: aredis.Redis
+) -> None:
     monkeypatch.setenv("RESOURCE_ROUTER_REDIS_URL", redis_url)
     summary = await run_demo(out=lambda line: None, requests=900)
     assert summary["redis"].startswith("redis://127.0.0.1:")  # type: ignore[union-attr]
     check_summary(summary, 900)
+    # nothing left behind: no key of the demo's namespace (the audit stream, the fence, the indexes)
+    assert summary["keys_deleted"] >= 3
+    assert [key async for key in raw_redis.scan_iter(match=f"{summary['namespace']}:*")] == []
 
 
 def test_python_dash_m_runs_the_demo() -> None:

@@ -12,13 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from resource_router import InvalidRequestError, ResourceRegistry, RouterSettings
 from resource_router.gateway import GatewaySettings, create_app
 from resource_router.keys import validate_resource_id
+from tests.logs import capture_logs
 from tests.redis_server import RedisServer
 
 SVC = "svc"
@@ -211,14 +211,9 @@ async def test_health_ready_metrics_openapi(gw: Gateway) -> None:
 
 @pytest.fixture
 def captured_logs() -> Iterator[list[dict[str, Any]]]:
-    """structlog capture that also merges context variables (where the request's trace_id lives)."""
-    old = structlog.get_config()
-    capture = structlog.testing.LogCapture()
-    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture], cache_logger_on_first_use=False)
-    try:
-        yield capture.entries
-    finally:
-        structlog.configure(**old)
+    """The library's and the replica's log events, with the context variables (the request's trace_id)."""
+    with capture_logs() as entries:
+        yield entries
 
 
 async def test_trace_id_from_header_body_or_generated(gw: Gateway, captured_logs: list[dict[str, Any]]) -> None:

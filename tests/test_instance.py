@@ -11,7 +11,6 @@ from typing import Any
 
 import msgpack
 import pytest
-import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -32,6 +31,7 @@ from resource_router import (
 from resource_router.connection import connect
 from resource_router.instance import default_instance_id
 from tests.conftest import sample
+from tests.logs import capture_logs
 from tests.procs.peer import RawPeer
 
 SVC = "svc"
@@ -555,7 +555,7 @@ async def test_drain_timeout_cancels_handlers_that_overrun(make: Any, client: Se
             cancelled.append(True)
             raise
 
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         async with a:
             call = asyncio.create_task(client.call(SVC, "forever", timeout=1.0))
             await started.wait()
@@ -587,7 +587,7 @@ async def test_a_failing_on_resource_lost_callback_is_logged(make: Any, backend_
         async with make("a", ttl=30.0, on_resource_lost=broken) as a:
             await a.register_resource(["x", "y"])
             await redis.delete(a.registry.keys.service(SVC).owner("x"))
-            with structlog.testing.capture_logs() as logs:
+            with capture_logs() as logs:
                 await a.heartbeat()
             assert a.owned_resources == {"y"}
             assert any(e["event"] == "instance.on_resource_lost_failed" for e in logs)

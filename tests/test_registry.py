@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from structlog.testing import capture_logs
 
 from resource_router import (
     InstanceNotAliveError,
@@ -16,6 +15,7 @@ from resource_router import (
     ResourceRegistry,
     ResourceReleaseError,
 )
+from tests.logs import capture_logs
 
 SVC = "user-service"
 

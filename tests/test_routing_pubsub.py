@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aredis
-import structlog
 
-from resource_router import InvalidRequestError, RedisUnavailableError, ResourceRouterError
+from resource_router import RedisUnavailableError, ResourceRouterError
 from resource_router.connection import connect
 from resource_router.pubsub import PubSubHub
+from tests.logs import capture_logs
 from tests.redis_server import free_port
 
 
@@ -90,7 +90,7 @@ async def test_a_failing_callback_does_not_stop_the_reader(client: aredis.Redis)
     try:
         await hub.subscribe("bad", broken)
         await hub.subscribe("good", got.append)
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             await hub.publish("bad", b"x")
             await hub.publish("good", b"y")
             await eventually(lambda: _true(got == [b"y"]))
@@ -147,7 +147,7 @@ async def test_subscriber_and_command_connections_come_back_after_being_killed(r
     try:
         await hub.subscribe(channel, got.append)
         assert await hub.publish(channel, b"before") == 1
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
             await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
 

@@ -2,9 +2,14 @@
 
 Ownership lives in Redis (one key per resource, taken atomically by Lua scripts, with a TTL renewed by
 heartbeats); requests travel over Redis pub/sub to the owner's own channel.
+
+Every name of ``__all__`` is listed in the README's "Public API" table (a test keeps them equal). The
+bodies of the HTTP gateway live in :mod:`resource_router.gateway`.
 """
 
 from __future__ import annotations
+
+from importlib import metadata as _metadata
 
 from .client import ServiceClient
 from .connection import connect
@@ -26,26 +31,24 @@ from .errors import (
 from .events import EventLog
 from .instance import ServiceInstance
 from .models import (
-    ErrorResponse,
     HeartbeatResult,
     InstanceInfo,
     OwnershipEvent,
     Resource,
-    ResourceRegistrationRequest,
     ResourceRegistrationResponse,
-    ResourceReleaseRequest,
     ResourceReleaseResponse,
     RouteRequest,
-    RouteResponse,
 )
 from .registry import ResourceRegistry
 from .settings import RouterSettings
 from .sweeper import Sweeper
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("resource-router")
+except _metadata.PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
-    "ErrorResponse",
     "EventLog",
     "HeartbeatResult",
     "InstanceInfo",
@@ -60,15 +63,12 @@ __all__ = [
     "ResourceConflictError",
     "ResourceLimitExceededError",
     "ResourceNotFoundError",
-    "ResourceRegistrationRequest",
     "ResourceRegistrationResponse",
     "ResourceRegistry",
     "ResourceReleaseError",
-    "ResourceReleaseRequest",
     "ResourceReleaseResponse",
     "ResourceRouterError",
     "RouteRequest",
-    "RouteResponse",
     "RouteTimeoutError",
     "RouterSettings",
     "ServiceClient",

@@ -9,35 +9,41 @@
     resource-router serve [--port 8000]            a stateless HTTP router replica
     resource-router demo                           the demo (embedded memory:// unless a URL is given)
 
-Every command takes ``--redis URL`` (default: ``RESOURCE_ROUTER_REDIS_URL``) and ``--namespace``;
-the inspection commands also take ``--json``. Exit codes: 0 ok, 1 not found or another library error,
-2 bad usage or an invalid id, 3 Redis unreachable. Needs the ``cli`` extra (typer, rich); ``serve``
-also needs the ``gateway`` extra (FastAPI, uvicorn).
+Every command takes ``--redis URL`` and ``--namespace``; like every other setting they can come from
+``RESOURCE_ROUTER_*`` variables or a ``.env`` file (:mod:`resource_router.settings`). The inspection
+commands also take ``--json``. Exit codes: 0 ok (also when the reader of the output goes away, as
+with ``| head``), 1 not found (an unknown service too), a missing extra or another library error,
+2 bad usage, an invalid id, URL or setting, 3 Redis unreachable, 4 the replica cannot listen on its
+address. Needs the ``cli`` extra (typer, rich, structlog); ``serve`` also needs the ``gateway`` extra
+(FastAPI, uvicorn).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import inspect
 import json
-import logging
+import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import structlog
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
 from .errors import InvalidRequestError, RedisUnavailableError, ResourceNotFoundError, ResourceRouterError
 from .models import InstanceInfo, OwnershipEvent, Resource
 from .registry import ResourceRegistry
-from .settings import DEFAULT_REDIS_URL, ENV_REDIS_URL, RouterSettings
+from .settings import DEFAULT_NAMESPACE, DEFAULT_REDIS_URL, ENV_PREFIX, ENV_REDIS_URL, RouterSettings, redact_url
 
 try:  # the ``cli`` extra; main() says which pip command to run when it is missing
+    import structlog  # noqa: F401  (the renderer of .logs)
     import typer
     from rich.console import Console
     from rich.markup import escape
@@ -46,8 +52,10 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - exercised in a subproc
     _MISSING_EXTRA: str | None = _exc.name
 else:
     _MISSING_EXTRA = None
+    from .logs import configure_logging
 
 __all__ = [
+    "EXIT_CANNOT_LISTEN",
     "EXIT_ERROR",
     "EXIT_INVALID",
     "EXIT_OK",
@@ -61,75 +69,12 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_INVALID = 2
 EXIT_REDIS_UNAVAILABLE = 3
+EXIT_CANNOT_LISTEN = 4
 
-ENV_NAMESPACE = "RESOURCE_ROUTER_NAMESPACE"
+ENV_NAMESPACE = f"{ENV_PREFIX}NAMESPACE"
 _STREAM_ID = re.compile(r"\$|\d+(-\d+)?")
 
 T = TypeVar("T")
-
-
-# -- logging --------------------------------------------------------------------------------------
-
-
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is at the time of the log call (test runners swap it)."""
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
-
-
-_HANDLER_NAME = "resource-router"
-
-
-def configure_logging(fmt: str = "console", level: str = "info") -> None:
-    """Route structlog and stdlib logging (uvicorn's too) through one renderer on stderr.
-
-    ``fmt`` is ``json`` (one JSON object per line, for ``serve``) or ``console`` (readable). Every line
-    carries the context variables bound for the request (``trace_id``). The library never calls this.
-    """
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    final: list[Any]
-    if fmt == "json":
-        final = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
-    elif fmt == "console":
-        # plain tracebacks: rich's default ones print local variables (request bodies, URLs) and are slow
-        final = [
-            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback)
-        ]
-    else:
-        raise InvalidRequestError(f"log format must be 'json' or 'console', not {fmt!r}", field="log_format")
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        raise InvalidRequestError(f"unknown log level {level!r}", field="log_level")
-    structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        # Drops calls below ``level`` before any processor runs (the routing hot path logs at debug).
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        cache_logger_on_first_use=False,
-    )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
-    )
-    handler = _StderrHandler()
-    handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(numeric)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -151,11 +96,27 @@ def _fail(message: str, code: int, hint: str | None = None) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _resolve_url(redis_url: str | None, *, inspecting: bool) -> str:
-    """The URL given, else ``memory://`` with a note that it starts empty (for inspection commands)."""
-    if redis_url:
-        return redis_url
-    if inspecting:
+def _problems(exc: ValidationError) -> str:
+    """A pydantic validation error on one line: ``field: message; ...``."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+def _settings(redis_url: str | None, namespace: str | None) -> RouterSettings:
+    """Options first, then ``RESOURCE_ROUTER_*`` variables and ``.env``, then the defaults."""
+    try:
+        return RouterSettings.from_env(redis_url=redis_url, namespace=namespace, retry_attempts=2)
+    except ValidationError as exc:
+        _fail(f"invalid settings: {_problems(exc)}", EXIT_INVALID)
+
+
+def _inspected_url(settings: RouterSettings) -> str:
+    """The URL to read; with none given, ``memory://`` and a note that it starts empty."""
+    if not settings.redis_url_given:
         _err().print(
             f"note: no --redis URL given and {ENV_REDIS_URL} is not set, so this reads the embedded "
             f"{DEFAULT_REDIS_URL} store, which is empty in a new process. Point it at your Redis: "
@@ -163,55 +124,104 @@ def _resolve_url(redis_url: str | None, *, inspecting: bool) -> str:
             markup=False,
             style="yellow",
         )
-    return DEFAULT_REDIS_URL
+    return settings.redis_url.get_secret_value()
+
+
+class _StdoutClosed(Exception):
+    """The reader of our output went away (``| head``): not an error, nothing more to print."""
+
+
+def _write(emit: Callable[[], None]) -> None:
+    """Print something on stdout; a closed pipe becomes :class:`_StdoutClosed`."""
+    try:
+        emit()
+        sys.stdout.flush()
+    except BrokenPipeError as exc:
+        raise _StdoutClosed from exc
+
+
+def _echo(line: str) -> None:
+    _write(lambda: print(line))
+
+
+def _show(renderable: Any) -> None:
+    _write(lambda: _out().print(renderable))
+
+
+def _stdout_gone() -> NoReturn:
+    """Stop quietly: point stdout at /dev/null so that the interpreter's last flush finds no broken
+    pipe to complain about, and exit 0."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    raise typer.Exit(EXIT_OK)
 
 
 def _run(
-    url: str,
-    namespace: str,
+    settings: RouterSettings,
     work: Callable[[ResourceRegistry], Awaitable[T]],
     show: Callable[[T], None] | None = None,
 ) -> None:
-    """Run ``work`` with a registry on ``url``, hand its result to ``show``, and turn failures into
-    messages and exit codes.
+    """Run ``work`` with a registry made from ``settings``, hand its result to ``show``, and turn
+    failures into messages and exit codes.
 
     ``show`` runs inside the event loop on purpose: with the hiredis parser, coverage.py stops
     recording the lines of the frame that called ``asyncio.run`` once it returns, so nothing is left
     to run in that frame after it.
     """
+    url = _inspected_url(settings)
 
     async def runner() -> None:
-        settings = RouterSettings(redis_url=url, namespace=namespace, retry_attempts=2)
-        async with ResourceRegistry(url, namespace=namespace, settings=settings) as registry:
+        async with ResourceRegistry(url, namespace=settings.namespace, settings=settings) as registry:
             result = await work(registry)
         if show is not None:
             show(result)
 
     try:
         asyncio.run(runner())
+    except _StdoutClosed:
+        _stdout_gone()
     except RedisUnavailableError as exc:
         _fail(exc.message, EXIT_REDIS_UNAVAILABLE, _redis_hint(url))
     except (RedisError, OSError) as exc:
         _fail(f"Redis is unreachable: {type(exc).__name__}: {exc}", EXIT_REDIS_UNAVAILABLE, _redis_hint(url))
     except InvalidRequestError as exc:
         _fail(exc.message, EXIT_INVALID)
+    except _UnknownService as exc:
+        _fail(str(exc), EXIT_ERROR, exc.hint)
     except ResourceRouterError as exc:
         _fail(exc.message, EXIT_ERROR)
+    except ImportError as exc:  # memory:// without the 'memory' extra
+        _fail(str(exc), EXIT_ERROR)
 
 
 def _redis_hint(url: str) -> str:
     return (
-        f"Is Redis running and reachable at {_safe_url(url)}? "
+        f"Is Redis running and reachable at {redact_url(url)}? "
         f"Set --redis URL or {ENV_REDIS_URL} (e.g. redis://localhost:6379/0)."
     )
 
 
-def _safe_url(url: str) -> str:
-    """The URL without a password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+class _UnknownService(Exception):
+    """Nothing of the service was ever registered in this namespace (a typo, or the wrong namespace)."""
+
+    def __init__(self, service: str, namespace: str, known: list[str]) -> None:
+        super().__init__(f"unknown service {service!r}: no instance of it ever registered in namespace {namespace!r}")
+        self.hint = (
+            f"known services: {', '.join(sorted(known))}"
+            if known
+            else "no service registered in this namespace: check --namespace and --redis"
+        )
+
+
+async def _check_service(registry: ResourceRegistry, service: str, found: bool) -> None:
+    """Raise :class:`_UnknownService` when nothing was found and the service is not known at all."""
+    if found:
+        return
+    registry.keys.service(service)  # an invalid name is bad usage (exit 2), not an unknown service
+    known = await registry.list_services()
+    if service not in known:
+        raise _UnknownService(service, registry.namespace, known)
 
 
 def _print_json(data: Any) -> None:
@@ -219,7 +229,7 @@ def _print_json(data: Any) -> None:
         data = data.model_dump(mode="json")
     elif isinstance(data, list):
         data = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in data]
-    print(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+    _echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
 
 
 def _ts(value: datetime) -> str:
@@ -230,25 +240,69 @@ def _meta(value: dict[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False) if value else ""
 
 
-def _resources_table(title: str, resources: Iterable[Resource]) -> Table:
+def _table(title: str, columns: dict[str, str]) -> Table:
+    """Ids and metadata fold at narrow widths; ``fixed`` columns (numbers, times) never split."""
     table = Table(title=title, title_justify="left")
-    for name in ("resource_id", "owner_instance_id", "fencing_token", "registered_at", "metadata"):
-        table.add_column(name, overflow="fold", justify="right" if name == "fencing_token" else "left")
-    for r in resources:
-        table.add_row(r.resource_id, r.owner_instance_id, str(r.fencing_token), _ts(r.registered_at), _meta(r.metadata))
+    for name, kind in columns.items():
+        if kind == "text":
+            table.add_column(name, overflow="fold")
+        else:
+            table.add_column(name, no_wrap=True, justify="right" if kind == "number" else "left")
     return table
+
+
+def _fit(table: Table, rows: list[list[str]]) -> Table:
+    """Add ``rows``; columns that never split are given the width of their widest cell."""
+    for column_index, column in enumerate(table.columns):
+        if column.no_wrap and rows:
+            column.min_width = max(len(row[column_index]) for row in rows)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _resources_table(title: str, resources: Iterable[Resource]) -> Table:
+    table = _table(
+        title,
+        {
+            "resource_id": "text",
+            "owner_instance_id": "text",
+            "fencing_token": "number",
+            "registered_at": "time",
+            "metadata": "text",
+        },
+    )
+    rows = [
+        [r.resource_id, r.owner_instance_id, str(r.fencing_token), _ts(r.registered_at), _meta(r.metadata)]
+        for r in resources
+    ]
+    return _fit(table, rows)
 
 
 def _instances_table(title: str, instances: Iterable[InstanceInfo]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for name in ("instance_id", "resources", "ttl", "last_heartbeat", "registered_at", "metadata"):
-        table.add_column(name, overflow="fold", justify="right" if name in ("resources", "ttl") else "left")
-    for i in instances:
-        count = "" if i.resource_count is None else str(i.resource_count)
-        table.add_row(
-            i.instance_id, count, f"{i.ttl:g}s", _ts(i.last_heartbeat), _ts(i.registered_at), _meta(i.metadata)
-        )
-    return table
+    table = _table(
+        title,
+        {
+            "instance_id": "text",
+            "resources": "number",
+            "ttl": "number",
+            "last_heartbeat": "time",
+            "registered_at": "time",
+            "metadata": "text",
+        },
+    )
+    rows = [
+        [
+            i.instance_id,
+            "" if i.resource_count is None else str(i.resource_count),
+            f"{i.ttl:g}s",
+            _ts(i.last_heartbeat),
+            _ts(i.registered_at),
+            _meta(i.metadata),
+        ]
+        for i in instances
+    ]
+    return _fit(table, rows)
 
 
 def _event_time(event: OwnershipEvent) -> str:
@@ -271,12 +325,22 @@ def _event_line(event: OwnershipEvent) -> str:
 
 
 def _events_table(title: str, events: Iterable[OwnershipEvent]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for name in ("time", "type", "instance_id", "reason", "resources", "trace_id"):
-        table.add_column(name, overflow="fold")
-    for e in events:
-        table.add_row(_event_time(e), e.type, e.instance_id, e.reason or "", ",".join(e.resource_ids), e.trace_id or "")
-    return table
+    table = _table(
+        title,
+        {
+            "time": "time",
+            "type": "text",
+            "instance_id": "text",
+            "reason": "text",
+            "resources": "text",
+            "trace_id": "text",
+        },
+    )
+    rows = [
+        [_event_time(e), e.type, e.instance_id, e.reason or "", ",".join(e.resource_ids), e.trace_id or ""]
+        for e in events
+    ]
+    return _fit(table, rows)
 
 
 # -- option types ----------------------------------------------------------------------------------
@@ -287,11 +351,22 @@ if _MISSING_EXTRA is None:  # the aliases need typer; the commands are only buil
         typer.Option(
             "--redis",
             envvar=ENV_REDIS_URL,
+            metavar="URL",
             help="Redis URL: redis://host:port/db, rediss://, unix:///path, memory://",
             show_default=False,
         ),
     ]
-    NamespaceOpt = Annotated[str, typer.Option("--namespace", "-n", envvar=ENV_NAMESPACE, help="key prefix")]
+    NamespaceOpt = Annotated[
+        str | None,
+        typer.Option(
+            "--namespace",
+            "-n",
+            envvar=ENV_NAMESPACE,
+            metavar="NAME",
+            help=f"key prefix (default {DEFAULT_NAMESPACE})",
+            show_default=False,
+        ),
+    ]
     JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table (for scripts)")]
 
 
@@ -299,19 +374,23 @@ if _MISSING_EXTRA is None:  # the aliases need typer; the commands are only buil
 
 
 def owner(
-    service: Annotated[str, typer.Argument(help="service name")],
-    resource_id: Annotated[str, typer.Argument(help="resource id")],
+    service: Annotated[str, typer.Argument(metavar="SERVICE", help="service name")],
+    resource_id: Annotated[str, typer.Argument(metavar="RESOURCE_ID", help="resource id")],
     redis: RedisOpt = None,
-    namespace: NamespaceOpt = "rr",
+    namespace: NamespaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show which instance owns a resource (exit code 1 when nobody does)."""
-    url = _resolve_url(redis, inspecting=True)
+    """Show which instance owns a resource.
+
+    Exit code 1 when nobody does.
+    """
+    settings = _settings(redis, namespace)
 
     async def work(registry: ResourceRegistry) -> Resource | None:
         try:
             return await registry.get_resource_owner(service, resource_id)
         except ResourceNotFoundError:
+            await _check_service(registry, service, found=False)
             return None
 
     def show(resource: Resource | None) -> None:
@@ -322,51 +401,64 @@ def owner(
         elif as_json:
             _print_json(resource)
         else:
-            _out().print(_resources_table(f"owner of {resource_id} in {service}", [resource]))
+            _show(_resources_table(f"owner of {resource_id} in {service}", [resource]))
 
-    _run(url, namespace, work, show)
+    _run(settings, work, show)
 
 
 def resources(
-    service: Annotated[str, typer.Argument(help="service name")],
+    service: Annotated[str, typer.Argument(metavar="SERVICE", help="service name")],
     instance: Annotated[str | None, typer.Option("--instance", "-i", help="only this instance's resources")] = None,
     redis: RedisOpt = None,
-    namespace: NamespaceOpt = "rr",
+    namespace: NamespaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the resources owned in a service (or by one instance)."""
-    url = _resolve_url(redis, inspecting=True)
+    settings = _settings(redis, namespace)
+
+    async def work(registry: ResourceRegistry) -> list[Resource]:
+        found = await registry.list_resources(service, instance)
+        await _check_service(registry, service, found=bool(found))
+        return found
 
     def show(found: list[Resource]) -> None:
         if as_json:
             _print_json(found)
         else:
             who = f" owned by {instance}" if instance else ""
-            _out().print(_resources_table(f"{len(found)} resource(s) in {service}{who}", found))
+            _show(_resources_table(f"{len(found)} resource(s) in {service}{who}", found))
 
-    _run(url, namespace, lambda registry: registry.list_resources(service, instance), show)
+    _run(settings, work, show)
 
 
 def instances(
-    service: Annotated[str, typer.Argument(help="service name")],
+    service: Annotated[str, typer.Argument(metavar="SERVICE", help="service name")],
     redis: RedisOpt = None,
-    namespace: NamespaceOpt = "rr",
+    namespace: NamespaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the live instances of a service."""
-    url = _resolve_url(redis, inspecting=True)
+    """List the live instances of a service.
+
+    Exit code 1 for a service nothing ever registered in (a typo, or the wrong namespace).
+    """
+    settings = _settings(redis, namespace)
+
+    async def work(registry: ResourceRegistry) -> list[InstanceInfo]:
+        found = await registry.list_instances(service)
+        await _check_service(registry, service, found=bool(found))
+        return found
 
     def show(found: list[InstanceInfo]) -> None:
         if as_json:
             _print_json(found)
         else:
-            _out().print(_instances_table(f"{len(found)} live instance(s) of {service}", found))
+            _show(_instances_table(f"{len(found)} live instance(s) of {service}", found))
 
-    _run(url, namespace, lambda registry: registry.list_instances(service), show)
+    _run(settings, work, show)
 
 
 def events(
-    service: Annotated[str, typer.Argument(help="service name")],
+    service: Annotated[str, typer.Argument(metavar="SERVICE", help="service name")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events (Ctrl-C stops)")] = False,
     count: Annotated[int, typer.Option("--count", "-c", min=1, max=10_000, help="how many recent events")] = 20,
     since: Annotated[
@@ -374,20 +466,28 @@ def events(
         typer.Option(help="with --follow: start after this stream id ('$' = only new events, '0' = replay all)"),
     ] = "$",
     redis: RedisOpt = None,
-    namespace: NamespaceOpt = "rr",
+    namespace: NamespaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show recent ownership events of a service (its audit stream), or follow new ones live."""
-    url = _resolve_url(redis, inspecting=True)
+    """Show the recent ownership events of a service, or follow them live.
+
+    The events come from the service's audit stream.
+    """
+    settings = _settings(redis, namespace)
     if not follow:
+
+        async def recent(registry: ResourceRegistry) -> list[OwnershipEvent]:
+            found = await registry.events.recent(service, count)
+            await _check_service(registry, service, found=bool(found))
+            return found
 
         def show(found: list[OwnershipEvent]) -> None:
             if as_json:
                 _print_json(found)
             else:
-                _out().print(_events_table(f"last {len(found)} event(s) of {service}", found))
+                _show(_events_table(f"last {len(found)} event(s) of {service}", found))
 
-        _run(url, namespace, lambda registry: registry.events.recent(service, count), show)
+        _run(settings, recent, show)
         return
 
     if not _STREAM_ID.fullmatch(since):
@@ -396,27 +496,34 @@ def events(
     async def pump(registry: ResourceRegistry) -> None:
         async for event in registry.events.follow(service, since=since):
             if as_json:
-                print(json.dumps(event.model_dump(mode="json"), sort_keys=True, ensure_ascii=False), flush=True)
+                _echo(json.dumps(event.model_dump(mode="json"), sort_keys=True, ensure_ascii=False))
             else:
-                print(_event_line(event), flush=True)
+                _echo(_event_line(event))
 
     async def tail(registry: ResourceRegistry) -> None:
         registry.keys.service(service)  # validate the name before announcing anything
+        unknown = service not in await registry.list_services()
 
         def announce() -> None:
+            if unknown:  # it may be about to start: follow anyway, but say so
+                _err().print(
+                    f"note: no instance of {service!r} ever registered in namespace {registry.namespace!r} (yet)",
+                    markup=False,
+                    style="yellow",
+                )
             _err().print(f"following ownership events of {service} (Ctrl-C to stop)", markup=False, style="dim")
 
         await _until_signalled(pump(registry), started=announce)
 
     try:
-        _run(url, namespace, tail)
+        _run(settings, tail)
     except KeyboardInterrupt:  # a second Ctrl-C, or a platform without loop signal handlers
         raise typer.Exit(EXIT_OK) from None
 
 
 def serve(
     redis: RedisOpt = None,
-    namespace: NamespaceOpt = "rr",
+    namespace: NamespaceOpt = None,
     host: Annotated[
         str | None, typer.Option(envvar="RESOURCE_ROUTER_HOST", help="interface to bind (default 127.0.0.1)")
     ] = None,
@@ -454,8 +561,19 @@ def serve(
             help="per-instance limit applied to registrations (default 1000)",
         ),
     ] = None,
+    embedded: Annotated[
+        bool,
+        typer.Option(
+            "--embedded",
+            envvar="RESOURCE_ROUTER_EMBEDDED",
+            help="without a Redis URL, serve a private in-process memory:// store (trying it out only)",
+        ),
+    ] = False,
 ) -> None:
-    """Run a stateless HTTP router replica (FastAPI on uvicorn). Run as many as you like."""
+    """Run a stateless HTTP router replica (FastAPI on uvicorn).
+
+    Run as many as you like.
+    """
     try:
         from .gateway import GatewaySettings, run
     except ImportError as exc:
@@ -472,36 +590,74 @@ def serve(
             sweep_interval=sweep_interval,
             shutdown_timeout=shutdown_timeout,
             max_resources_per_instance=max_resources_per_instance,
+            embedded=embedded or None,
         )
+        _check_address(settings.host, settings.port)
         configure_logging(settings.log_format, settings.log_level)
         run(settings)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        _fail(f"invalid settings: {problems}", EXIT_INVALID)
+        _fail(f"invalid settings: {_problems(exc)}", EXIT_INVALID)
     except InvalidRequestError as exc:
         _fail(exc.message, EXIT_INVALID)
+    except ImportError as exc:  # --embedded without the 'memory' extra
+        _fail(str(exc), EXIT_ERROR)
+    except SystemExit as exc:  # uvicorn's startup failure (its log says why)
+        if exc.code in (0, None):
+            raise
+        _fail("the replica could not start: see its log above", EXIT_ERROR)
+
+
+def _check_address(host: str, port: int) -> None:
+    """Fail with its own message and exit code when the replica cannot listen on ``host:port``
+    (the port is taken, or needs privileges), before anything else starts."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror}", EXIT_INVALID)
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            reason = {
+                errno.EADDRINUSE: "the address is already in use (another replica or program listens there)",
+                errno.EACCES: "permission denied (ports below 1024 need privileges)",
+                errno.EADDRNOTAVAIL: "no such address on this machine",
+            }.get(exc.errno or 0, exc.strerror or str(exc))
+            _fail(f"cannot listen on {host}:{port}: {reason}", EXIT_CANNOT_LISTEN, "Choose another --port or --host.")
 
 
 def demo(redis: RedisOpt = None) -> None:
-    """Run the demo: instances own resources and a client routes calls to them.
+    """Run the demo: instances own resources, a client routes calls to them.
 
     Uses the embedded memory:// store unless --redis (or RESOURCE_ROUTER_REDIS_URL) is given.
     """
     try:
-        from .demo import run_demo
+        from .demo import DEMO_URL, run_demo
     except ImportError as exc:
         _fail(f"the demo is not available in this installation: {exc}", EXIT_ERROR)
+    settings = _settings(redis, None)
+    url = settings.redis_url.get_secret_value() if settings.redis_url_given else DEMO_URL
     configure_logging("console", "error")  # the demo provokes failures on purpose; its story is its output
     try:
-        outcome = run_demo(redis or None, out=print)
+        outcome = run_demo(url, out=_echo)
         if inspect.isawaitable(outcome):
             asyncio.run(_await(outcome))
+    except _StdoutClosed:
+        _stdout_gone()
     except RedisUnavailableError as exc:
-        _fail(exc.message, EXIT_REDIS_UNAVAILABLE, _redis_hint(redis or DEFAULT_REDIS_URL))
+        _fail(exc.message, EXIT_REDIS_UNAVAILABLE, _redis_hint(url))
     except (RedisError, OSError) as exc:
-        _fail(f"Redis is unreachable: {type(exc).__name__}: {exc}", EXIT_REDIS_UNAVAILABLE, _redis_hint(redis or ""))
+        _fail(f"Redis is unreachable: {type(exc).__name__}: {exc}", EXIT_REDIS_UNAVAILABLE, _redis_hint(url))
+    except InvalidRequestError as exc:
+        _fail(exc.message, EXIT_INVALID)
     except ResourceRouterError as exc:
         _fail(exc.message, EXIT_ERROR)
+    except ImportError as exc:  # memory:// without the 'memory' extra
+        _fail(str(exc), EXIT_ERROR)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -571,6 +727,7 @@ def build_app() -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        rich_markup_mode=None,  # plain help: rich's panels label flags as taking a <bool> value
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(_root)

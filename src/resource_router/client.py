@@ -54,12 +54,13 @@ from .models import Resource, RouteRequest, RouteResponse
 from .protocol import STATUS_NOT_OWNER, STATUS_OK, ProtocolError, Reply, decode_reply, encode_request
 from .pubsub import PubSubHub
 from .registry import ResourceRegistry
-from .settings import RouterSettings
-from .tracing import logger, new_trace_id
+from .settings import DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RouterSettings
+from .tracing import get_logger, new_trace_id
+
+logger = get_logger(__name__)
 
 __all__ = ["ServiceClient"]
 
-DEFAULT_TIMEOUT = 5.0
 MAX_TIMEOUT = 3600.0
 #: The owner cache's backstop TTL: entries are dropped by ownership events long before it.
 DEFAULT_OWNER_CACHE_TTL = 5.0
@@ -107,7 +108,7 @@ class ServiceClient:
         self,
         redis: RedisLike,
         *,
-        namespace: str = "rr",
+        namespace: str = DEFAULT_NAMESPACE,
         client_id: str | None = None,
         owner_cache_ttl: float = DEFAULT_OWNER_CACHE_TTL,
         default_timeout: float = DEFAULT_TIMEOUT,

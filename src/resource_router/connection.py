@@ -3,7 +3,8 @@
 URL forms: ``redis://host:port/db``, ``rediss://`` (TLS), ``unix:///path.sock``,
 ``redis+cluster://host:port[,host:port...]/`` (``rediss+cluster://`` with TLS) and ``memory://`` /
 ``memory://NAME`` (an in-process Redis-compatible server, fakeredis with Lua; every client made
-from the same name in one process shares it). A real URL is never replaced by the embedded server.
+from the same name in one process shares it; it needs the ``memory`` extra:
+``pip install 'resource-router[memory]'``). A real URL is never replaced by the embedded server.
 
 **What the library sets on the clients it makes** (``CLIENT_OPTIONS``; redis-py's defaults differ
 between 5.x and 8.x, so the library owns them instead of inheriting them):
@@ -27,6 +28,7 @@ should have no retries of their own for commands (``retry=Retry(NoBackoff(), 0)`
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import threading
 import weakref
@@ -40,7 +42,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .errors import InvalidRequestError
-from .settings import RouterSettings
+from .settings import RouterSettings, redact_url
 
 __all__ = [
     "CLIENT_OPTIONS",
@@ -87,14 +89,29 @@ def is_memory_url(url: str) -> bool:
     return url.startswith("memory:")
 
 
+def _fakeredis() -> Any:
+    """The fakeredis module, or an ImportError that names the extra to install."""
+    try:
+        import fakeredis  # imported lazily: only the embedded mode needs it
+
+        if importlib.util.find_spec("lupa") is None:  # fakeredis' Lua runtime, needed by every script
+            raise ModuleNotFoundError("No module named 'lupa'", name="lupa")
+    except ModuleNotFoundError as exc:
+        raise ImportError(
+            f"memory:// needs the 'memory' extra (fakeredis with Lua; {exc.name} is not installed): "
+            "pip install 'resource-router[memory]'",
+            name=exc.name,
+        ) from exc
+    return fakeredis
+
+
 def memory_server(name: str = "") -> Any:
     """The process-wide embedded server for ``memory://NAME`` (created on first use)."""
-    from fakeredis import FakeServer  # imported lazily: only the embedded mode needs it
-
+    fakeredis = _fakeredis()
     with _MEMORY_LOCK:
         server = _MEMORY_SERVERS.get(name)
         if server is None:
-            server = FakeServer(version=(7,))
+            server = fakeredis.FakeServer(version=(7,))
             _MEMORY_SERVERS[name] = server
         return server
 
@@ -151,8 +168,8 @@ def connect(redis: RedisLike, settings: RouterSettings | None = None) -> Client:
         )
     try:
         pool = BlockingConnectionPool.from_url(redis, **_pool_options(settings))
-    except ValueError as exc:
-        raise InvalidRequestError(f"invalid Redis URL: {exc}", field="redis") from exc
+    except ValueError as exc:  # e.g. a port that is not a number
+        raise InvalidRequestError(f"invalid Redis URL {redact_url(redis)}: {exc}", field="redis") from exc
     client = aredis.Redis.from_pool(pool)  # closes its pool on aclose()
     _IDENTITIES[client] = _pool_identity(client)
     return client
@@ -165,14 +182,8 @@ def _pool_options(settings: RouterSettings) -> dict[str, Any]:
 
 
 def _memory_client(url: str) -> aredis.Redis:
-    try:
-        from fakeredis import FakeAsyncRedis
-    except ImportError as exc:  # pragma: no cover - the memory extra is installed in tests
-        raise InvalidRequestError(
-            "memory:// needs the embedded backend: pip install 'resource-router[memory]'", field="redis"
-        ) from exc
     server = memory_server(_memory_name(url))
-    client: aredis.Redis = FakeAsyncRedis(server=server)
+    client: aredis.Redis = _fakeredis().FakeAsyncRedis(server=server)
     _IDENTITIES[client] = ("memory", id(server), 0)
     return client
 
@@ -227,7 +238,7 @@ def _make_cluster(
     nodes: list[tuple[str, int]], kwargs: dict[str, Any], settings: RouterSettings
 ) -> aredis.RedisCluster:
     options = _options(settings)
-    client = aredis.RedisCluster(  # type: ignore[abstract]
+    client = aredis.RedisCluster(  # type: ignore[abstract,unused-ignore]  # redis-py 5.x stubs
         startup_nodes=[ClusterNode(host, port) for host, port in nodes],
         require_full_coverage=False,
         max_connections=settings.max_connections * 8,  # per node; redis-py has no blocking cluster pool

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import os
 import random
 import secrets
 import time
@@ -30,9 +29,10 @@ from .errors import (
     ResourceRouterError,
 )
 from .instance import ServiceInstance
+from .keys import KeySpace
 from .models import RouteRequest
 from .registry import ResourceRegistry
-from .settings import ENV_REDIS_URL
+from .settings import ENV_REDIS_URL, RouterSettings
 
 __all__ = ["DEMO_URL", "format_table", "main", "percentile", "run_demo"]
 
@@ -76,6 +76,21 @@ def _make_handlers(inst: ServiceInstance, served: Counter[str]) -> None:
         }
 
 
+async def _delete_namespace(redis: Any, namespace: str) -> int:
+    """Delete every key of the demo's own namespace (its audit stream, fence, indexes): a demo run
+    against a real Redis leaves nothing behind."""
+    deleted = 0
+    batch: list[Any] = []
+    async for key in redis.scan_iter(match=KeySpace(namespace).match_all, count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            deleted += await redis.unlink(*batch)
+            batch.clear()
+    if batch:
+        deleted += await redis.unlink(*batch)
+    return deleted
+
+
 async def run_demo(
     redis_url: str | None = None,
     *,
@@ -86,7 +101,10 @@ async def run_demo(
     users_per_instance: int = 30,
 ) -> dict[str, Any]:
     """Run the demo and return its figures (also printed through ``out``)."""
-    url = redis_url or os.environ.get(ENV_REDIS_URL) or DEMO_URL
+    if not redis_url:
+        configured = RouterSettings()  # RESOURCE_ROUTER_REDIS_URL, or .env
+        redis_url = configured.redis_url.get_secret_value() if configured.redis_url_given else DEMO_URL
+    url = redis_url
     namespace = f"demo-{secrets.token_hex(4)}"
     limit = 2 * users_per_instance + 10  # room for one takeover, and a request that breaks it
     redis = connect(url)
@@ -236,25 +254,28 @@ async def run_demo(
                 await inst.stop()
         remaining = await ResourceRegistry(redis, namespace=namespace).list_resources(SERVICE)
         summary["left_after_exit"] = len(remaining)
+        summary["keys_deleted"] = await _delete_namespace(redis, namespace)
         await redis.aclose()
     summary["seconds"] = round(time.perf_counter() - t_start, 2)
-    out(f"\n6. Instances stopped gracefully: {summary['left_after_exit']} resources left registered.")
+    out(
+        f"\n6. Instances stopped gracefully: {summary['left_after_exit']} resources left registered; "
+        f"the demo's {summary['keys_deleted']} keys deleted."
+    )
     out(f"Done in {summary['seconds']:.1f}s.")
     return summary
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m resource_router.demo``: configure quiet logging and run the demo."""
-    import logging
-
-    import structlog
+    """``python -m resource_router.demo``: render only errors of the library's logs, run the demo."""
+    from .logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m resource_router.demo", description=__doc__)
     parser.add_argument("--redis", default=None, help=f"Redis URL (default: ${ENV_REDIS_URL} or {DEMO_URL})")
     parser.add_argument("--requests", type=int, default=3000)
     args = parser.parse_args(argv)
-    # An application entry point: the library itself never configures logging.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    # An application entry point: the library itself never configures logging. The demo provokes
+    # failures on purpose; its story is its output.
+    configure_logging("console", "error")
     asyncio.run(run_demo(args.redis, requests=args.requests))
 
 

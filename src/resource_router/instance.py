@@ -57,9 +57,19 @@ from .protocol import (
 from .pubsub import PubSubHub
 from .registry import ResourceRegistry
 from .retry import call_redis
-from .settings import RouterSettings
+from .settings import (
+    DEFAULT_MAX_RESOURCES_PER_INSTANCE,
+    DEFAULT_NAMESPACE,
+    DEFAULT_TIMEOUT,
+    DEFAULT_TTL,
+    MAX_TTL,
+    MIN_TTL,
+    RouterSettings,
+)
 from .sweeper import Sweeper
-from .tracing import id_fields, logger
+from .tracing import get_logger, id_fields
+
+logger = get_logger(__name__)
 
 __all__ = ["Handler", "ResourceLostCallback", "ServiceInstance", "default_instance_id"]
 
@@ -94,19 +104,19 @@ class ServiceInstance:
         service_name: str,
         instance_id: str | None = None,
         *,
-        ttl: float = 10.0,
-        namespace: str = "rr",
-        max_resources_per_instance: int = 1000,
+        ttl: float = DEFAULT_TTL,
+        namespace: str = DEFAULT_NAMESPACE,
+        max_resources_per_instance: int = DEFAULT_MAX_RESOURCES_PER_INSTANCE,
         on_resource_lost: ResourceLostCallback | None = None,
         max_concurrency: int = 256,
         metadata: dict[str, Any] | None = None,
         sweep_interval: float | None = None,
-        drain_timeout: float = 5.0,
+        drain_timeout: float = DEFAULT_TIMEOUT,
         settings: RouterSettings | None = None,
         metrics_registry: CollectorRegistry | None = None,
     ) -> None:
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0.05 <= ttl <= 86_400:
-            raise InvalidRequestError("ttl must be a number of seconds in [0.05, 86400]", field="ttl")
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not MIN_TTL <= ttl <= MAX_TTL:
+            raise InvalidRequestError(f"ttl must be a number of seconds in [{MIN_TTL:g}, {MAX_TTL:g}]", field="ttl")
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise InvalidRequestError("max_concurrency must be a positive integer", field="max_concurrency")
         self._registry = ResourceRegistry(

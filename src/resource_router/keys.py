@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from .errors import InvalidRequestError
+from .settings import DEFAULT_NAMESPACE
 
 __all__ = [
     "MAX_INSTANCE_ID_LENGTH",
@@ -167,7 +168,7 @@ def _batch_is_plain(values: Sequence[object]) -> bool:
 class KeySpace:
     """Key and channel builder for one namespace."""
 
-    namespace: str = "rr"
+    namespace: str = DEFAULT_NAMESPACE
 
     def __post_init__(self) -> None:
         validate_namespace(self.namespace)
@@ -178,6 +179,11 @@ class KeySpace:
     @property
     def services(self) -> str:
         return f"{self.namespace}:services"
+
+    @property
+    def match_all(self) -> str:
+        """A SCAN pattern matching every key of the namespace (namespaces allow no glob characters)."""
+        return f"{self.namespace}:*"
 
     def reply_channel(self, client_id: str) -> str:
         return f"{self.namespace}:reply:{client_id}"

@@ -30,10 +30,12 @@ from .errors import RedisUnavailableError
 from .redis_errors import map_redis_error
 from .retry import Backoff
 from .settings import RouterSettings
-from .tracing import logger
+from .tracing import get_logger
 from .wire import Wire, make_wire
 
 __all__ = ["MessageHandler", "NodeLink", "StateHandler"]
+
+logger = get_logger(__name__)
 
 #: ``on_message(channel, data)``: called from the read loop for every message; must not block.
 MessageHandler = Callable[[bytes, bytes], None]

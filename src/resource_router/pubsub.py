@@ -25,10 +25,12 @@ from typing import Any
 from .connection import Client, server_identity
 from .errors import ResourceRouterError
 from .settings import RouterSettings
-from .tracing import logger
+from .tracing import get_logger
 from .transport import Transport, make_transport
 
 __all__ = ["MessageCallback", "PubSubHub", "StateListener"]
+
+logger = get_logger(__name__)
 
 #: Called with the raw payload of every message on a subscribed channel.
 MessageCallback = Callable[[bytes], None]

@@ -63,13 +63,12 @@ from .scripts import (
     ScriptSet,
     check_status,
 )
-from .settings import RouterSettings
-from .tracing import id_fields, logger, new_trace_id, timed
+from .settings import DEFAULT_MAX_RESOURCES_PER_INSTANCE, DEFAULT_NAMESPACE, MAX_TTL, MIN_TTL, RouterSettings
+from .tracing import get_logger, id_fields, new_trace_id, timed
+
+logger = get_logger(__name__)
 
 __all__ = ["ResourceRegistry"]
-
-MIN_TTL = 0.05
-MAX_TTL = 86_400.0
 
 
 def _s(value: Any) -> str:
@@ -122,8 +121,8 @@ class ResourceRegistry:
         self,
         redis: RedisLike,
         *,
-        namespace: str = "rr",
-        max_resources_per_instance: int = 1000,
+        namespace: str = DEFAULT_NAMESPACE,
+        max_resources_per_instance: int = DEFAULT_MAX_RESOURCES_PER_INSTANCE,
         settings: RouterSettings | None = None,
         metrics_registry: CollectorRegistry | None = None,
     ) -> None:
@@ -269,7 +268,7 @@ class ResourceRegistry:
         async def run() -> Any:
             reply = await self._scripts.register_instance(keys=keys, args=args)
             if not reply[3]:  # a new lease: make the service discoverable for sweepers and tools
-                await self.redis.sadd(self.keys.services, service_name)  # type: ignore[misc]
+                await self.redis.sadd(self.keys.services, service_name)  # type: ignore[misc,unused-ignore]
             return reply
 
         with timed(self.metrics, "register_instance") as info:
@@ -688,7 +687,7 @@ class ResourceRegistry:
         for owner, owned in by_owner.items():
             for start in range(0, len(owned), 500):
                 chunk = owned[start : start + 500]
-                records.update(zip(chunk, await self.redis.hmget(sk.owned(owner), chunk), strict=True))  # type: ignore[misc]
+                records.update(zip(chunk, await self.redis.hmget(sk.owned(owner), chunk), strict=True))  # type: ignore[misc,unused-ignore]
         return [(rid, owner, records.get(rid)) for rid, owner in zip(rids, owners, strict=True)]
 
     def _resource(self, service_name: str, resource_id: str, owner: str, grant: Any) -> Resource:
@@ -743,7 +742,7 @@ class ResourceRegistry:
     async def list_services(self) -> list[str]:
         raw = await call_redis(
             "list_services",
-            lambda: self.redis.smembers(self.keys.services),  # type: ignore[arg-type,return-value]
+            lambda: self.redis.smembers(self.keys.services),  # type: ignore[arg-type,return-value,unused-ignore]
             settings=self.settings,
             idempotent=True,
         )

@@ -1,26 +1,130 @@
-"""Settings are explicit objects built in one place; nothing is read from the environment at import."""
+"""Settings: one class per face, every default in one place, read from the environment by pydantic-settings.
+
+* :class:`RouterSettings`: the library's knobs (registries, instances, clients; the CLI reads them too).
+* ``GatewaySettings`` (``resource_router.gateway.settings``): one router replica; it embeds these.
+
+Each field can be set with a ``RESOURCE_ROUTER_<FIELD>`` environment variable or the same line in a
+``.env`` file of the working directory. Explicit arguments win over the environment, which wins over
+``.env``, which wins over the defaults. Nothing is read at import: only when a settings object is
+built (``RouterSettings()``, which the library does when it is given no settings).
+
+Secrets never show in logs, reprs or JSON dumps: the Redis URL (which may hold a password) is a
+:class:`RedisUrl`, printed as ``redis://***@host:6379/0``; signing keys are ``SecretStr``.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, SecretStr, field_serializer, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-__all__ = ["DEFAULT_REDIS_URL", "ENV_REDIS_URL", "RouterSettings"]
+__all__ = [
+    "DEFAULT_MAX_RESOURCES_PER_INSTANCE",
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_REDIS_URL",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_TTL",
+    "ENV_FILE",
+    "ENV_PREFIX",
+    "ENV_REDIS_URL",
+    "MAX_TTL",
+    "MIN_TTL",
+    "RedisUrl",
+    "RouterSettings",
+    "SettingsBase",
+    "redact_url",
+]
 
-ENV_REDIS_URL = "RESOURCE_ROUTER_REDIS_URL"
+# -- every default of the package ---------------------------------------------------------------
+ENV_PREFIX = "RESOURCE_ROUTER_"
+ENV_FILE = ".env"
+ENV_REDIS_URL = f"{ENV_PREFIX}REDIS_URL"
+#: The embedded in-process store (the ``memory`` extra); never chosen when a real URL was given.
 DEFAULT_REDIS_URL = "memory://"
+#: Key prefix, so several deployments can share one Redis.
+DEFAULT_NAMESPACE = "rr"
+#: Resources one instance may own.
+DEFAULT_MAX_RESOURCES_PER_INSTANCE = 1000
+#: An instance's lease in seconds (heartbeats every third of it), and the bounds it must stay in.
+DEFAULT_TTL = 10.0
+MIN_TTL = 0.05
+MAX_TTL = 86_400.0
+#: Seconds: a routed call's reply, one Redis operation, connecting, an instance's drain on stop.
+DEFAULT_TIMEOUT = 5.0
 
 
-class RouterSettings(BaseModel):
-    """Knobs shared by the registry, instances, clients, the CLI and the gateway."""
+def redact_url(url: str) -> str:
+    """``url`` without its password (``redis://user:***@host:6379/0``); the one place that masks URLs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return url.replace(parts.netloc, f"{user}:***@{host}" if user else f"***@{host}", 1)
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    redis_url: str = DEFAULT_REDIS_URL
-    namespace: str = "rr"
-    max_resources_per_instance: int = Field(default=1000, ge=1, le=1_000_000)
+class RedisUrl(SecretStr):
+    """A Redis URL whose password never shows: ``str()`` and ``repr()`` give it masked."""
+
+    def _display(self) -> str:
+        return redact_url(self.get_secret_value())
+
+
+class _OwnFieldsOnly(PydanticBaseSettingsSource):
+    """The ``.env`` source, keeping only this class's fields: one ``.env`` serves every face
+    (``RESOURCE_ROUTER_PORT`` is the replica's, not the library's) while typos in arguments still fail."""
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._inner().items() if k in self.settings_cls.model_fields}
+
+
+class SettingsBase(BaseSettings):
+    """What every settings class of the package shares: the prefix, ``.env``, frozen, no unknown fields."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=ENV_FILE,
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,  # RESOURCE_ROUTER_PORT= (as compose files write it) means "not set"
+        frozen=True,
+        extra="forbid",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _OwnFieldsOnly(settings_cls, dotenv_settings), file_secret_settings
+
+
+class RouterSettings(SettingsBase):
+    """Knobs shared by the registry, instances, clients, the CLI and the gateway.
+
+    ``RouterSettings()`` reads ``RESOURCE_ROUTER_*`` variables (and ``.env``); keyword arguments win.
+    """
+
+    redis_url: RedisUrl = RedisUrl(DEFAULT_REDIS_URL)
+    namespace: str = DEFAULT_NAMESPACE
+    max_resources_per_instance: int = Field(default=DEFAULT_MAX_RESOURCES_PER_INSTANCE, ge=1, le=1_000_000)
     #: Largest number of ids one register/release call accepts (one Lua step each).
     max_batch_size: int = Field(default=10_000, ge=1, le=100_000)
     #: None (the default): every register_resource call is one atomic step, however many ids.
@@ -32,7 +136,7 @@ class RouterSettings(BaseModel):
     audit_maxlen: int = Field(default=10_000, ge=100)
     #: Bound on one Redis operation (each attempt) of the registry; a paused or partitioned Redis
     #: surfaces as RedisUnavailableError instead of hanging.
-    operation_timeout: float = Field(default=5.0, gt=0, le=300)
+    operation_timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=300)
     #: Attempts for idempotent operations when Redis is unreachable (1 = no retry).
     retry_attempts: int = Field(default=3, ge=1, le=20)
     retry_initial_backoff: float = Field(default=0.05, gt=0)
@@ -41,7 +145,7 @@ class RouterSettings(BaseModel):
     #: for a free connection within their deadline; Redis Cluster: per node).
     max_connections: int = Field(default=128, ge=1, le=100_000)
     #: Bound on opening one connection to Redis (TCP connect and TLS handshake).
-    connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    connect_timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=300)
     #: TCP keepalive probes start after this many seconds of silence on a connection.
     keepalive_idle: float = Field(default=5.0, ge=1, le=7200)
     #: The pub/sub connections of a process send PING after this many seconds without traffic...
@@ -54,15 +158,29 @@ class RouterSettings(BaseModel):
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
     #: Largest resource metadata (JSON bytes) stored per grant.
     max_metadata_bytes: int = Field(default=4096, ge=64)
+    #: Keys that authenticate envelopes (env: comma-separated); the first signs, all verify.
+    signing_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    #: Partitions of a service's ownership (recorded per service in Redis).
+    partitions: int = Field(default=1, ge=1, le=1024)
+
+    @field_validator("signing_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_serializer("redis_url", when_used="json")
+    def _masked_url(self, value: RedisUrl) -> str:
+        return str(value)
+
+    @property
+    def redis_url_given(self) -> bool:
+        """True when the URL came from an argument, the environment or ``.env`` (not the default)."""
+        return "redis_url" in self.model_fields_set
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> RouterSettings:
-        """Read ``RESOURCE_ROUTER_*`` variables; explicit keyword overrides win."""
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for name in cls.model_fields:
-            raw = env.get(f"RESOURCE_ROUTER_{name.upper()}")
-            if raw is not None and raw != "":
-                values[name] = raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(values)
+    def from_env(cls, **overrides: Any) -> RouterSettings:
+        """The environment (and ``.env``) with ``overrides`` on top; ``None`` overrides are ignored
+        (an option that was not given)."""
+        return cls(**{k: v for k, v in overrides.items() if v is not None})

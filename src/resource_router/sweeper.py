@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from .deadline import stop_task
 from .errors import ResourceRouterError
 from .registry import ResourceRegistry
-from .tracing import logger
+from .tracing import get_logger
+
+logger = get_logger(__name__)
 
 __all__ = ["Sweeper"]
 

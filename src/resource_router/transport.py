@@ -33,10 +33,12 @@ from .errors import InvalidRequestError
 from .link import MessageHandler, NodeLink
 from .redis_errors import CLUSTER_HINT, map_redis_error, redis_errors
 from .settings import RouterSettings
-from .tracing import logger
+from .tracing import get_logger
 from .wire import ConnectionWire
 
 __all__ = ["ClusterTransport", "MemoryTransport", "SingleTransport", "StateCallback", "Transport", "make_transport"]
+
+logger = get_logger(__name__)
 
 #: ``on_state(channels, heard)``: channels no longer heard (False) or heard again (True).
 StateCallback = Callable[[frozenset[bytes], bool], None]

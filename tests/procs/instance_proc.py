@@ -25,7 +25,6 @@ import sys
 import time
 from typing import Any
 
-import structlog
 from prometheus_client import REGISTRY
 
 from resource_router import RouteRequest, ServiceInstance
@@ -119,5 +118,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.basicConfig(level=logging.WARNING)
     asyncio.run(main())

@@ -1,12 +1,15 @@
-"""Stateless router replicas: the HTTP gateway behind ``resource-router serve``.
+"""Stateless router replicas: the HTTP gateway behind ``resource-router serve``, and its HTTP bodies
+(``ResourceRegistrationRequest``, ``ResourceReleaseRequest``, ``RouteResponse``, ``ErrorResponse``).
 
-Needs the ``gateway`` extra (FastAPI and uvicorn): ``pip install 'resource-router[gateway]'``.
+Needs the ``gateway`` extra (FastAPI, uvicorn, structlog): ``pip install 'resource-router[gateway]'``.
 """
 
 from __future__ import annotations
 
 try:
     import fastapi  # noqa: F401
+    import fastapi_offline  # noqa: F401
+    import structlog  # noqa: F401
     import uvicorn  # noqa: F401
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
@@ -14,9 +17,21 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
         "pip install 'resource-router[gateway]'"
     ) from exc
 
+from resource_router.models import ErrorResponse, ResourceRegistrationRequest, ResourceReleaseRequest, RouteResponse
+
 from .app import create_app
 from .errors import PayloadTooLargeError, RegistrationConflictError
 from .server import run
 from .settings import GatewaySettings
 
-__all__ = ["GatewaySettings", "PayloadTooLargeError", "RegistrationConflictError", "create_app", "run"]
+__all__ = [
+    "ErrorResponse",
+    "GatewaySettings",
+    "PayloadTooLargeError",
+    "RegistrationConflictError",
+    "ResourceRegistrationRequest",
+    "ResourceReleaseRequest",
+    "RouteResponse",
+    "create_app",
+    "run",
+]

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 
 from resource_router import __version__
@@ -37,7 +38,7 @@ def create_app(
         finally:
             await state.stop()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc load their assets from the replica, not a CDN
         title="resource-router gateway",
         version=__version__,
         description=(

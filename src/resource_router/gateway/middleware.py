@@ -15,11 +15,13 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from resource_router.errors import ResourceRouterError
-from resource_router.tracing import logger
+from resource_router.tracing import get_logger
 
 from .context import TRACE_HEADER, pick_trace_id
 from .errors import PayloadTooLargeError, error_response
 from .metrics import GatewayMetrics, get_gateway_metrics
+
+logger = get_logger(__name__)
 
 __all__ = ["BodyLimitMiddleware", "TraceMiddleware"]
 

@@ -1,20 +1,22 @@
-"""Settings of one router replica (``resource-router serve``), built from the environment in one place.
+"""Settings of one router replica (``resource-router serve``), read from the environment by pydantic-settings.
 
-Every field can be set with a ``RESOURCE_ROUTER_<FIELD>`` variable (``RESOURCE_ROUTER_PORT=8001``);
-the Redis URL, namespace and library knobs come from :class:`~resource_router.RouterSettings`
-(``RESOURCE_ROUTER_REDIS_URL``, ``RESOURCE_ROUTER_NAMESPACE``, ...). Explicit overrides (the CLI's
-options) win over the environment.
+Every field can be set with a ``RESOURCE_ROUTER_<FIELD>`` variable or ``.env`` line
+(``RESOURCE_ROUTER_PORT=8001``); the Redis URL, namespace and library knobs come from
+:class:`~resource_router.RouterSettings` (``RESOURCE_ROUTER_REDIS_URL``, ``RESOURCE_ROUTER_NAMESPACE``,
+...). Explicit arguments (the CLI's options) win over the environment.
+
+A replica needs a real Redis: it refuses the embedded ``memory://`` store (a private in-process store
+that no other replica or instance can see) unless ``embedded`` (``--embedded``) allows it.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 
-from resource_router.settings import RouterSettings
+from resource_router.connection import is_memory_url
+from resource_router.settings import ENV_PREFIX, ENV_REDIS_URL, RouterSettings, SettingsBase
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "GatewaySettings", "LogFormat"]
 
@@ -23,10 +25,8 @@ DEFAULT_MAX_BODY_BYTES = 1_048_576
 LogFormat = Literal["json", "console"]
 
 
-class GatewaySettings(BaseModel):
+class GatewaySettings(SettingsBase):
     """Knobs of one stateless router replica. Nothing here is shared state: that all lives in Redis."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     router: RouterSettings = Field(default_factory=RouterSettings)
     host: str = "127.0.0.1"
@@ -41,29 +41,36 @@ class GatewaySettings(BaseModel):
     shutdown_timeout: float = Field(default=30.0, ge=0)
     #: Seconds ``/readyz`` waits for Redis to answer PING.
     ready_timeout: float = Field(default=2.0, gt=0)
+    #: Allow the embedded memory:// store (one process only: for trying the replica out).
+    embedded: bool = False
+
+    @model_validator(mode="after")
+    def _needs_a_redis_url(self) -> GatewaySettings:
+        if self.embedded or not is_memory_url(self.redis_url):
+            return self
+        if "redis_url" not in self.router.model_fields_set:
+            raise ValueError(
+                f"a replica needs a Redis URL: pass --redis URL or set {ENV_REDIS_URL}; "
+                f"--embedded ({ENV_PREFIX}EMBEDDED=1) serves a private in-process memory:// store instead"
+            )
+        raise ValueError(
+            f"{self.router.redis_url} is the embedded in-process store, which no other replica or instance "
+            f"can see: pass --embedded ({ENV_PREFIX}EMBEDDED=1) to serve it anyway, or a redis:// URL"
+        )
 
     @property
     def redis_url(self) -> str:
-        return self.router.redis_url
+        return self.router.redis_url.get_secret_value()
 
     @property
     def namespace(self) -> str:
         return self.router.namespace
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> GatewaySettings:
-        """Read ``RESOURCE_ROUTER_*`` variables. Overrides named like ``RouterSettings`` fields
-        (``redis_url``, ``namespace``, ...) go to ``router``; ``None`` overrides are ignored."""
-        env = os.environ if environ is None else environ
-        router_fields = set(RouterSettings.model_fields)
-        router_overrides = {k: v for k, v in overrides.items() if k in router_fields}
-        values: dict[str, object] = {}
-        for name in cls.model_fields:
-            if name == "router":
-                continue
-            raw = env.get(f"RESOURCE_ROUTER_{name.upper()}")
-            if raw is not None and raw != "":
-                values[name] = raw
-        values.update({k: v for k, v in overrides.items() if k not in router_fields and v is not None})
-        values["router"] = RouterSettings.from_env(env, **router_overrides)
-        return cls.model_validate(values)
+    def from_env(cls, **overrides: Any) -> GatewaySettings:
+        """The environment (and ``.env``) with ``overrides`` on top. Overrides named like
+        ``RouterSettings`` fields (``redis_url``, ``namespace``, ...) go to ``router``; ``None``
+        overrides (options not given) are ignored."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        router = {k: given.pop(k) for k in list(given) if k in RouterSettings.model_fields}
+        return cls(router=RouterSettings(**router), **given)

@@ -16,12 +16,14 @@ from resource_router.connection import describe, is_memory_url
 from resource_router.errors import RedisUnavailableError, ResourceRouterError
 from resource_router.registry import ResourceRegistry
 from resource_router.sweeper import Sweeper
-from resource_router.tracing import logger
+from resource_router.tracing import get_logger
 
 from .settings import GatewaySettings
 
 if TYPE_CHECKING:
     from resource_router.client import ServiceClient
+
+logger = get_logger(__name__)
 
 __all__ = ["GatewayState"]
 
@@ -34,7 +36,7 @@ class GatewayState:
         self.metrics_registry = metrics_registry
         router = settings.router
         self.registry = ResourceRegistry(
-            router.redis_url,
+            settings.redis_url,
             namespace=router.namespace,
             max_resources_per_instance=router.max_resources_per_instance,
             settings=router,
