@@ -56,7 +56,6 @@ from .protocol import (
 )
 from .pubsub import PubSubHub
 from .registry import ResourceRegistry
-from .retry import call_redis
 from .settings import (
     DEFAULT_MAX_RESOURCES_PER_INSTANCE,
     DEFAULT_NAMESPACE,
@@ -87,12 +86,6 @@ def default_instance_id() -> str:
     """``hostname-pid-random``, restricted to the characters instance ids allow."""
     host = _ID_CLEAN.sub("-", socket.gethostname()).strip("-._:@")[:60] or "host"
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
-def _s(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
 class ServiceInstance:
@@ -403,20 +396,8 @@ class ServiceInstance:
         task.add_done_callback(self._background.discard)
 
     async def _owners(self, resource_ids: list[str]) -> dict[str, str | None]:
-        """Current owners from Redis (MGET of owner keys, in chunks)."""
-        out: dict[str, str | None] = {}
-        redis = self._registry.redis
-        for start in range(0, len(resource_ids), 500):
-            chunk = resource_ids[start : start + 500]
-            keys = self._keys.owner_keys(chunk)
-
-            async def mget(keys: list[str] = keys) -> list[Any]:
-                values: list[Any] = await redis.mget(keys)
-                return values
-
-            values = await call_redis("lookup", mget, settings=self._settings, idempotent=True)
-            out.update({rid: _s(v) for rid, v in zip(chunk, values, strict=True)})
-        return out
+        """Current owners from Redis (one round trip per 500 ids)."""
+        return await self._registry.get_owner_ids(self.service_name, resource_ids)
 
     # -- heartbeat -------------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:

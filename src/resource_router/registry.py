@@ -665,6 +665,20 @@ class ResourceRegistry:
         found.inc()
         return _s(owner)
 
+    async def get_owner_ids(self, service_name: str, resource_ids: Iterable[str]) -> dict[str, str | None]:
+        """The current owner of each id (None: no owner), in one round trip per 500 ids."""
+        sk = self._sk(service_name)
+        ids = validate_resource_ids(resource_ids, max_count=self.settings.max_batch_size)
+
+        async def run() -> list[Any]:
+            values: list[Any] = []
+            for start in range(0, len(ids), 500):
+                values.extend(await self.redis.mget(sk.owner_keys(ids[start : start + 500])))
+            return values
+
+        values = await call_redis("lookup", run, settings=self.settings, idempotent=True)
+        return {rid: None if v is None else _s(v) for rid, v in zip(ids, values, strict=True)}
+
     async def get_resources(self, service_name: str, resource_ids: Iterable[str]) -> dict[str, Resource]:
         """Owners of many resources (MGET in chunks); ids nobody owns are left out."""
         sk = self._sk(service_name)
