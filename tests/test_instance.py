@@ -638,3 +638,72 @@ def test_constructor_checks_its_arguments(backend_url: str) -> None:
     assert inst.channel == "ns1:rpc:svc:a"
     with pytest.raises(TypeError):
         inst.add_handler("m", "not callable")  # type: ignore[arg-type]
+
+
+# -- stale requests: confirmed in Redis before they run (issue 10) ---------------------------------------
+async def _steal_silently(backend_url: str, inst: ServiceInstance, rid: str, thief: str) -> None:
+    """Make Redis say ``thief`` owns ``rid`` without any event: only a confirmation can notice."""
+    redis = connect(backend_url)
+    try:
+        await redis.set(inst.registry.keys.service(SVC).owner(rid), thief, keepttl=True)
+    finally:
+        await redis.aclose()
+
+
+async def test_a_request_that_waited_too_long_is_confirmed_in_redis(make: Any, peer: RawPeer, backend_url: str) -> None:
+    calls: list[RouteRequest] = []
+    async with make("a", ttl=30.0) as a:
+        echo(a, calls)
+        await a.register_resource(["x", "y"])
+        await _steal_silently(backend_url, a, "x", "b")
+        now = time.time()
+        # y is still a's: an old request for it runs after the confirmation.
+        await peer.publish(a.channel, peer.envelope(SVC, "echo", rid="y", ts=now - 1.0))
+        assert (await peer.next_reply() or {}).get("s") == "ok"
+        # x is b's now: an old request is refused, and a leaves x at once.
+        await peer.publish(a.channel, peer.envelope(SVC, "echo", rid="x", ts=now - 1.0))
+        reply = await peer.next_reply()
+        assert reply is not None
+        assert reply["s"] == "not_owner"
+        await wait_for(lambda: "x" not in a.owned_resources)
+        assert a.owned_resources == {"y"}
+    assert [r.resource_id for r in calls] == ["y"]
+
+
+async def test_a_fresh_request_runs_on_the_local_view(make: Any, peer: RawPeer, backend_url: str) -> None:
+    """The bound of the check: a request sent just now is not confirmed (the lease covers it)."""
+    calls: list[RouteRequest] = []
+    async with make("a", ttl=30.0) as a:
+        echo(a, calls)
+        await a.register_resource(["x"])
+        await _steal_silently(backend_url, a, "x", "b")
+        await peer.publish(a.channel, peer.envelope(SVC, "echo", rid="x", ts=time.time()))
+        assert (await peer.next_reply() or {}).get("s") == "ok"
+    assert len(calls) == 1
+
+
+async def test_requests_that_ran_after_an_event_loop_stall_are_confirmed(
+    make: Any, peer: RawPeer, backend_url: str
+) -> None:
+    calls: list[RouteRequest] = []
+    async with make("a", ttl=30.0) as a:
+        echo(a, calls)
+
+        @a.handler("block")
+        def block(request: RouteRequest) -> str:
+            time.sleep(0.3)  # a blocking call: nothing else runs in this loop meanwhile
+            return "blocked"
+
+        await a.register_resource(["x", "y"])
+        await _steal_silently(backend_url, a, "x", "b")
+        # No send time (an older caller): only the stall tells that these may be stale.
+        await peer.publish(a.channel, peer.envelope(SVC, "block"))
+        await peer.publish(a.channel, peer.envelope(SVC, "echo", rid="x"))
+        await peer.publish(a.channel, peer.envelope(SVC, "echo", rid="y"))
+        answers = {}
+        for _ in range(3):
+            reply = await peer.next_reply()
+            assert reply is not None
+            answers[reply["id"]] = reply["s"]
+    assert sorted(answers.values()) == ["not_owner", "ok", "ok"]
+    assert [r.resource_id for r in calls] == ["y"]

@@ -284,3 +284,31 @@ def test_pydantic_models_travel_as_their_json_dump() -> None:
     assert reply.status == STATUS_OK
     assert reply.result == res.model_dump(mode="json")
     assert decode_request(request(params=[res]), max_bytes=LIMIT).params == [res.model_dump(mode="json")]
+
+
+def test_optional_send_time_and_activation_flag() -> None:
+    plain = decode_request(request(), max_bytes=LIMIT)
+    assert (plain.sent_at, plain.activate) == (None, False)
+    data = request(sent_at=1_900_000_000.5, activate=True)
+    raw = msgpack.unpackb(data, raw=False)
+    assert (raw["ts"], raw["act"]) == (1_900_000_000.5, True)
+    decoded = decode_request(data, max_bytes=LIMIT)
+    assert (decoded.sent_at, decoded.activate) == (1_900_000_000.5, True)
+    for field, bad in (("ts", "now"), ("ts", True), ("act", 1), ("act", "yes")):
+        message = msgpack.unpackb(request(), raw=False) | {field: bad}
+        with pytest.raises(ProtocolError) as info:
+            decode_request(msgpack.packb(message), max_bytes=LIMIT)
+        assert info.value.reason == "malformed"
+        assert field in info.value.message
+
+
+def test_not_owner_reply_may_name_where_the_resource_went() -> None:
+    bare = decode_reply(encode_not_owner_reply("c1:1", instance_id="i1", trace_id=None))
+    assert (bare.status, bare.redirect, bare.reason) == (STATUS_NOT_OWNER, None, None)
+    assert "to" not in msgpack.unpackb(encode_not_owner_reply("c1:1", instance_id="i1", trace_id=None))
+    data = encode_not_owner_reply("c1:2", instance_id="i1", trace_id="t", redirect="i2", reason="moved")
+    assert msgpack.unpackb(data, raw=False)["to"] == "i2"
+    reply = decode_reply(data)
+    assert (reply.redirect, reply.reason) == ("i2", "moved")
+    odd = msgpack.unpackb(data, raw=False) | {"to": 7, "why": None}
+    assert decode_reply(msgpack.packb(odd)).redirect is None

@@ -370,6 +370,7 @@ class ServiceClient:
             deadline=call.wall_deadline,
             trace_id=call.trace_id,
             max_bytes=self._max_payload,
+            sent_at=time.time(),
         )
         fut: asyncio.Future[Reply] = loop.create_future()
         self._pending[request_id] = fut

@@ -3,12 +3,17 @@
 A request goes to the owner's channel ``{ns}:rpc:{S}:{instance_id}``; the reply goes to the caller's
 channel ``{ns}:reply:{client_id}`` named in the request. Both are msgpack maps with short string keys:
 
-request  ``{"v": 1, "k": "req", "id", "rc", "svc", "m", "rid", "p", "dl", "tr", "ft"}``
-reply    ``{"v": 1, "k": "rep", "id", "s", "r" | "e", "iid", "ft", "tr"}``
+request  ``{"v": 1, "k": "req", "id", "rc", "svc", "m", "rid", "p", "dl", "tr", "ft", "ts", "act"}``
+reply    ``{"v": 1, "k": "rep", "id", "s", "r" | "e", "iid", "ft", "tr", "to", "why"}``
 
 ``s`` (status) is ``"ok"`` (``r`` holds the result), ``"error"`` (``e`` holds an error map, the
 ``to_dict()`` form of a library exception) or ``"not_owner"`` (the instance did not run the request:
-it does not own the resource, or its lease may have run out; the caller re-resolves the owner).
+it does not own the resource, or its lease may have run out; the caller re-resolves the owner, or
+follows ``to`` when the refusal names where the resource is; ``why`` says why when it matters).
+
+Optional fields (protocol v1 receivers ignore them): ``ts`` is the caller's send time (UNIX seconds;
+instances confirm ownership in Redis for requests that waited too long); ``act`` asks a placement
+volunteer to activate (claim) the resource if nobody owns it.
 
 Version rule: ``v`` changes only for incompatible changes. Receivers ignore keys they do not know, so
 optional fields can be added within a version. A request with another ``v`` is answered with an
@@ -30,6 +35,10 @@ __all__ = [
     "KIND_REQUEST",
     "MAX_REQUEST_ID_LENGTH",
     "PROTOCOL_VERSION",
+    "REASON_CONFLICT",
+    "REASON_DRAINING",
+    "REASON_FULL",
+    "REASON_MOVED",
     "STATUS_ERROR",
     "STATUS_NOT_OWNER",
     "STATUS_OK",
@@ -52,6 +61,14 @@ STATUS_OK: Final = "ok"
 STATUS_ERROR: Final = "error"
 STATUS_NOT_OWNER: Final = "not_owner"
 MAX_REQUEST_ID_LENGTH: Final = 256
+#: ``why`` of a "not owner" reply: another instance won the activation (``to`` names it)...
+REASON_CONFLICT: Final = "conflict"
+#: ...the volunteer is at its per-instance limit (try another one)...
+REASON_FULL: Final = "full"
+#: ...the instance takes no activations (it is draining, or its lease is being renewed)...
+REASON_DRAINING: Final = "draining"
+#: ...the resource was handed over (``to`` names the new owner when there is one).
+REASON_MOVED: Final = "moved"
 
 _packb = msgpack.packb
 _unpackb = msgpack.unpackb
@@ -93,6 +110,8 @@ class Request:
     deadline: float | None
     trace_id: str | None
     fencing_token: int | None
+    sent_at: float | None = None
+    activate: bool = False
 
 
 @dataclass(slots=True)
@@ -104,6 +123,8 @@ class Reply:
     instance_id: str | None
     fencing_token: int | None
     trace_id: str | None
+    redirect: str | None = None
+    reason: str | None = None
 
 
 def _default(value: Any) -> Any:
@@ -135,6 +156,8 @@ def encode_request(
     trace_id: str | None,
     max_bytes: int,
     fencing_token: int | None = None,
+    sent_at: float | None = None,
+    activate: bool = False,
 ) -> bytes:
     """Encode a request; ``InvalidRequestError`` (field ``params``) when it cannot be sent."""
     message: dict[str, Any] = {
@@ -151,6 +174,10 @@ def encode_request(
     }
     if fencing_token is not None:
         message["ft"] = fencing_token
+    if sent_at is not None:
+        message["ts"] = sent_at
+    if activate:
+        message["act"] = True
     try:
         data = _pack(message)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -217,6 +244,12 @@ def decode_request(data: bytes, *, max_bytes: int) -> Request:
         tr = message.get("tr")
         if tr is not None and not isinstance(tr, str):
             raise ValueError("field 'tr' must be a string or nil")
+        sent_at = message.get("ts")
+        if sent_at is not None and (isinstance(sent_at, bool) or not isinstance(sent_at, int | float)):
+            raise ValueError("field 'ts' must be a number (UNIX time in seconds) or nil")
+        activate = message.get("act")
+        if activate is not None and not isinstance(activate, bool):
+            raise ValueError("field 'act' must be a boolean or nil")
     except ValueError as exc:
         raise ProtocolError("malformed", f"invalid request: {exc}", **where) from None
     assert service_name is not None
@@ -231,6 +264,8 @@ def decode_request(data: bytes, *, max_bytes: int) -> Request:
         deadline=None if deadline is None else float(deadline),
         trace_id=trace_id,
         fencing_token=token,
+        sent_at=None if sent_at is None else float(sent_at),
+        activate=bool(activate),
     )
 
 
@@ -276,9 +311,22 @@ def encode_error_reply(
 
 
 def encode_not_owner_reply(
-    request_id: str, *, instance_id: str, trace_id: str | None, fencing_token: int | None = None
+    request_id: str,
+    *,
+    instance_id: str,
+    trace_id: str | None,
+    fencing_token: int | None = None,
+    redirect: str | None = None,
+    reason: str | None = None,
 ) -> bytes:
-    return _pack(_reply(request_id, STATUS_NOT_OWNER, instance_id, trace_id, fencing_token))
+    """ "Not owner": the request was not run. ``redirect`` names the instance that has the resource now
+    (when known), ``reason`` says why (``REASON_*``)."""
+    message = _reply(request_id, STATUS_NOT_OWNER, instance_id, trace_id, fencing_token)
+    if redirect is not None:
+        message["to"] = redirect
+    if reason is not None:
+        message["why"] = reason
+    return _pack(message)
 
 
 def encode_ok_reply(
@@ -331,6 +379,7 @@ def decode_reply(data: bytes) -> Reply:
     if status == STATUS_ERROR and not isinstance(error, dict):
         raise ProtocolError("malformed", "an error reply needs an error map 'e'", request_id=request_id)
     iid, token, trace = message.get("iid"), message.get("ft"), message.get("tr")
+    redirect, reason = message.get("to"), message.get("why")
     return Reply(
         request_id=request_id,
         status=status,
@@ -339,4 +388,6 @@ def decode_reply(data: bytes) -> Reply:
         instance_id=iid if isinstance(iid, str) else None,
         fencing_token=token if isinstance(token, int) and not isinstance(token, bool) else None,
         trace_id=trace if isinstance(trace, str) else None,
+        redirect=redirect if isinstance(redirect, str) and redirect else None,
+        reason=reason if isinstance(reason, str) else None,
     )

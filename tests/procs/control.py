@@ -119,6 +119,14 @@ class InstanceProcess:
         assert self.proc.returncode == 0, err
         return dict(json.loads(line))
 
+    def pause(self) -> None:
+        """SIGSTOP: the process stops at once, its sockets keep receiving (as in a GC pause)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``."""
+        self.proc.send_signal(signal.SIGCONT)
+
     async def kill(self) -> None:
         """SIGKILL (no cleanup at all) and reap the process; idempotent."""
         if self.proc.returncode is None:
