@@ -170,7 +170,8 @@ class Dispatcher:
     async def quiesce(self, ids: Iterable[str], grace: float | None = None) -> None:
         """Wait until no request for ``ids`` is running or queued here; after ``grace`` seconds, cancel them."""
         wanted = set(ids)
-        tasks = [task for task, rid in self._inflight.items() if rid in wanted]
+        me = asyncio.current_task()  # a handler releasing its own resource does not wait for itself
+        tasks = [task for task, rid in self._inflight.items() if rid in wanted and task is not me]
         if not tasks:
             return
         _done, pending = await asyncio.wait(tasks, timeout=grace)

@@ -39,7 +39,14 @@ from .events import parse_event
 from .keys import validate_instance_id, validate_resource_ids
 from .lease import LeaseKeeper
 from .models import ResourceRegistrationResponse, ResourceReleaseResponse
-from .ownership import REASON_RELEASED, REASON_STOPPED, OwnershipView, ResourceLostCallback
+from .ownership import (
+    REASON_RELEASED,
+    REASON_STOPPED,
+    ActivateHook,
+    DeactivateHook,
+    OwnershipView,
+    ResourceLostCallback,
+)
 from .pubsub import PubSubHub
 from .registry import ResourceRegistry
 from .settings import (
@@ -90,6 +97,7 @@ class ServiceInstance:
         metadata: dict[str, Any] | None = None,
         sweep_interval: float | None = None,
         drain_timeout: float = DEFAULT_TIMEOUT,
+        serial_per_resource: bool = False,
         confirm_after: float = 0.1,
         settings: RouterSettings | None = None,
         metrics_registry: CollectorRegistry | None = None,
@@ -111,6 +119,7 @@ class ServiceInstance:
         self.sweep_interval = self.ttl if sweep_interval is None else float(sweep_interval)
         self.drain_timeout = float(drain_timeout)
         self.max_concurrency = max_concurrency
+        self.serial_per_resource = bool(serial_per_resource)
         self._settings = self._registry.settings
         self._metrics = self._registry.metrics
         self._channel = self._keys.rpc_channel(self._instance_id)
@@ -150,7 +159,9 @@ class ServiceInstance:
             on_stale=self._on_stale,
             log=self._log,
             max_concurrency=max_concurrency,
+            serial=self.serial_per_resource,
             confirm_after=confirm,
+            on_activation_failed=self._activation_failed,
         )
         self._view.quiesce = self._dispatcher.quiesce
 
@@ -240,6 +251,24 @@ class ServiceInstance:
         if not callable(fn):
             raise TypeError("a handler must be callable")
         self._handlers[method] = fn
+
+    def on_activate(self, fn: ActivateHook) -> ActivateHook:
+        """Decorator: ``async def f(resource_id)`` runs once before the first request this instance serves
+        for a resource it gained (by registration, activation or handoff); it may load state. If it
+        raises, the request fails with 500 (``RemoteHandlerError``) and the resource is released."""
+        if not callable(fn):
+            raise TypeError("on_activate needs a callable")
+        self._view.on_activate = fn
+        return fn
+
+    def on_deactivate(self, fn: DeactivateHook) -> DeactivateHook:
+        """Decorator: ``async def f(resource_id, reason)`` runs once when the instance loses a resource it
+        had activated, after the requests running for it are done. ``reason``: ``released``,
+        ``drained``, ``rebalanced``, ``idle``, ``expired``, ``taken`` (by force) or ``stopped``."""
+        if not callable(fn):
+            raise TypeError("on_deactivate needs a callable")
+        self._view.on_deactivate = fn
+        return fn
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> ServiceInstance:
@@ -357,12 +386,18 @@ class ServiceInstance:
             resource_ids if isinstance(resource_ids, str) else list(resource_ids),
             max_count=self._settings.max_batch_size,
         )
+        return await self._release(ids, self._view.begin_leave(ids), REASON_RELEASED, trace_id=trace_id)
+
+    async def _release(
+        self, ids: list[str], leaving: list[str], reason: str, *, trace_id: str | None = None
+    ) -> ResourceReleaseResponse:
+        """Release ``ids``, of which ``leaving`` were taken out of service (``begin_leave``): wait for
+        their running requests, run ``on_deactivate``, then release them in Redis."""
         view = self._view
-        leaving = view.begin_leave(ids)
         keep: list[str] = []
         try:
             await self._dispatcher.quiesce(leaving, self.drain_timeout)
-            await view.deactivate(leaving, REASON_RELEASED)
+            await view.deactivate(leaving, reason)
             async with self._keeper.lock:
                 try:
                     return await self._registry.release_resource(
@@ -378,6 +413,18 @@ class ServiceInstance:
         finally:
             view.end_leave(leaving, keep=keep)
             self._dispatcher.unpark(leaving)
+
+    def _activation_failed(self, resource_id: str) -> None:
+        """``on_activate`` raised: the resource is released (the next call may activate it again)."""
+        leaving = self._view.begin_leave([resource_id])
+        if leaving and not self._closed:
+            self._spawn(self._release_logged(leaving))
+
+    async def _release_logged(self, ids: list[str]) -> None:
+        try:
+            await self._release(ids, ids, REASON_RELEASED)
+        except ResourceRouterError as exc:
+            self._log.warning("instance.release_failed", error=str(exc), resources=len(ids))
 
     def _check_running(self) -> None:
         if not self._started or self._closed:

@@ -208,20 +208,24 @@ class OwnershipView:
         """Drop ids (owned or suspended) from the view. Involuntary losses (expired, taken) are logged and
         told to ``on_resource_lost``; ``on_deactivate`` runs for the activated ones once the requests
         still running for them are done. Returns the ids that were owned or active."""
-        dropped = []
+        dropped: list[str] = []
+        active: list[str] = []
         for rid in ids:
             was_owned = self.owned.pop(rid, None) is not None
             was_suspended = self.suspended.pop(rid, None) is not None
             self.placed.pop(rid, None)
-            if was_owned or was_suspended or rid in self.active:
-                dropped.append(rid)
+            if rid in self.active:
+                self.active.discard(rid)
+                active.append(rid)
+            elif not (was_owned or was_suspended):
+                continue
+            dropped.append(rid)
         if not dropped:
             return dropped
         if involuntary:
             self._log.warning("instance.resources_lost", reason=reason, **id_fields(dropped))
             self._notify_lost(dropped)
-        active = [rid for rid in dropped if rid in self.active]
-        if active:
+        if active and self.on_deactivate is not None:
             self._spawn(self._deactivate_after_requests(active, reason))
         return dropped
 
@@ -269,6 +273,9 @@ class OwnershipView:
         active = [rid for rid in ids if rid in self.active]
         for rid in active:
             self.active.discard(rid)
+        await self._run_deactivate(active, reason)
+
+    async def _run_deactivate(self, active: list[str], reason: str) -> None:
         hook = self.on_deactivate
         if hook is None or not active:
             return
@@ -285,7 +292,7 @@ class OwnershipView:
     async def _deactivate_after_requests(self, ids: list[str], reason: str) -> None:
         if self.quiesce is not None:
             await self.quiesce(ids)
-        await self.deactivate([rid for rid in ids if rid not in self.owned], reason)
+        await self._run_deactivate(ids, reason)
 
     # -- idle and moves ----------------------------------------------------------------------------
     def touch(self, resource_id: str) -> None:
