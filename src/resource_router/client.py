@@ -41,6 +41,7 @@ from .errors import (
     InvalidRequestError,
     OwnerUnavailableError,
     RedisUnavailableError,
+    ResourceLimitExceededError,
     ResourceNotFoundError,
     ResourceRouterError,
     RouteTimeoutError,
@@ -51,7 +52,17 @@ from .events import parse_event
 from .instance import default_instance_id
 from .keys import ServiceKeys, validate_instance_id, validate_resource_id
 from .models import Resource, RouteRequest, RouteResponse
-from .protocol import STATUS_NOT_OWNER, STATUS_OK, ProtocolError, Reply, decode_reply, encode_request
+from .placement import VolunteerDirectory, rank, service_strategy
+from .protocol import (
+    REASON_DRAINING,
+    REASON_FULL,
+    STATUS_NOT_OWNER,
+    STATUS_OK,
+    ProtocolError,
+    Reply,
+    decode_reply,
+    encode_request,
+)
 from .pubsub import PubSubHub
 from .registry import ResourceRegistry
 from .settings import DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RouterSettings
@@ -67,12 +78,28 @@ DEFAULT_OWNER_CACHE_TTL = 5.0
 _CACHE_LIMIT = 100_000
 #: Services whose ownership events one client follows (beyond it, the oldest is dropped).
 _EVENT_SERVICES_LIMIT = 1024
+#: Seconds a service's list of placement volunteers is kept (events drop it sooner).
+_VOLUNTEERS_MAX_AGE = 1.0
+#: Sends of one resource call before it gives up (redirects, re-resolutions, volunteers tried).
+_MAX_HOPS = 8
+#: wait_for_owner: pauses between attempts grow from the first to the last.
+_WAIT_FIRST, _WAIT_LAST = 0.025, 0.25
 
 
 class _Call:
     """What one call needs on its way (kept on one object to avoid passing ten arguments around)."""
 
-    __slots__ = ("deadline", "method", "params", "resource_id", "seconds", "sk", "trace_id", "wall_deadline")
+    __slots__ = (
+        "deadline",
+        "method",
+        "params",
+        "resource_id",
+        "seconds",
+        "sk",
+        "trace_id",
+        "wait_for_owner",
+        "wall_deadline",
+    )
 
     def __init__(
         self,
@@ -83,6 +110,7 @@ class _Call:
         trace_id: str,
         seconds: float,
         deadline: float,
+        wait_for_owner: bool = False,
     ) -> None:
         self.sk = sk
         self.method = method
@@ -92,6 +120,7 @@ class _Call:
         self.seconds = seconds  # the caller's timeout
         self.deadline = deadline  # loop time
         self.wall_deadline = time.time() + seconds  # sent to the instance (UNIX time)
+        self.wait_for_owner = wait_for_owner  # keep resolving (and activating) until the deadline
 
     def timeout_error(self) -> RouteTimeoutError:
         return RouteTimeoutError(f"no reply within {self.seconds:g}s", timeout=self.seconds)
@@ -141,6 +170,7 @@ class ServiceClient:
         self._outcomes: dict[tuple[str, str], Any] = {}
         self._event_handlers: dict[str, tuple[Any, Any]] = {}
         self._duration = self._metrics.operation_duration.labels("route")
+        self._volunteers = VolunteerDirectory(self._registry, max_age=min(self.owner_cache_ttl, _VOLUNTEERS_MAX_AGE))
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -200,10 +230,16 @@ class ServiceClient:
         resource_id: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - the contract's name; also the message deadline
         trace_id: str | None = None,
+        wait_for_owner: bool = False,
     ) -> Any:
         """Run ``method`` on the owner of ``resource_id`` (or on any live instance when None) and
-        return its result. Raises the contract's errors (404, 500, 503, 504, ...)."""
-        reply = await self._route(service_name, method, params, resource_id, timeout, trace_id)
+        return its result. Raises the contract's errors (404, 429, 500, 503, 504, ...).
+
+        A resource nobody owns is activated on a placement volunteer of the service when there is
+        one (else 404). ``wait_for_owner=True``: when the owner is unavailable (it died and its lease
+        has not run out yet: 503) or there is no owner and no volunteer (404), keep resolving until
+        ``timeout`` instead of failing at once; the last error is raised when time is up."""
+        reply = await self._route(service_name, method, params, resource_id, timeout, trace_id, wait_for_owner)
         return reply.result
 
     async def route(self, request: RouteRequest) -> RouteResponse:
@@ -268,6 +304,7 @@ class ServiceClient:
         resource_id: str | None,
         seconds: float,
         trace_id: str | None,
+        wait_for_owner: bool = False,
     ) -> Reply:
         sk = self._keys_for(service_name)
         if not isinstance(method, str) or not method:
@@ -281,7 +318,7 @@ class ServiceClient:
             await self.start()
         loop = asyncio.get_running_loop()
         started = loop.time()
-        call = _Call(sk, method, params, resource_id, trace_id, seconds, started + seconds)
+        call = _Call(sk, method, params, resource_id, trace_id, seconds, started + seconds, wait_for_owner)
         try:
             try:
                 # One bound for the whole call: lookups and publishes on a paused or partitioned
@@ -350,8 +387,9 @@ class ServiceClient:
             )
         return owner
 
-    async def _send(self, call: _Call, instance_id: str) -> Reply | None:
-        """Publish one request to ``instance_id``; its reply, or None when nobody listens."""
+    async def _send(self, call: _Call, instance_id: str, *, activate: bool = False) -> Reply | None:
+        """Publish one request to ``instance_id``; its reply, or None when nobody listens. ``activate``:
+        the instance may claim the resource (placement) if nobody owns it."""
         hub = self._hub
         if hub is None:
             raise RuntimeError("the ServiceClient is closed")
@@ -371,6 +409,7 @@ class ServiceClient:
             trace_id=call.trace_id,
             max_bytes=self._max_payload,
             sent_at=time.time(),
+            activate=activate,
         )
         fut: asyncio.Future[Reply] = loop.create_future()
         self._pending[request_id] = fut
@@ -398,19 +437,35 @@ class ServiceClient:
         self._owner_cache[key] = (owner, time.monotonic() + self.owner_cache_ttl)
 
     async def _call_resource(self, call: _Call, resource_id: str) -> Reply:
+        """Send to the owner; follow "not owner" answers (re-resolve, or go where the answer points);
+        activate the resource on a volunteer when nobody owns it; see the module docstring."""
         key = (call.sk.service_name, resource_id)
         if key[0] not in self._following and self.owner_cache_ttl > 0:
             await self._follow(key[0])  # once per service: the cache's invalidation comes first
         owner = self._cached_owner(key)
-        fresh = owner is None
-        if owner is None:
-            owner = await self._lookup(call, resource_id)
-        retries = 1  # re-resolutions allowed after a fresh lookup
+        fresh = owner is None  # the owner came from Redis (not from the cache)
+        activate = False
+        refusals = 0  # "not owner" answers from owners Redis named
+        skipped: dict[str, str] = {}  # volunteers that cannot take the resource now -> why
+        hops = waits = 0
         while True:
-            reply = await self._send(call, owner)
+            if owner is None:
+                try:
+                    owner = await self._lookup(call, resource_id)
+                    activate = False
+                except ResourceNotFoundError as exc:
+                    owner = await self._volunteer_for(call, resource_id, skipped, exc)
+                    activate = True
+                    if owner is None:  # no volunteer (or none can take it now)
+                        await self._wait(call, exc, waits)
+                        waits, hops, refusals = waits + 1, 0, 0
+                        skipped.clear()
+                        continue
+                fresh = True
+            reply = await self._send(call, owner, activate=activate)
             if reply is not None and reply.status != STATUS_NOT_OWNER:
                 if fresh:
-                    self._cache_owner(key, owner)
+                    self._cache_owner(key, reply.instance_id or owner)
                 return reply
             self._owner_cache.pop(key, None)
             logger.info(
@@ -420,20 +475,87 @@ class ServiceClient:
                 instance_id=owner,
                 trace_id=call.trace_id,
                 cached=not fresh,
+                activate=activate,
+                redirect=None if reply is None else reply.redirect,
+                reason=None if reply is None else reply.reason,
             )
-            if fresh:
-                if retries == 0:
-                    raise self._unavailable(call, resource_id, owner, reply)
-                retries -= 1
-            new_owner = await self._lookup(call, resource_id)
-            fresh = True
-            if reply is None and new_owner == owner:
-                raise self._unavailable(call, resource_id, owner, reply)
-            owner = new_owner
+            hops += 1
+            redirect = None if reply is None else reply.redirect
+            error: ResourceRouterError | None = None
+            if hops > _MAX_HOPS:
+                error = self._unavailable(call, resource_id, owner, reply)
+            elif redirect is not None and redirect != owner:
+                owner, activate, fresh = redirect, True, True  # moved, or another volunteer won: follow
+                continue
+            elif activate:
+                # This volunteer cannot take it (full, draining, dead): the next one, after a new lookup.
+                skipped[owner] = "full" if reply is not None and reply.reason == REASON_FULL else "unavailable"
+                owner = None
+                continue
+            elif not fresh:
+                owner = None  # a stale cache entry: resolve again
+                continue
+            elif reply is not None:
+                refusals += 1
+                if refusals <= 1:
+                    owner = None
+                    continue
+                error = self._unavailable(call, resource_id, owner, reply)
+            else:
+                try:
+                    new_owner = await self._lookup(call, resource_id)
+                except ResourceNotFoundError:
+                    owner = None  # the dead owner's lease ended: activate it (or 404)
+                    continue
+                if new_owner != owner:
+                    owner = new_owner
+                    continue
+                error = self._unavailable(call, resource_id, owner, reply)
+            await self._wait(call, error, waits)
+            waits, hops, refusals, owner = waits + 1, 0, 0, None
+            skipped.clear()
+
+    async def _volunteer_for(
+        self, call: _Call, resource_id: str, skipped: dict[str, str], not_found: ResourceNotFoundError
+    ) -> str | None:
+        """The volunteer to activate ``resource_id`` on, by the service's strategy, skipping those that
+        could not take it; None when the service has no volunteer. 429 when every volunteer is full."""
+        name = call.sk.service_name
+        volunteers = await self._volunteers.get(name, fresh=bool(skipped))
+        if not volunteers:
+            return None
+        for volunteer in rank(service_strategy(volunteers), resource_id, volunteers):
+            if volunteer.instance_id not in skipped:
+                self._volunteers.placed(name, volunteer.instance_id)
+                return volunteer.instance_id
+        if all(skipped.get(v.instance_id) == "full" for v in volunteers):
+            limit = max(v.limit for v in volunteers)
+            raise ResourceLimitExceededError(
+                f"resource {resource_id!r} of service {name!r} has no owner and every volunteer "
+                f"({len(volunteers)}) is at its per-instance limit",
+                limit=limit,
+                current=limit,
+                requested=1,
+            )
+        return None
+
+    async def _wait(self, call: _Call, error: ResourceRouterError, waits: int) -> None:
+        """``wait_for_owner``: pause before resolving again; else (or when time is up) raise ``error``."""
+        if not call.wait_for_owner:
+            raise error
+        pause = min(_WAIT_LAST, _WAIT_FIRST * (2**waits))
+        if call.deadline - asyncio.get_running_loop().time() <= pause:
+            raise error
+        await asyncio.sleep(pause)
 
     @staticmethod
     def _unavailable(call: _Call, resource_id: str, owner: str, reply: Reply | None) -> OwnerUnavailableError:
-        why = "nobody is listening on its channel" if reply is None else "it refused the request twice (not owner)"
+        if reply is None:
+            why = "nobody is listening on its channel"
+        elif reply.reason == REASON_DRAINING:
+            why = "it takes no activations (draining)"
+        else:
+            why = "it refused the request (not owner)"
         return OwnerUnavailableError(
             f"owner {owner!r} of resource {resource_id!r} (service {call.sk.service_name!r}) is unavailable: {why}",
             resource_id=resource_id,
@@ -533,10 +655,14 @@ class ServiceClient:
             self._metrics.dropped_messages.labels("malformed").inc()
             return
         cache = self._owner_cache
+        if event.type in ("VolunteerJoined", "VolunteerLeft"):
+            self._volunteers.forget(service_name)
+            return
         if event.type == "InstanceRegistered":
             return
         if not event.resource_ids and event.type == "ResourceReleased":
             self.forget_owner(service_name)  # a whole instance went: drop the service's entries
+            self._volunteers.forget(service_name)
             return
         for rid in event.resource_ids:
             cache.pop((service_name, rid), None)

@@ -179,6 +179,12 @@ class Dispatcher:
             self._log.warning("instance.move_timeout", cancelled=len(pending))
             await self._cancel(list(pending))
 
+    def busy(self) -> set[str]:
+        """Resources with a request running, queued or parked here."""
+        out = {rid for rid in self._inflight.values() if rid is not None}
+        out.update(self._parked)
+        return out
+
     @staticmethod
     async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
         for task in tasks:

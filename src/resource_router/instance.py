@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -33,9 +34,10 @@ from prometheus_client import CollectorRegistry
 
 from .connection import RedisLike
 from .deadline import stop_task
-from .dispatcher import Dispatcher, Handler
+from .dispatcher import Claim, Dispatcher, Handler
 from .errors import InvalidRequestError, ResourceRouterError
 from .events import parse_event
+from .handoff import Mover, MoveReport
 from .keys import validate_instance_id, validate_resource_ids
 from .lease import LeaseKeeper
 from .models import ResourceRegistrationResponse, ResourceReleaseResponse
@@ -47,6 +49,7 @@ from .ownership import (
     OwnershipView,
     ResourceLostCallback,
 )
+from .placement import DEFAULT_STRATEGY, VolunteerDirectory, validate_strategy
 from .pubsub import PubSubHub
 from .registry import ResourceRegistry
 from .settings import (
@@ -60,10 +63,11 @@ from .settings import (
 )
 from .sweeper import Sweeper
 from .tracing import get_logger
+from .volunteer import Volunteering
 
 logger = get_logger(__name__)
 
-__all__ = ["Handler", "ResourceLostCallback", "ServiceInstance", "default_instance_id"]
+__all__ = ["Handler", "MoveReport", "ResourceLostCallback", "ServiceInstance", "default_instance_id"]
 
 _ID_CLEAN = re.compile(r"[^A-Za-z0-9._:@-]+")
 
@@ -97,6 +101,11 @@ class ServiceInstance:
         metadata: dict[str, Any] | None = None,
         sweep_interval: float | None = None,
         drain_timeout: float = DEFAULT_TIMEOUT,
+        accept_placement: bool = False,
+        placement: str = DEFAULT_STRATEGY,
+        rebalance: bool = False,
+        rebalance_rate: float = 100.0,
+        idle_timeout: float | None = None,
         serial_per_resource: bool = False,
         confirm_after: float = 0.1,
         settings: RouterSettings | None = None,
@@ -120,6 +129,11 @@ class ServiceInstance:
         self.drain_timeout = float(drain_timeout)
         self.max_concurrency = max_concurrency
         self.serial_per_resource = bool(serial_per_resource)
+        self.accept_placement = bool(accept_placement)
+        self.placement = validate_strategy(placement)
+        self.rebalance = bool(rebalance)
+        self.rebalance_rate = _seconds(rebalance_rate, "rebalance_rate", low=0.1)  # ids per second
+        self.idle_timeout = None if idle_timeout is None else _seconds(idle_timeout, "idle_timeout", low=0.01)
         self._settings = self._registry.settings
         self._metrics = self._registry.metrics
         self._channel = self._keys.rpc_channel(self._instance_id)
@@ -144,7 +158,8 @@ class ServiceInstance:
             metadata=self.metadata,
             log=self._log,
             spawn=self._spawn,
-            placed_on_adopt=lambda: False,
+            placed_on_adopt=lambda: self.accept_placement,
+            on_registered_again=self._rejoin,
         )
         self._dispatcher = Dispatcher(
             self._view,
@@ -161,9 +176,38 @@ class ServiceInstance:
             max_concurrency=max_concurrency,
             serial=self.serial_per_resource,
             confirm_after=confirm,
+            claim=self._claim if self.accept_placement else None,
             on_activation_failed=self._activation_failed,
         )
         self._view.quiesce = self._dispatcher.quiesce
+        self._mover = Mover(
+            registry=self._registry,
+            view=self._view,
+            dispatcher=self._dispatcher,
+            lock=self._keeper.lock,
+            directory=VolunteerDirectory(self._registry, max_age=0.5),
+            service_name=self._keys.service_name,
+            instance_id=self._instance_id,
+            log=self._log,
+            metrics_registry=metrics_registry,
+            on_failure=self._reconcile_later,
+        )
+        self._volunteering = Volunteering(
+            registry=self._registry,
+            view=self._view,
+            mover=self._mover,
+            lock=self._keeper.lock,
+            service_name=self._keys.service_name,
+            instance_id=self._instance_id,
+            placement=self.placement,
+            ttl=self.ttl,
+            rebalance=self.rebalance,
+            rebalance_rate=self.rebalance_rate,
+            idle_timeout=self.idle_timeout,
+            drain_timeout=self.drain_timeout,
+            log=self._log,
+        )
+        self._loops: list[asyncio.Task[None]] = []
 
     # -- properties ------------------------------------------------------------------------------
     @property
@@ -291,6 +335,8 @@ class ServiceInstance:
             await self._hub.subscribe(self._keys.events_channel, self._on_event, self._keeper.on_events_state)
             await self._keeper.register()
             self._view.serving = True
+            if self.accept_placement:
+                await self._volunteering.join()
         except BaseException:
             await self._shutdown(deregister=False)
             raise
@@ -299,7 +345,15 @@ class ServiceInstance:
         if self.sweep_interval > 0:
             self._sweeper = Sweeper(self._registry, services=[self.service_name], interval=self.sweep_interval)
             self._sweeper.start()
-        self._log.info("instance.start", channel=self._channel, ttl=self.ttl)
+        volunteering = self._volunteering
+        if self.accept_placement:
+            self._loops.append(
+                asyncio.create_task(volunteering.keep_listed(), name=f"rr-placement-{self._instance_id}")
+            )
+        if self.idle_timeout is not None:
+            self._loops.append(asyncio.create_task(volunteering.release_idle(), name=f"rr-idle-{self._instance_id}"))
+        placement = self.placement if self.accept_placement else None
+        self._log.info("instance.start", channel=self._channel, ttl=self.ttl, placement=placement)
 
     async def stop(self) -> None:
         """Graceful exit: stop taking requests, drain, release everything, unsubscribe."""
@@ -318,6 +372,11 @@ class ServiceInstance:
         self._closed = True
         self._keeper.closed = True
         self._view.serving = False
+        if deregister:
+            await self._volunteering.leave()
+        self._volunteering.accepting = False
+        for task in self._loops:
+            await stop_task(task)
         await self._dispatcher.finish(self.drain_timeout if drain else 0.0)
         if deregister and self._view.active:
             with contextlib.suppress(TimeoutError):
@@ -386,45 +445,14 @@ class ServiceInstance:
             resource_ids if isinstance(resource_ids, str) else list(resource_ids),
             max_count=self._settings.max_batch_size,
         )
-        return await self._release(ids, self._view.begin_leave(ids), REASON_RELEASED, trace_id=trace_id)
-
-    async def _release(
-        self, ids: list[str], leaving: list[str], reason: str, *, trace_id: str | None = None
-    ) -> ResourceReleaseResponse:
-        """Release ``ids``, of which ``leaving`` were taken out of service (``begin_leave``): wait for
-        their running requests, run ``on_deactivate``, then release them in Redis."""
-        view = self._view
-        keep: list[str] = []
-        try:
-            await self._dispatcher.quiesce(leaving, self.drain_timeout)
-            await view.deactivate(leaving, reason)
-            async with self._keeper.lock:
-                try:
-                    return await self._registry.release_resource(
-                        self.service_name, self._instance_id, ids, trace_id=trace_id
-                    )
-                except ResourceRouterError as exc:
-                    owners = getattr(exc, "owners", None)
-                    if isinstance(owners, dict):  # 403: nothing was released; ids owned by others are gone
-                        keep = [rid for rid in leaving if rid not in owners]
-                    else:  # Redis failed: the release may or may not have happened
-                        self._keeper.needs_reconcile = True
-                    raise
-        finally:
-            view.end_leave(leaving, keep=keep)
-            self._dispatcher.unpark(leaving)
+        leaving = self._view.begin_leave(ids)
+        return await self._mover.release(ids, leaving, REASON_RELEASED, grace=self.drain_timeout, trace_id=trace_id)
 
     def _activation_failed(self, resource_id: str) -> None:
         """``on_activate`` raised: the resource is released (the next call may activate it again)."""
         leaving = self._view.begin_leave([resource_id])
         if leaving and not self._closed:
-            self._spawn(self._release_logged(leaving))
-
-    async def _release_logged(self, ids: list[str]) -> None:
-        try:
-            await self._release(ids, ids, REASON_RELEASED)
-        except ResourceRouterError as exc:
-            self._log.warning("instance.release_failed", error=str(exc), resources=len(ids))
+            self._spawn(self._mover.release_quietly(leaving, REASON_RELEASED, grace=self.drain_timeout))
 
     def _check_running(self) -> None:
         if not self._started or self._closed:
@@ -435,7 +463,46 @@ class ServiceInstance:
         self._check_running()
         await self._keeper.heartbeat()
 
+    # -- placement -------------------------------------------------------------------------------
+    @property
+    def accepting_placement(self) -> bool:
+        """True while this instance is a placement volunteer that takes activations (not draining)."""
+        return self._volunteering.accepting
+
+    async def drain(self, timeout: float | None = None) -> MoveReport:  # noqa: ASYNC109 - the contract's name
+        """Hand every resource to the other volunteers and take no more activations.
+
+        The instance leaves the volunteers first (callers stop activating here), then moves its resources
+        in batches (``handoff.py``): each stops being served, its running requests finish (at most
+        ``timeout`` seconds for the whole drain, default ``drain_timeout``; then they are cancelled),
+        ``on_deactivate(id, "drained")`` runs, it is released and registered for the volunteer the
+        strategy picks (a larger fencing token), and requests that arrived meanwhile are redirected
+        there. Calls made during a drain are not failed. Without other volunteers, resources are
+        released. The instance keeps serving service-level calls until it stops."""
+        self._check_running()
+        seconds = self.drain_timeout if timeout is None else _seconds(timeout, "timeout", low=0.0)
+        await self._volunteering.leave()
+        started = time.perf_counter()
+        report = await self._mover.drain(seconds)
+        self._log.info(
+            "instance.drained",
+            moved=report.moved_count,
+            released=len(report.released),
+            kept=len(report.kept),
+            duration_ms=round((time.perf_counter() - started) * 1000.0, 3),
+        )
+        return report
+
+    def _reconcile_later(self) -> None:
+        self._keeper.needs_reconcile = True
+
     # -- plumbing --------------------------------------------------------------------------------
+    async def _claim(self, resource_id: str) -> Claim:
+        return await self._volunteering.claim(resource_id)
+
+    async def _rejoin(self) -> None:
+        await self._volunteering.rejoin()
+
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
@@ -471,4 +538,6 @@ class ServiceInstance:
         except Exception:
             self._metrics.dropped_messages.labels("malformed").inc()
             return
+        if event.type == "VolunteerJoined":
+            self._volunteering.volunteer_joined(event.instance_id)
         self._keeper.on_event(event)

@@ -16,6 +16,8 @@ key                             type    TTL                         holds
 ``rr:{S}:fence``                string  none                        last fencing token issued in the service
 ``rr:{S}:audit``                stream  MAXLEN ~ (bounded)          ownership events, one JSON field ``event``
 ``rr:services``                 set     none                        service names that registered an instance
+``rr:{S}:volunteers``           hash    none (cleaned by readers)   placement volunteer id -> JSON
+                                                                    ``{"placement", "limit"}``
 ==============================  ======  ==========================  ==========================================
 
 Pub/sub channels (not keys): ``rr:{S}:events`` (ownership events, published by the scripts on the
@@ -264,3 +266,9 @@ class ServiceKeys:
     def owner_pattern(self) -> str:
         """A SCAN MATCH pattern for every owner key of the service (ids cannot contain glob chars)."""
         return self.owner_prefix + "*"
+
+    # -- placement (volunteers) -----------------------------------------------------------------
+    @cached_property
+    def volunteers(self) -> str:
+        """Hash: instance id -> ``{"placement": strategy, "limit": n}`` of each placement volunteer."""
+        return self.prefix + "volunteers"

@@ -54,6 +54,7 @@ from .models import (
     ms_to_datetime,
     trusted,
 )
+from .placement import Volunteer
 from .retry import call_redis
 from .scripts import (
     STATUS_INSTANCE_NOT_ALIVE,
@@ -826,3 +827,93 @@ class ResourceRegistry:
             if swept:
                 out[service_name] = swept
         return out
+
+    # -- placement volunteers (issue 11) -----------------------------------------------------------
+    async def add_volunteer(self, service_name: str, instance_id: str, *, placement: str, limit: int) -> bool:
+        """List ``instance_id`` as a placement volunteer of the service (idempotent). When it was not
+        listed, ``VolunteerJoined`` is published on the events channel. Returns True when it was added."""
+        sk = self._sk(service_name)
+        validate_instance_id(instance_id)
+        record = json.dumps({"placement": placement, "limit": int(limit)}, separators=(",", ":"))
+        added = await call_redis(
+            "add_volunteer",
+            lambda: self.redis.hset(sk.volunteers, instance_id, record),  # type: ignore[misc,unused-ignore]
+            settings=self.settings,
+            idempotent=True,
+        )
+        if added:
+            await self._volunteer_event(sk, instance_id, "VolunteerJoined", placement)
+        return bool(added)
+
+    async def remove_volunteer(self, service_name: str, instance_id: str) -> bool:
+        """Take ``instance_id`` off the volunteers (``VolunteerLeft`` is published when it was listed)."""
+        sk = self._sk(service_name)
+        validate_instance_id(instance_id)
+        removed = await call_redis(
+            "remove_volunteer",
+            lambda: self.redis.hdel(sk.volunteers, instance_id),  # type: ignore[misc,unused-ignore]
+            settings=self.settings,
+            idempotent=True,
+        )
+        if removed:
+            await self._volunteer_event(sk, instance_id, "VolunteerLeft", None)
+        return bool(removed)
+
+    async def list_volunteers(self, service_name: str) -> list[Volunteer]:
+        """The volunteers whose lease has not run out, sorted by id, with how many resources each owns
+        (two round trips). Records of instances that are gone from the service are removed."""
+        sk = self._sk(service_name)
+        now_ms = int(time.time() * 1000)
+
+        async def run() -> list[Volunteer]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(sk.volunteers)
+                pipe.zrange(sk.instances, 0, -1, withscores=True)
+                records, members = await pipe.execute()
+            leases = {_s(member): float(score) for member, score in members}
+            found: list[Volunteer] = []
+            gone: list[str] = []
+            for raw_id, raw in records.items():
+                iid = _s(raw_id)
+                if iid not in leases:
+                    gone.append(iid)
+                    continue
+                if leases[iid] < now_ms:
+                    continue  # its lease ran out: dead, or about to be swept
+                try:
+                    record = json.loads(_s(raw))
+                    found.append(Volunteer(iid, str(record.get("placement")), int(record.get("limit") or 0)))
+                except (ValueError, TypeError, AttributeError):
+                    continue
+            found.sort(key=lambda v: v.instance_id)
+            if found or gone:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for volunteer in found:
+                        pipe.hlen(sk.owned(volunteer.instance_id))
+                    if gone:
+                        pipe.hdel(sk.volunteers, *gone)
+                    counts = await pipe.execute()
+                for volunteer, count in zip(found, counts, strict=False):
+                    volunteer.owned = int(count)
+            return found
+
+        volunteers: list[Volunteer] = await call_redis("list_volunteers", run, settings=self.settings, idempotent=True)
+        return volunteers
+
+    async def _volunteer_event(self, sk: ServiceKeys, instance_id: str, kind: str, placement: str | None) -> None:
+        """Published only (volunteers are not ownership: the audit stream does not record them)."""
+        event = {
+            "type": kind,
+            "reason": placement or "left",
+            "service_name": sk.service_name,
+            "instance_id": instance_id,
+            "resource_ids": [],
+            "ts_ms": int(time.time() * 1000),
+        }
+        payload = json.dumps(event, separators=(",", ":"))
+        await call_redis(
+            "add_volunteer",
+            lambda: self.redis.execute_command(self._publish_command, sk.events_channel, payload),
+            settings=self.settings,
+            idempotent=True,
+        )

@@ -35,6 +35,10 @@ class InstanceProcess:
         resources: list[str] | tuple[str, ...] = (),
         log_path: Path | None = None,
         exec_delay: float = 0.0,
+        placement: str | None = None,
+        rebalance: bool = False,
+        serial: bool = False,
+        idle_timeout: float | None = None,
         timeout: float = 30.0,
     ) -> InstanceProcess:
         fd, name = tempfile.mkstemp(prefix=f"rr-{instance_id}-", suffix=".stderr")
@@ -61,6 +65,12 @@ class InstanceProcess:
         ]
         if log_path is not None:
             args += ["--log", str(log_path)]
+        if placement is not None:
+            args += ["--placement", placement] + (["--rebalance"] if rebalance else [])
+        if serial:
+            args.append("--serial")
+        if idle_timeout is not None:
+            args += ["--idle-timeout", str(idle_timeout)]
         err = os.open(stderr_path, os.O_WRONLY | os.O_TRUNC)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -109,6 +119,19 @@ class InstanceProcess:
         """Graceful exit: close stdin, wait for STOPPED and the exit."""
         assert self.proc.stdin is not None
         self.proc.stdin.close()
+        try:
+            line = await self._read_line("STOPPED ", timeout)
+            async with asyncio.timeout(timeout):
+                await self.proc.wait()
+        finally:
+            err = self.stderr()
+            await self.kill()
+        assert self.proc.returncode == 0, err
+        return dict(json.loads(line))
+
+    async def terminate(self, timeout: float = 30.0) -> dict[str, Any]:
+        """SIGTERM: the process drains (its resources go to other volunteers), then exits gracefully."""
+        self.proc.send_signal(signal.SIGTERM)
         try:
             line = await self._read_line("STOPPED ", timeout)
             async with asyncio.timeout(timeout):

@@ -1,0 +1,202 @@
+"""Placement: a call for a resource nobody owns activates it on a volunteer (in-process instances)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from resource_router import (
+    InvalidRequestError,
+    ResourceLimitExceededError,
+    ResourceNotFoundError,
+    ResourceRegistry,
+    RouteRequest,
+    ServiceClient,
+    ServiceInstance,
+)
+from resource_router.placement import Volunteer, rank, rendezvous_score, service_strategy
+
+SVC = "rooms"
+
+
+@pytest.fixture
+def make(backend_url: str, namespace: str, metrics_registry: CollectorRegistry) -> Any:
+    def factory(instance_id: str, *, activations: list[tuple[str, str]] | None = None, **kw: Any) -> ServiceInstance:
+        kw.setdefault("ttl", 30.0)
+        inst = ServiceInstance(
+            backend_url, SVC, instance_id, namespace=namespace, metrics_registry=metrics_registry, **kw
+        )
+
+        @inst.handler("whoami")
+        async def whoami(request: RouteRequest) -> dict[str, Any]:
+            return {"iid": inst.instance_id, "token": request.fencing_token, "rid": request.resource_id}
+
+        if activations is not None:
+            inst.on_activate(lambda rid: activations.append((inst.instance_id, rid)))
+        return inst
+
+    return factory
+
+
+@pytest.fixture
+async def client(backend_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[ServiceClient]:
+    async with ServiceClient(backend_url, namespace=namespace, metrics_registry=metrics_registry) as c:
+        yield c
+
+
+# -- strategies on their own -------------------------------------------------------------------------
+def test_rendezvous_ranking_is_stable_and_moves_little() -> None:
+    three = [Volunteer(i) for i in ("a", "b", "c")]
+    four = [*three, Volunteer("d")]
+    ids = [f"r{i}" for i in range(2000)]
+    before = {rid: rank("hash", rid, three)[0].instance_id for rid in ids}
+    after = {rid: rank("hash", rid, four)[0].instance_id for rid in ids}
+    moved = [rid for rid in ids if before[rid] != after[rid]]
+    assert all(after[rid] == "d" for rid in moved)  # only what the newcomer wins moves
+    assert 350 < len(moved) < 650  # about a quarter
+    assert rank("hash", "r1", list(reversed(three))) == rank("hash", "r1", three)
+    assert rendezvous_score("r1", "a") == rendezvous_score("r1", "a")
+
+
+def test_least_loaded_and_full_volunteers() -> None:
+    vols = [
+        Volunteer("a", "least_loaded", 10, 9),
+        Volunteer("b", "least_loaded", 10, 2),
+        Volunteer("c", limit=3, owned=3),
+    ]
+    order = [v.instance_id for v in rank("least_loaded", "x", vols)]
+    assert order == ["b", "a", "c"]  # c is full: last
+    assert service_strategy(vols) == "least_loaded"
+    assert service_strategy([]) == "hash"
+    assert sorted(v.instance_id for v in rank("random", "x", vols)[:2]) == ["a", "b"]
+
+
+def test_the_placement_arguments_are_checked(backend_url: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        ServiceInstance(backend_url, SVC, "a", accept_placement=True, placement="round_robin")
+    assert info.value.field == "placement"
+    with pytest.raises(InvalidRequestError):
+        ServiceInstance(backend_url, SVC, "a", idle_timeout=-1)
+
+
+# -- activation on the first call --------------------------------------------------------------------
+async def test_the_first_call_activates_the_resource_on_the_hash_choice(
+    make: Any, client: ServiceClient, backend_url: str, namespace: str
+) -> None:
+    activations: list[tuple[str, str]] = []
+    async with (
+        make("a", accept_placement=True, activations=activations),
+        make("b", accept_placement=True, activations=activations),
+        make("c", activations=activations),  # not a volunteer: never chosen
+    ):
+        rids = [f"room-{i}" for i in range(30)]
+        results = [await client.call(SVC, "whoami", resource_id=rid) for rid in rids]
+        again = [await client.call(SVC, "whoami", resource_id=rid) for rid in rids]
+        registry = ResourceRegistry(backend_url, namespace=namespace)
+        try:
+            owners = {r.resource_id: r for r in await registry.list_resources(SVC)}
+        finally:
+            await registry.aclose()
+    expected = {rid: rank("hash", rid, [Volunteer("a"), Volunteer("b")])[0].instance_id for rid in rids}
+    assert {r["rid"]: r["iid"] for r in results} == expected
+    assert again == results  # served by the same owner, same token
+    assert {rid: o.owner_instance_id for rid, o in owners.items()} == expected
+    assert {r["rid"]: r["token"] for r in results} == {rid: o.fencing_token for rid, o in owners.items()}
+    assert sorted(activations) == sorted((iid, rid) for rid, iid in expected.items())  # once each
+    assert set(expected.values()) == {"a", "b"}
+
+
+async def test_without_volunteers_an_unowned_resource_is_still_404(make: Any, client: ServiceClient) -> None:
+    async with make("a"):
+        with pytest.raises(ResourceNotFoundError) as info:
+            await client.call(SVC, "whoami", resource_id="room-1")
+    assert info.value.code == 404
+
+
+async def test_least_loaded_fills_the_emptier_volunteer_first(make: Any, client: ServiceClient) -> None:
+    async with (
+        make("a", accept_placement=True, placement="least_loaded") as a,
+        make("b", accept_placement=True, placement="least_loaded") as b,
+    ):
+        await a.register_resource([f"pinned-{i}" for i in range(6)])
+        for i in range(10):
+            await client.call(SVC, "whoami", resource_id=f"room-{i}")
+        assert (len(a.owned_resources), len(b.owned_resources)) == (8, 8)
+
+
+async def test_random_placement_spreads_over_volunteers(make: Any, client: ServiceClient) -> None:
+    async with (
+        make("a", accept_placement=True, placement="random"),
+        make("b", accept_placement=True, placement="random"),
+    ):
+        served = Counter([(await client.call(SVC, "whoami", resource_id=f"r{i}"))["iid"] for i in range(40)])
+    assert set(served) == {"a", "b"}
+    assert sum(served.values()) == 40
+
+
+async def test_a_full_volunteer_is_skipped_and_all_full_is_429(make: Any, client: ServiceClient) -> None:
+    async with (
+        make("a", accept_placement=True, max_resources_per_instance=2) as a,
+        make("b", accept_placement=True, max_resources_per_instance=3) as b,
+    ):
+        served = [(await client.call(SVC, "whoami", resource_id=f"r{i}"))["iid"] for i in range(5)]
+        assert Counter(served) == {"a": 2, "b": 3}
+        with pytest.raises(ResourceLimitExceededError) as info:
+            await client.call(SVC, "whoami", resource_id="r-one-too-many")
+        assert info.value.code == 429
+        assert len(a.owned_resources) + len(b.owned_resources) == 5
+
+
+async def test_concurrent_first_calls_activate_exactly_once(
+    make: Any, backend_url: str, namespace: str, metrics_registry: CollectorRegistry
+) -> None:
+    """Many callers, volunteers chosen at random (so the volunteers race too): one owner, one activation."""
+    activations: list[tuple[str, str]] = []
+    clients = [ServiceClient(backend_url, namespace=namespace, metrics_registry=metrics_registry) for _ in range(4)]
+    async with (
+        make("a", accept_placement=True, placement="random", activations=activations),
+        make("b", accept_placement=True, placement="random", activations=activations),
+        make("c", accept_placement=True, placement="random", activations=activations),
+    ):
+        try:
+            calls = [c.call(SVC, "whoami", resource_id="the-room") for c in clients for _ in range(25)]
+            results = await asyncio.gather(*calls)
+        finally:
+            for c in clients:
+                await c.aclose()
+    owners = {(r["iid"], r["token"]) for r in results}
+    assert len(results) == 100
+    assert len(owners) == 1
+    ((owner, _token),) = owners
+    assert activations == [(owner, "the-room")]
+
+
+async def test_a_volunteer_that_stops_leaves_the_volunteers(
+    make: Any, client: ServiceClient, backend_url: str, namespace: str
+) -> None:
+    registry = ResourceRegistry(backend_url, namespace=namespace)
+    try:
+        async with make("a", accept_placement=True), make("b", accept_placement=True) as b:
+            assert [v.instance_id for v in await registry.list_volunteers(SVC)] == ["a", "b"]
+            await b.stop()
+            assert [v.instance_id for v in await registry.list_volunteers(SVC)] == ["a"]
+            for i in range(10):
+                assert (await client.call(SVC, "whoami", resource_id=f"r{i}"))["iid"] == "a"
+        assert await registry.list_volunteers(SVC) == []
+    finally:
+        await registry.aclose()
+
+
+async def test_an_aborted_volunteer_is_skipped_until_its_lease_ends(make: Any, client: ServiceClient) -> None:
+    async with make("a", accept_placement=True, ttl=1.0), make("b", accept_placement=True, ttl=1.0) as b:
+        await b.abort()  # still listed (its lease runs), but silent
+        started = time.perf_counter()
+        served = {(await client.call(SVC, "whoami", resource_id=f"r{i}"))["iid"] for i in range(10)}
+        assert served == {"a"}
+        assert time.perf_counter() - started < 2.0
