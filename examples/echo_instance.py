@@ -8,8 +8,13 @@ It registers itself (a lease renewed by heartbeats), claims the resources it is 
 * ``sleep`` sleeps ``params["seconds"]`` (default 1) then answers: handy to watch timeouts and drains;
 * ``fail``  raises, to show how a handler error reaches the caller (HTTP 500 through a replica).
 
-It prints one JSON line ``{"event": "ready", ...}`` on stdout once it serves, and on SIGTERM or
-Ctrl-C it releases everything it owns and exits 0. Redis comes from ``--redis`` or
+With ``--placement hash`` (or ``least_loaded``, ``random``) it is a placement volunteer: a call for
+a resource nobody owns may be activated here, and resources of a crashed instance come back here by
+themselves. On SIGTERM or Ctrl-C a volunteer first drains (hands every resource to the other
+volunteers; calls in flight are redirected, none fails), then releases what is left and exits 0.
+
+It prints one JSON line ``{"event": "ready", ...}`` on stdout once it serves, and one
+``{"event": "stopped", ...}`` at the end. Redis comes from ``--redis`` or
 ``RESOURCE_ROUTER_REDIS_URL`` (``redis://localhost:6379/0`` when neither is set).
 """
 
@@ -51,11 +56,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--ttl", type=float, default=float(os.environ.get("ECHO_TTL", "10")), help="lease seconds")
     parser.add_argument("--force", action="store_true", help="take the resources over from their owners")
+    parser.add_argument(
+        "--placement",
+        choices=("hash", "least_loaded", "random"),
+        default=os.environ.get("ECHO_PLACEMENT") or None,
+        help="be a placement volunteer with this strategy (resources are activated here on demand)",
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=float(os.environ.get("ECHO_DRAIN_TIMEOUT", "30")), help="seconds"
+    )
     return parser.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> None:
-    instance = ServiceInstance(args.redis, args.service, args.instance_id, ttl=args.ttl, namespace=args.namespace)
+    instance = ServiceInstance(
+        args.redis,
+        args.service,
+        args.instance_id,
+        ttl=args.ttl,
+        namespace=args.namespace,
+        accept_placement=args.placement is not None,
+        placement=args.placement or "hash",
+        drain_timeout=args.drain_timeout,
+    )
 
     @instance.handler("echo")
     async def echo(request: RouteRequest) -> dict[str, Any]:
@@ -95,9 +118,14 @@ async def serve(args: argparse.Namespace) -> None:
             "owned": sorted(instance.owned_resources),
             "conflicts": conflicts,
         }
+        if args.placement is not None:
+            ready["placement"] = args.placement
         print(json.dumps(ready), flush=True)
         await stop.wait()
-    print(json.dumps({"event": "stopped", "instance_id": instance.instance_id}), flush=True)
+        stopped: dict[str, Any] = {"event": "stopped", "instance_id": instance.instance_id}
+        if args.placement is not None:  # hand everything to the other volunteers before leaving
+            stopped["moved"] = (await instance.drain()).moved_count
+    print(json.dumps(stopped), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

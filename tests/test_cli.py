@@ -690,3 +690,22 @@ def test_flags_do_not_look_like_they_take_a_value() -> None:
         assert flag_lines, command
         for line in flag_lines:
             assert "<bool>" not in line and "BOOLEAN" not in line, line
+
+
+def test_instances_show_the_placement_volunteers(redis_url: str, namespace: str) -> None:
+    async def setup() -> None:
+        async with ResourceRegistry(redis_url, namespace=namespace) as reg:
+            await reg.register_instance(SVC, "plain-1", ttl=60)
+            await reg.register_instance(SVC, "vol-1", ttl=60)
+            await reg.add_volunteer(SVC, "vol-1", placement="least_loaded", limit=500)
+
+    asyncio.run(setup())
+    rows = json.loads(invoke("instances", SVC, "--redis", redis_url, "-n", namespace, "--json").stdout)
+    assert [(r["instance_id"], r["volunteer"]) for r in rows] == [
+        ("plain-1", None),
+        ("vol-1", {"placement": "least_loaded", "limit": 500}),
+    ]
+    table = invoke("instances", SVC, "--redis", redis_url, "-n", namespace, env={"COLUMNS": "160"}).stdout
+    assert "placement" in table
+    assert next(line for line in table.splitlines() if "vol-1" in line).count("least_loaded") == 1
+    assert " - " in next(line for line in table.splitlines() if "plain-1" in line)

@@ -40,6 +40,17 @@ def check_summary(summary: dict[str, object], requests: int) -> None:
     latency = summary["latency_ms"]
     assert isinstance(latency, dict)
     assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
+    placement = summary["placement"]
+    assert isinstance(placement, dict)
+    placed = placement["placed"]
+    assert set(placed) == {"volunteer-x", "volunteer-y", "volunteer-z"}
+    assert sum(placed.values()) == 30
+    assert placement["activations"] >= 30
+    # The crashed volunteer's rooms came back on the others within ttl + 1 s, with larger tokens.
+    assert sum(placement["healed_by"].values()) == placed["volunteer-x"] == placement["larger_tokens"]
+    assert "volunteer-x" not in placement["healed_by"]
+    assert placement["crash_healed_s"] <= 1.5 + 1.0
+    assert placement["after_drain"] == {"volunteer-z": 30}
 
 
 async def test_demo_on_the_embedded_server(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,7 +60,16 @@ async def test_demo_on_the_embedded_server(monkeypatch: pytest.MonkeyPatch) -> N
     assert summary["redis"] == "memory://"
     check_summary(summary, 900)
     text = "\n".join(lines)
-    for needle in ("429", "404", "403", "503", "calls served", "instance-c crashed", "fencing token"):
+    for needle in (
+        "429",
+        "404",
+        "403",
+        "503",
+        "calls served",
+        "instance-c crashed",
+        "fencing token",
+        "volunteer-x crashed",
+    ):
         assert needle in text, needle
     assert "conflicts {'user-0': 'instance-a'}" in text
     assert summary["seconds"] < 30

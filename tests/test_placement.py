@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -200,3 +201,93 @@ async def test_an_aborted_volunteer_is_skipped_until_its_lease_ends(make: Any, c
         served = {(await client.call(SVC, "whoami", resource_id=f"r{i}"))["iid"] for i in range(10)}
         assert served == {"a"}
         assert time.perf_counter() - started < 2.0
+
+
+# -- through a router replica (POST /v1/route) -------------------------------------------------------
+async def _hammer(http: httpx.AsyncClient, rids: list[str], rounds: int) -> list[int]:
+    codes = []
+    for _ in range(rounds):
+        for rid in rids:
+            body = {"service_name": SVC, "resource_id": rid, "method": "whoami"}
+            codes.append((await http.post("/v1/route", json=body)).status_code)
+    return codes
+
+
+async def test_a_replica_activates_and_follows_a_drain(
+    redis_url: str, namespace: str, metrics_registry: CollectorRegistry
+) -> None:
+    from tests.test_gateway import _open_gateway
+
+    def volunteer(iid: str) -> ServiceInstance:
+        inst = ServiceInstance(
+            redis_url, SVC, iid, namespace=namespace, metrics_registry=metrics_registry, accept_placement=True
+        )
+        inst.add_handler("whoami", lambda request: {"iid": iid})
+        return inst
+
+    async for gw in _open_gateway(redis_url, namespace, metrics_registry):
+        async with volunteer("a") as a, volunteer("b"):
+            rids = [f"room-{i}" for i in range(20)]
+            first = {}
+            for rid in rids:
+                r = await gw.http.post("/v1/route", json={"service_name": SVC, "resource_id": rid, "method": "whoami"})
+                assert r.status_code == 200, r.text
+                first[rid] = r.json()["instance_id"]
+            owner = await gw.http.get(f"/v1/resources/{SVC}/{rids[0]}")
+            assert owner.json()["owner_instance_id"] == first[rids[0]]
+            assert set(first.values()) == {"a", "b"}
+            load = asyncio.create_task(_hammer(gw.http, rids, 5))
+            report = await a.drain(timeout=5.0)
+            codes = await load
+            assert set(codes) == {200}
+            assert set(report.moved.values()) == {"b"}
+            body = {"service_name": SVC, "resource_id": rids[0], "method": "whoami"}
+            assert (await gw.http.post("/v1/route", json=body)).json()["instance_id"] == "b"
+
+
+# -- the registry's volunteer records ----------------------------------------------------------------
+async def test_volunteer_records_events_and_cleanup(
+    backend_url: str, namespace: str, metrics_registry: CollectorRegistry
+) -> None:
+    from resource_router.connection import connect
+    from resource_router.events import parse_event
+
+    registry = ResourceRegistry(backend_url, namespace=namespace, metrics_registry=metrics_registry)
+    redis = connect(backend_url)
+    pubsub = redis.pubsub()
+    sk = registry.keys.service(SVC)
+    try:
+        await pubsub.subscribe(sk.events_channel)
+        await pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+        await registry.register_instance(SVC, "v1", ttl=30)
+        await registry.register_instance(SVC, "v2", ttl=0.2)
+        assert await registry.add_volunteer(SVC, "v1", placement="hash", limit=10) is True
+        assert await registry.add_volunteer(SVC, "v1", placement="hash", limit=10) is False  # idempotent
+        assert await registry.add_volunteer(SVC, "v2", placement="random", limit=5) is True
+        assert await registry.add_volunteer(SVC, "ghost", placement="hash", limit=5) is True  # no instance
+        await registry.register_resource(SVC, "v1", ["r1", "r2"])
+        listed = await registry.list_volunteers(SVC)
+        assert [(v.instance_id, v.placement, v.limit, v.owned) for v in listed] == [
+            ("v1", "hash", 10, 2),
+            ("v2", "random", 5, 0),
+        ]
+        assert sorted(await redis.hkeys(sk.volunteers)) == [b"v1", b"v2"]  # the ghost's record was removed
+        await asyncio.sleep(0.3)  # v2's lease runs out: not listed (its record stays until it is swept)
+        assert [v.instance_id for v in await registry.list_volunteers(SVC)] == ["v1"]
+        assert await registry.remove_volunteer(SVC, "v1") is True
+        assert await registry.remove_volunteer(SVC, "v1") is False
+        events = []
+        while (msg := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)) is not None:
+            event = parse_event(msg["data"])
+            if event.type.startswith("Volunteer"):
+                events.append((event.type, event.instance_id))
+        assert events == [
+            ("VolunteerJoined", "v1"),
+            ("VolunteerJoined", "v2"),
+            ("VolunteerJoined", "ghost"),
+            ("VolunteerLeft", "v1"),
+        ]
+    finally:
+        await pubsub.aclose()
+        await redis.aclose()
+        await registry.aclose()

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import InvalidRequestError, RedisUnavailableError, ResourceNotFoundError, ResourceRouterError
 from .models import InstanceInfo, OwnershipEvent, Resource
+from .placement import Volunteer
 from .redis_errors import redis_errors
 from .registry import ResourceRegistry
 from .settings import DEFAULT_NAMESPACE, DEFAULT_REDIS_URL, ENV_PREFIX, ENV_REDIS_URL, RouterSettings, redact_url
@@ -283,13 +284,17 @@ def _resources_table(title: str, resources: Iterable[Resource]) -> Table:
     return _fit(table, rows)
 
 
-def _instances_table(title: str, instances: Iterable[InstanceInfo]) -> Table:
+def _instances_table(
+    title: str, instances: Iterable[InstanceInfo], volunteers: dict[str, Volunteer] | None = None
+) -> Table:
+    volunteers = volunteers or {}
     table = _table(
         title,
         {
             "instance_id": "text",
             "resources": "number",
             "ttl": "number",
+            "placement": "text",
             "last_heartbeat": "time",
             "registered_at": "time",
             "metadata": "text",
@@ -300,6 +305,7 @@ def _instances_table(title: str, instances: Iterable[InstanceInfo]) -> Table:
             i.instance_id,
             "" if i.resource_count is None else str(i.resource_count),
             f"{i.ttl:g}s",
+            volunteers[i.instance_id].placement if i.instance_id in volunteers else "-",
             _ts(i.last_heartbeat),
             _ts(i.registered_at),
             _meta(i.metadata),
@@ -441,22 +447,35 @@ def instances(
     namespace: NamespaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the live instances of a service.
+    """List the live instances of a service, and which are placement volunteers (column placement:
+    their strategy, or - ).
 
     Exit code 1 for a service nothing ever registered in (a typo, or the wrong namespace).
     """
     settings = _settings(redis, namespace)
 
-    async def work(registry: ResourceRegistry) -> list[InstanceInfo]:
+    async def work(registry: ResourceRegistry) -> tuple[list[InstanceInfo], dict[str, Volunteer]]:
         found = await registry.list_instances(service)
         await _check_service(registry, service, found=bool(found))
-        return found
+        volunteers = {v.instance_id: v for v in await registry.list_volunteers(service)} if found else {}
+        return found, volunteers
 
-    def show(found: list[InstanceInfo]) -> None:
+    def show(result: tuple[list[InstanceInfo], dict[str, Volunteer]]) -> None:
+        found, volunteers = result
         if as_json:
-            _print_json(found)
+            _print_json(
+                [
+                    i.model_dump(mode="json")
+                    | {
+                        "volunteer": {"placement": v.placement, "limit": v.limit}
+                        if (v := volunteers.get(i.instance_id))
+                        else None
+                    }
+                    for i in found
+                ]
+            )
         else:
-            _show(_instances_table(f"{len(found)} live instance(s) of {service}", found))
+            _show(_instances_table(f"{len(found)} live instance(s) of {service}", found, volunteers))
 
     _run(settings, work, show)
 

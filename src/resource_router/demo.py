@@ -1,4 +1,5 @@
-"""The demo: three instances, a few thousand routed calls, conflicts, limits, a crash and a takeover.
+"""The demo: three instances, a few thousand routed calls, conflicts, limits, a crash and a takeover;
+then placement: rooms activated on their first call, a crash healed with no user code, a drain.
 
 Runs on the embedded ``memory://demo`` server unless a Redis URL is given (argument, or the
 ``RESOURCE_ROUTER_REDIS_URL`` environment variable). Everything happens in this process, in a fresh
@@ -38,6 +39,7 @@ __all__ = ["DEMO_URL", "format_table", "main", "percentile", "run_demo"]
 
 DEMO_URL = "memory://demo"
 SERVICE = "user-service"
+ROOMS = "room-service"
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -89,6 +91,67 @@ async def _delete_namespace(redis: Any, namespace: str) -> int:
     if batch:
         deleted += await redis.unlink(*batch)
     return deleted
+
+
+def _room_handlers(inst: ServiceInstance, activated: Counter[str]) -> None:
+    @inst.on_activate
+    async def load(resource_id: str) -> None:  # where a real service would load the room's state
+        activated[inst.instance_id] += 1
+
+    @inst.handler("enter")
+    async def enter(request: RouteRequest) -> dict[str, Any]:
+        return {"served_by": inst.instance_id, "token": request.fencing_token}
+
+
+async def _placement_act(
+    redis: Any, namespace: str, ttl: float, out: Callable[[str], None], rooms: int = 30
+) -> dict[str, Any]:
+    """Volunteers: rooms activated on their first call, a crash healed with no user code, a drain."""
+    activated: Counter[str] = Counter()
+    volunteers = [
+        ServiceInstance(redis, ROOMS, f"volunteer-{x}", ttl=ttl, namespace=namespace, accept_placement=True)
+        for x in ("x", "y", "z")
+    ]
+    for inst in volunteers:
+        _room_handlers(inst, activated)
+        await inst.start()
+    x, y, _z = volunteers
+    names = [f"room-{i}" for i in range(rooms)]
+    result: dict[str, Any] = {}
+    try:
+        async with ServiceClient(redis, namespace=namespace) as client:
+            first = {room: await client.call(ROOMS, "enter", resource_id=room) for room in names}
+            placed = Counter(r["served_by"] for r in first.values())
+            result["placed"] = dict(sorted(placed.items()))
+            out(f"\n6. Placement: {len(volunteers)} volunteers (accept_placement=True), nobody registers anything.")
+            out(f"   {rooms} rooms activated on their first call (rendezvous hash): {result['placed']}")
+            orphans = [room for room in names if first[room]["served_by"] == x.instance_id]
+            await x.abort()
+            crashed = time.perf_counter()
+            # wait_for_owner: each call is served as soon as a volunteer may take its room.
+            answers = await asyncio.gather(
+                *(client.call(ROOMS, "enter", resource_id=r, timeout=ttl + 5.0, wait_for_owner=True) for r in orphans)
+            )
+            healed = Counter(a["served_by"] for a in answers)
+            result["larger_tokens"] = sum(a["token"] > first[r]["token"] for a, r in zip(answers, orphans, strict=True))
+            result["crash_healed_s"] = round(time.perf_counter() - crashed, 2)
+            result["healed_by"] = dict(sorted(healed.items()))
+            out(
+                f"   volunteer-x crashed with {len(orphans)} rooms; after {result['crash_healed_s']:.2f}s "
+                f"(its lease, ttl {ttl:g}s) they were served again by {result['healed_by']}, with larger "
+                "fencing tokens and no code of ours"
+            )
+            report = await y.drain(timeout=5.0)
+            after = Counter([(await client.call(ROOMS, "enter", resource_id=room))["served_by"] for room in names])
+            result["drained_moved"] = report.moved_count
+            result["after_drain"] = dict(after)
+            out(f"   volunteer-y drained: {report.moved_count} rooms handed to volunteer-z; now {dict(after)}")
+            result["activations"] = sum(activated.values())
+    finally:
+        for inst in volunteers:
+            with contextlib.suppress(ResourceRouterError):
+                await inst.stop()
+    return result
 
 
 async def run_demo(
@@ -248,6 +311,7 @@ async def run_demo(
             live = sorted(await registry.live_instance_ids(SERVICE))
             summary["live_instances"] = live
             out(f"   live instances now: {live}{' (swept ' + ', '.join(swept) + ')' if swept else ''}")
+        summary["placement"] = await _placement_act(redis, namespace, ttl, out)
     finally:
         for inst in instances:
             with contextlib.suppress(ResourceRouterError):
@@ -258,7 +322,7 @@ async def run_demo(
         await redis.aclose()
     summary["seconds"] = round(time.perf_counter() - t_start, 2)
     out(
-        f"\n6. Instances stopped gracefully: {summary['left_after_exit']} resources left registered; "
+        f"\n7. Instances stopped gracefully: {summary['left_after_exit']} resources left registered; "
         f"the demo's {summary['keys_deleted']} keys deleted."
     )
     out(f"Done in {summary['seconds']:.1f}s.")
