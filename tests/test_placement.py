@@ -203,6 +203,41 @@ async def test_an_aborted_volunteer_is_skipped_until_its_lease_ends(make: Any, c
         assert time.perf_counter() - started < 2.0
 
 
+async def test_listed_volunteers_that_cannot_take_it_are_a_503(make: Any, client: ServiceClient) -> None:
+    from resource_router import ServiceUnavailableError
+
+    async with make("a", accept_placement=True, ttl=5.0) as a:
+        await a.abort()  # listed until its lease ends, but nobody listens
+        with pytest.raises(ServiceUnavailableError) as info:
+            await client.call(SVC, "whoami", resource_id="room-1")
+    assert info.value.code == 503
+
+
+async def test_wait_for_owner_waits_for_a_volunteer_to_appear(make: Any, client: ServiceClient) -> None:
+    async def late_volunteer() -> ServiceInstance:
+        await asyncio.sleep(0.3)
+        inst = make("late", accept_placement=True)
+        await inst.start()
+        return inst
+
+    starter = asyncio.create_task(late_volunteer())
+    started = time.perf_counter()
+    result = await client.call(SVC, "whoami", resource_id="room-1", timeout=5.0, wait_for_owner=True)
+    late = await starter
+    try:
+        assert result["iid"] == "late"
+        assert 0.3 <= time.perf_counter() - started < 2.0
+    finally:
+        await late.stop()
+
+
+async def test_wait_for_owner_gives_up_at_the_timeout_with_the_last_error(client: ServiceClient) -> None:
+    started = time.perf_counter()
+    with pytest.raises(ResourceNotFoundError):
+        await client.call(SVC, "whoami", resource_id="room-1", timeout=0.5, wait_for_owner=True)
+    assert 0.3 <= time.perf_counter() - started < 1.0
+
+
 # -- through a router replica (POST /v1/route) -------------------------------------------------------
 async def _hammer(http: httpx.AsyncClient, rids: list[str], rounds: int) -> list[int]:
     codes = []

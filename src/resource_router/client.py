@@ -9,9 +9,18 @@ Failure handling:
 
 * nobody listening on the owner's channel (``PUBLISH`` returns 0): re-resolve the owner once; if it
   is the same (or the new one does not listen either) raise ``OwnerUnavailableError`` at once;
-* a "not owner" reply: re-resolve and retry once; a second refusal raises ``OwnerUnavailableError``;
-* no owner: ``ResourceNotFoundError``; no reply before the timeout: ``RouteTimeoutError``;
-* errors raised by the remote side come back as the library's exceptions (``error_from_dict``).
+* a "not owner" reply: re-resolve and retry once; a second refusal raises ``OwnerUnavailableError``.
+  A refusal that names where the resource went (``to``: it was handed over by a drain or a
+  rebalance, or another volunteer won its activation) is followed at once;
+* no owner: when the service has placement volunteers, the call goes to the one the service's
+  strategy picks (``placement.py``) with the activation flag; the volunteer claims the resource
+  (the registry's atomic grant decides between racing callers) and serves it. A volunteer that is
+  full, draining or silent is skipped for the next; every one full raises
+  ``ResourceLimitExceededError`` (429). Without volunteers: ``ResourceNotFoundError`` (404);
+* ``wait_for_owner=True``: instead of raising 503 (the owner died and its lease runs) or 404, keep
+  resolving until the timeout (pauses of 25 to 250 ms); the last error is raised when time is up;
+* no reply before the timeout: ``RouteTimeoutError``; errors raised by the remote side come back as
+  the library's exceptions (``error_from_dict``).
 
 The owner cache never makes a request run on a non-owner (instances refuse what they do not own,
 and any refusal or silent channel drops the entry), and it is never stale for long: the client
@@ -454,10 +463,10 @@ class ServiceClient:
                     owner = await self._lookup(call, resource_id)
                     activate = False
                 except ResourceNotFoundError as exc:
-                    owner = await self._volunteer_for(call, resource_id, skipped, exc)
+                    owner, why = await self._volunteer_for(call, resource_id, skipped, exc)
                     activate = True
-                    if owner is None:  # no volunteer (or none can take it now)
-                        await self._wait(call, exc, waits)
+                    if owner is None:  # no volunteer (404), or none can take it now (503)
+                        await self._wait(call, why, waits)
                         waits, hops, refusals = waits + 1, 0, 0
                         skipped.clear()
                         continue
@@ -517,17 +526,18 @@ class ServiceClient:
 
     async def _volunteer_for(
         self, call: _Call, resource_id: str, skipped: dict[str, str], not_found: ResourceNotFoundError
-    ) -> str | None:
+    ) -> tuple[str | None, ResourceRouterError]:
         """The volunteer to activate ``resource_id`` on, by the service's strategy, skipping those that
-        could not take it; None when the service has no volunteer. 429 when every volunteer is full."""
+        could not take it; else None and the error to report: ``not_found`` when the service has no
+        volunteer, 503 when none can take it now. 429 (raised) when every volunteer is full."""
         name = call.sk.service_name
         volunteers = await self._volunteers.get(name, fresh=bool(skipped))
         if not volunteers:
-            return None
+            return None, not_found
         for volunteer in rank(service_strategy(volunteers), resource_id, volunteers):
             if volunteer.instance_id not in skipped:
                 self._volunteers.placed(name, volunteer.instance_id)
-                return volunteer.instance_id
+                return volunteer.instance_id, not_found
         if all(skipped.get(v.instance_id) == "full" for v in volunteers):
             limit = max(v.limit for v in volunteers)
             raise ResourceLimitExceededError(
@@ -537,7 +547,11 @@ class ServiceClient:
                 current=limit,
                 requested=1,
             )
-        return None
+        return None, ServiceUnavailableError(
+            f"resource {resource_id!r} of service {name!r} has no owner and no volunteer can take it now "
+            f"({len(volunteers)} tried: full, draining or not listening)",
+            service_name=name,
+        )
 
     async def _wait(self, call: _Call, error: ResourceRouterError, waits: int) -> None:
         """``wait_for_owner``: pause before resolving again; else (or when time is up) raise ``error``."""
