@@ -223,3 +223,55 @@ async def test_placed_resources_not_called_for_idle_timeout_are_released(
         # Called again, it is simply activated again (on_activate runs again).
         assert (await client.call(SVC, "whoami", resource_id="quiet"))["iid"] == "a"
     assert journal.count(("activate", "a", "quiet")) == 2
+
+
+# -- moves that meet failures ------------------------------------------------------------------------
+async def test_a_drain_follows_ids_taken_meanwhile_and_survives_a_failed_handover(
+    make: Any, registry: ResourceRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resource_router import RedisUnavailableError, ResourceReleaseError
+
+    async with make("a") as a, make("b") as b:
+        await a.register_resource(["x", "y", "z"])
+        real_release = a.registry.release_resource
+        calls = 0
+
+        async def taken_once(service: str, iid: str, ids: list[str], **kw: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:  # x was taken by force in the meantime: nothing released, owners named
+                raise ResourceReleaseError("x is elsewhere", owners={"x": "thief"})
+            return await real_release(service, iid, ids, **kw)
+
+        monkeypatch.setattr(a.registry, "release_resource", taken_once)
+        handed = 0
+        real_register = ResourceRegistry.register_resource
+
+        async def first_handover_fails(self: ResourceRegistry, *args: Any, **kw: Any) -> Any:
+            nonlocal handed
+            handed += 1
+            if handed == 1:
+                raise RedisUnavailableError("Redis is unreachable", operation="register_resource")
+            return await real_register(self, *args, **kw)
+
+        monkeypatch.setattr(ResourceRegistry, "register_resource", first_handover_fails)
+        report = await a.drain(timeout=2.0)
+        assert report.moved == {"x": "thief"}  # redirect hint for callers of x
+        assert sorted(report.released) == ["y", "z"]  # released; the next call activates them on b
+        assert a.owned_resources == frozenset()
+        assert b.owned_resources == frozenset()
+
+
+async def test_a_drain_whose_release_fails_keeps_serving(make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from resource_router import RedisUnavailableError
+
+    async with make("a") as a, make("b"):
+        await a.register_resource(["x"])
+
+        async def unreachable(*args: Any, **kwargs: Any) -> Any:
+            raise RedisUnavailableError("Redis is unreachable", operation="release_resource")
+
+        monkeypatch.setattr(a.registry, "release_resource", unreachable)
+        report = await a.drain(timeout=1.0)
+        assert report.kept == ["x"]
+        assert a.owned_resources == {"x"}  # still served; re-read at the next heartbeat

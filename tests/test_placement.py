@@ -326,3 +326,31 @@ async def test_volunteer_records_events_and_cleanup(
         await pubsub.aclose()
         await redis.aclose()
         await registry.aclose()
+
+
+async def test_concurrent_activations_beyond_the_limit_take_what_fits(make: Any, client: ServiceClient) -> None:
+    async with make("a", accept_placement=True, max_resources_per_instance=3) as a:
+        await a.register_resource(["pinned"])
+        results = await asyncio.gather(
+            *(client.call(SVC, "whoami", resource_id=f"r{i}") for i in range(5)), return_exceptions=True
+        )
+    served = [r for r in results if isinstance(r, dict)]
+    refused = [r for r in results if isinstance(r, ResourceLimitExceededError)]
+    assert (len(served), len(refused)) == (2, 3)  # one registration took the 2 that fit
+
+
+async def test_a_claim_that_cannot_reach_redis_fails_the_call_with_503(
+    make: Any, client: ServiceClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resource_router import RedisUnavailableError
+
+    async with make("a", accept_placement=True) as a:
+
+        async def unreachable(*args: Any, **kwargs: Any) -> Any:
+            raise RedisUnavailableError("Redis is unreachable during register_resource", operation="register_resource")
+
+        monkeypatch.setattr(a.registry, "register_resource", unreachable)
+        with pytest.raises(RedisUnavailableError) as info:
+            await client.call(SVC, "whoami", resource_id="room-1")
+        assert info.value.code == 503
+        assert a.owned_resources == frozenset()

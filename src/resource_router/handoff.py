@@ -243,7 +243,7 @@ class Mover:
             self._log.warning("instance.drain_no_volunteers", error=str(exc))
             volunteers = []
         for _pass in range(3):  # ids gained meanwhile (adoptions in flight) get another pass
-            ids = sorted(self._view.owned)
+            ids = sorted(set(self._view.owned).difference(report.kept))
             if not ids:
                 break
             for start in range(0, len(ids), _BATCH):

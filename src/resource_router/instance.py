@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import secrets
@@ -170,8 +171,8 @@ class ServiceInstance:
             max_payload=self._settings.max_payload_bytes,
             reply_prefix=self._registry.keys.reply_prefix,
             publish=self._publish,
-            owners=self._owners,
-            on_stale=self._on_stale,
+            owners=functools.partial(self._registry.get_owner_ids, self._keys.service_name),
+            on_stale=self._keeper.stale,
             log=self._log,
             max_concurrency=max_concurrency,
             serial=self.serial_per_resource,
@@ -512,17 +513,6 @@ class ServiceInstance:
         hub = self._hub
         if hub is not None:
             hub.publish_nowait(channel, data)
-
-    async def _owners(self, resource_ids: list[str]) -> dict[str, str | None]:
-        """Current owners from Redis (one round trip per 500 ids)."""
-        return await self._registry.get_owner_ids(self.service_name, resource_ids)
-
-    def _on_stale(self, resource_ids: list[str]) -> None:
-        """The dispatcher found ids another instance owns now: stop serving them, then confirm."""
-        suspended = self._view.suspend(resource_ids)
-        if suspended:
-            self._log.warning("instance.stale_requests_refused", resources=len(suspended))
-            self._spawn(self._keeper.check_takeover(suspended))
 
     def _on_channel_state(self, heard: bool) -> None:
         if heard:

@@ -188,6 +188,14 @@ class LeaseKeeper:
                 self._log.info("instance.adopted", **id_fields(list(adopted)))
             return adopted
 
+    def stale(self, resource_ids: list[str]) -> None:
+        """Requests found ids that another instance owns now (a confirmation in Redis): stop serving
+        them at once, then confirm under the lock (as for a takeover event)."""
+        suspended = self.view.suspend(resource_ids)
+        if suspended:
+            self._log.warning("instance.stale_requests_refused", **id_fields(list(suspended)))
+            self._spawn(self.check_takeover(suspended))
+
     async def check_takeover(self, suspended: dict[str, int]) -> None:
         async with self.lock:
             if self.closed:
