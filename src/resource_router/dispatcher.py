@@ -235,13 +235,23 @@ class Dispatcher:
         handler = self._handler(req)
         if handler is None:
             return
-        # A request that may have sat behind a takeover event: confirmed in Redis before it runs.
-        suspect = rid is not None and (
-            mono - self._last_tick > self._stall_limit
-            or mono - self._stalled_at < self._stall_limit
-            or (req.sent_at is not None and now - req.sent_at > self.confirm_after)
-        )
-        self._start(req, handler, _SUSPECT if suspect else mono)
+        # A request that may have sat behind a takeover event is confirmed in Redis before it runs.
+        received = mono
+        if rid is not None:
+            limit = self._stall_limit
+            sent = req.sent_at
+            if (
+                mono - self._last_tick > limit
+                or mono - self._stalled_at < limit
+                or (sent is not None and now - sent > self.confirm_after)
+            ):
+                received = _SUSPECT
+            if self._serial:
+                self._start(req, handler, received)
+                return
+        task = asyncio.get_running_loop().create_task(self._run(req, handler, received))
+        self._inflight[task] = rid
+        task.add_done_callback(self._done)
 
     def _unowned(self, req: Request) -> None:
         rid = req.resource_id
@@ -327,9 +337,15 @@ class Dispatcher:
                 if rid not in view.owned and req.activate and self._claim is not None and rid not in view.leaving:
                     if not await self._activate(req):
                         return
-                elif self._stale(received) and not await self._confirm(rid):
-                    self._not_owner(req)
-                    return
+                else:
+                    # Stale: it waited here longer than the bound (for a slot, in a mailbox, across a
+                    # stall), or was suspect when read, or the loop is stalled right now.
+                    now = time.monotonic()
+                    if (
+                        now - received > self.confirm_after or now - self._last_tick > self._stall_limit
+                    ) and not await self._confirm(rid):
+                        self._not_owner(req)
+                        return
             token = view.may_serve(rid, req.fencing_token)
             if token == REFUSE:
                 if rid is not None and rid in view.leaving:
@@ -338,7 +354,7 @@ class Dispatcher:
                     self._not_owner(req)
                 return
             if rid is not None:
-                if rid not in view.active and view.hooks:
+                if view.hooks and rid not in view.active:
                     try:
                         await view.activate(rid)
                     except ActivationError as exc:
@@ -449,12 +465,6 @@ class Dispatcher:
         )
 
     # -- confirming ownership in Redis -------------------------------------------------------------
-    def _stale(self, received: float) -> bool:
-        """The request waited here longer than ``confirm_after`` (for a slot, in a mailbox, across a
-        stall), or the loop is stalled right now (the tick is late)."""
-        now = time.monotonic()
-        return now - received > self.confirm_after or now - self._last_tick > self._stall_limit
-
     def _confirm(self, rid: str) -> asyncio.Future[bool]:
         """True when Redis says this instance owns ``rid`` (one MGET for every id waiting)."""
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()

@@ -114,8 +114,10 @@ class OwnershipView:
         self.leaving: dict[str, int] = {}
         #: id -> where it went (an instance id, or None when it was only released): redirect hints
         self.moved: dict[str, str | None] = {}
-        self.on_activate: ActivateHook | None = None
-        self.on_deactivate: DeactivateHook | None = None
+        self._on_activate: ActivateHook | None = None
+        self._on_deactivate: DeactivateHook | None = None
+        #: True when a hook is set (then resources are activated before their first request)
+        self.hooks = False
         self.on_resource_lost: ResourceLostCallback | None = None
         #: waits until requests running for the given ids are done (set by the instance)
         self.quiesce: Callable[[list[str]], Awaitable[None]] | None = None
@@ -235,11 +237,25 @@ class OwnershipView:
 
     # -- hooks -------------------------------------------------------------------------------------
     @property
-    def hooks(self) -> bool:
-        return self.on_activate is not None or self.on_deactivate is not None
+    def on_activate(self) -> ActivateHook | None:
+        return self._on_activate
+
+    @on_activate.setter
+    def on_activate(self, hook: ActivateHook | None) -> None:
+        self._on_activate = hook
+        self.hooks = hook is not None or self._on_deactivate is not None
+
+    @property
+    def on_deactivate(self) -> DeactivateHook | None:
+        return self._on_deactivate
+
+    @on_deactivate.setter
+    def on_deactivate(self, hook: DeactivateHook | None) -> None:
+        self._on_deactivate = hook
+        self.hooks = hook is not None or self._on_activate is not None
 
     def needs_activation(self, resource_id: str) -> bool:
-        return resource_id not in self.active and (self.on_activate is not None or self.on_deactivate is not None)
+        return self.hooks and resource_id not in self.active
 
     async def activate(self, resource_id: str) -> None:
         """Run ``on_activate`` once for ``resource_id`` (concurrent callers wait for the same run).
