@@ -133,6 +133,9 @@ CLUSTER_SUITES = frozenset(
         "test_routing_pubsub",
         "test_client",
         "test_instance",
+        "test_lifecycle",
+        "test_placement",
+        "test_handoff",
     }
 )
 

@@ -286,14 +286,15 @@ async def test_volunteer_records_events_and_cleanup(
 ) -> None:
     from resource_router.connection import connect
     from resource_router.events import parse_event
+    from resource_router.pubsub import PubSubHub
 
     registry = ResourceRegistry(backend_url, namespace=namespace, metrics_registry=metrics_registry)
     redis = connect(backend_url)
-    pubsub = redis.pubsub()
     sk = registry.keys.service(SVC)
+    heard: list[bytes] = []
+    hub = await PubSubHub.acquire(redis)
     try:
-        await pubsub.subscribe(sk.events_channel)
-        await pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+        await hub.subscribe(sk.events_channel, heard.append)
         await registry.register_instance(SVC, "v1", ttl=30)
         await registry.register_instance(SVC, "v2", ttl=0.2)
         assert await registry.add_volunteer(SVC, "v1", placement="hash", limit=10) is True
@@ -311,11 +312,8 @@ async def test_volunteer_records_events_and_cleanup(
         assert [v.instance_id for v in await registry.list_volunteers(SVC)] == ["v1"]
         assert await registry.remove_volunteer(SVC, "v1") is True
         assert await registry.remove_volunteer(SVC, "v1") is False
-        events = []
-        while (msg := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)) is not None:
-            event = parse_event(msg["data"])
-            if event.type.startswith("Volunteer"):
-                events.append((event.type, event.instance_id))
+        await asyncio.sleep(0.1)
+        events = [(e.type, e.instance_id) for e in map(parse_event, heard) if e.type.startswith("Volunteer")]
         assert events == [
             ("VolunteerJoined", "v1"),
             ("VolunteerJoined", "v2"),
@@ -323,7 +321,8 @@ async def test_volunteer_records_events_and_cleanup(
             ("VolunteerLeft", "v1"),
         ]
     finally:
-        await pubsub.aclose()
+        await hub.unsubscribe(sk.events_channel, heard.append)
+        await hub.release()
         await redis.aclose()
         await registry.aclose()
 
