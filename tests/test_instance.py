@@ -707,3 +707,21 @@ async def test_requests_that_ran_after_an_event_loop_stall_are_confirmed(
             answers[reply["id"]] = reply["s"]
     assert sorted(answers.values()) == ["not_owner", "ok", "ok"]
     assert [r.resource_id for r in calls] == ["y"]
+
+
+async def test_a_request_for_an_id_being_adopted_waits_instead_of_being_refused(
+    make: Any, backend_url: str, namespace: str, client: ServiceClient
+) -> None:
+    async with make("a", ttl=30.0) as a:
+        echo(a)
+        registry = ResourceRegistry(backend_url, namespace=namespace)
+        try:
+            async with a._keeper.lock:  # the adoption cannot finish yet (a heartbeat is in flight, say)
+                granted = await registry.register_resource(SVC, "a", ["z"])  # a handoff, a replica
+                call = asyncio.create_task(client.call(SVC, "echo", resource_id="z", timeout=3.0))
+                await asyncio.sleep(0.3)
+                assert not call.done()  # waiting, not refused
+            result = await call
+        finally:
+            await registry.aclose()
+    assert result["token"] == granted.fencing_tokens["z"]

@@ -230,6 +230,7 @@ async def test_a_rolling_restart_of_three_volunteers_under_load_fails_no_call(
     print(
         f"\nrolling restart of 3 volunteers x{rounds} under load: {made} calls in {elapsed:.1f}s "
         f"({made / elapsed:.0f}/s), {sum(failures.values())} failed; served by {dict(served_by)}"
+        + (f"; failures: {dict(failures)}" if failures else "")
     )
     assert dict(failures) == {}
     assert made >= rate * elapsed * 0.5  # the load really was there

@@ -23,7 +23,9 @@ Before the handler, a job checks the deadline and ownership again (the wait may 
   (one MGET for all the requests waiting to be confirmed), and it is refused if another instance owns
   the resource now.
 * **Moves**: requests for a resource being handed over wait (parked) until the move is done, then
-  are answered "not owner" naming where it went, so the caller follows at once.
+  are answered "not owner" naming where it went, so the caller follows at once. Requests for a
+  resource registered for this instance elsewhere (a handoff to it, a replica) wait the same way
+  until the instance has adopted it, instead of being refused in that moment.
 """
 
 from __future__ import annotations
@@ -256,7 +258,7 @@ class Dispatcher:
     def _unowned(self, req: Request) -> None:
         rid = req.resource_id
         assert rid is not None
-        if rid in self._view.leaving:
+        if rid in self._view.leaving or rid in self._view.adopting:
             self._parked.setdefault(rid, []).append(req)
         elif req.activate and self._claim is not None and req.fencing_token is None:
             handler = self._handler(req)
@@ -322,7 +324,7 @@ class Dispatcher:
                     if handler is not None:
                         self._start(req, handler, time.monotonic())
                         continue
-                self._not_owner(req, reason=REASON_MOVED)
+                self._not_owner(req)  # names where it went, when it was moved
 
     # -- running ---------------------------------------------------------------------------------
     async def _run(self, req: Request, handler: Handler, received: float) -> None:
@@ -348,7 +350,7 @@ class Dispatcher:
                         return
             token = view.may_serve(rid, req.fencing_token)
             if token == REFUSE:
-                if rid is not None and rid in view.leaving:
+                if rid is not None and (rid in view.leaving or rid in view.adopting):
                     self._parked.setdefault(rid, []).append(req)
                 else:
                     self._not_owner(req)

@@ -160,6 +160,7 @@ class ServiceInstance:
             log=self._log,
             spawn=self._spawn,
             placed_on_adopt=lambda: self.accept_placement,
+            on_adopted=self._unpark,
             on_registered_again=self._rejoin,
         )
         self._dispatcher = Dispatcher(
@@ -503,6 +504,9 @@ class ServiceInstance:
 
     async def _rejoin(self) -> None:
         await self._volunteering.rejoin()
+
+    def _unpark(self, resource_ids: list[str]) -> None:
+        self._dispatcher.unpark(resource_ids)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

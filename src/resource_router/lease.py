@@ -46,6 +46,7 @@ class LeaseKeeper:
         log: Logger,
         spawn: Callable[[Awaitable[Any]], None],
         placed_on_adopt: Callable[[], bool],
+        on_adopted: Callable[[list[str]], None] | None = None,
         on_registered_again: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.registry = registry
@@ -61,6 +62,7 @@ class LeaseKeeper:
         self._log = log
         self._spawn = spawn
         self._placed_on_adopt = placed_on_adopt
+        self._on_adopted = on_adopted
         self._on_registered_again = on_registered_again
 
     # -- the lease -----------------------------------------------------------------------------------
@@ -154,6 +156,8 @@ class LeaseKeeper:
             # rather than at the next heartbeat's reconciliation.
             missing = [rid for rid in event.resource_ids if rid not in owned]
             if missing:
+                # Requests for them that arrive meanwhile wait for the adoption instead of being refused.
+                self.view.adopting.update(missing)
                 self._spawn(self.adopt(missing))
             return
         if not event.previous_owners:
@@ -169,6 +173,14 @@ class LeaseKeeper:
 
     async def adopt(self, resource_ids: list[str]) -> dict[str, int]:
         """Serve the ids Redis says this instance owns among ``resource_ids``. Returns them."""
+        try:
+            return await self._adopt(resource_ids)
+        finally:
+            self.view.adopting.difference_update(resource_ids)
+            if self._on_adopted is not None:
+                self._on_adopted(resource_ids)
+
+    async def _adopt(self, resource_ids: list[str]) -> dict[str, int]:
         async with self.lock:  # after any register_resource of ours that is in flight
             if self.closed:
                 return {}

@@ -112,6 +112,8 @@ class OwnershipView:
         self.active: set[str] = set()
         #: ids being released or handed over: not served (requests for them wait, then are redirected)
         self.leaving: dict[str, int] = {}
+        #: ids registered for this instance elsewhere, being adopted: requests for them wait
+        self.adopting: set[str] = set()
         #: id -> where it went (an instance id, or None when it was only released): redirect hints
         self.moved: dict[str, str | None] = {}
         self._on_activate: ActivateHook | None = None
