@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -395,17 +396,18 @@ async def test_chunked_registration_rolls_back_when_a_later_step_hits_the_limit(
     async with reg:
         await reg.register_instance(SVC, "i1", ttl=5)
         await reg.register_resource(SVC, "i1", ["mine"])
-        original = reg._register_step
+        original = reg.ownership._step
         calls = 0
 
-        async def racing_step(*args: object) -> list[object]:
+        async def racing_step(*args: Any) -> Any:
             nonlocal calls
             calls += 1
             if calls == 2:  # someone else registers for i1 between the first and second step
-                await original(reg._sk(SVC), "i1", ["x1", "x2", "x3", "x4", "x5"], False, "", "other")
-            return await original(*args)  # type: ignore[arg-type]
+                part = reg.store.service_keys(SVC).parts[0]
+                await original(part, "i1", ["x1", "x2", "x3", "x4", "x5"], False, "", "other", "")
+            return await original(*args)
 
-        reg._register_step = racing_step  # type: ignore[method-assign]
+        reg.ownership._step = racing_step  # type: ignore[method-assign]
         with pytest.raises(ResourceLimitExceededError) as err:
             await reg.register_resource(SVC, "i1", ["mine"] + [f"n{i}" for i in range(8)])
         owned = sorted(r.resource_id for r in await reg.list_resources(SVC, "i1"))
