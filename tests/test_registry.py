@@ -233,6 +233,7 @@ async def test_list_resources_per_service_and_instance(registry: ResourceRegistr
 # -- events, metrics, logs -----------------------------------------------------------------------
 
 
+@pytest.mark.one_partition  # one event per call; with partitions, one per partition touched
 async def test_every_change_is_recorded_in_the_audit_stream(registry: ResourceRegistry) -> None:
     await registry.register_instance(SVC, "i1", ttl=5)
     await registry.register_instance(SVC, "i2", ttl=5)
@@ -257,8 +258,9 @@ async def test_every_change_is_recorded_in_the_audit_stream(registry: ResourceRe
 async def test_events_are_published_on_the_events_channel(registry: ResourceRegistry) -> None:
     hub = await PubSubHub.acquire(registry.redis, registry.settings)
     seen: list[bytes] = []
-    channel = registry.keys.service(SVC).events_channel
-    await hub.subscribe(channel, seen.append)
+    channels = registry.store.service_keys(SVC).events_channels  # one, or the service's and each partition's
+    for channel in channels:
+        await hub.subscribe(channel, seen.append)
     try:
         await registry.register_instance(SVC, "i1", ttl=5)
         await registry.register_resource(SVC, "i1", ["a"])
@@ -269,7 +271,8 @@ async def test_events_are_published_on_the_events_channel(registry: ResourceRegi
         assert [b'"type":"InstanceRegistered"' in m for m in seen] == [True, False]
         assert b'"resource_ids":["a"]' in seen[1]
     finally:
-        await hub.unsubscribe(channel, seen.append)
+        for channel in channels:
+            await hub.unsubscribe(channel, seen.append)
         await hub.release()
 
 

@@ -51,7 +51,7 @@ async def test_owner_keys_are_valid_while_their_owners_lease_lives(real_registry
     reg = real_registry
     await reg.register_instance(SVC, "i1", ttl=2)
     await reg.register_resource(SVC, "i1", ["a"])
-    sk = reg.keys.service(SVC)
+    sk = reg.store.service_keys(SVC)
     part = sk.part_of("a")
     # The owner key carries no TTL; the lease key (one per instance and partition) does.
     assert await reg.redis.pttl(sk.owner("a")) == -1
@@ -88,8 +88,10 @@ async def test_ids_of_an_owner_whose_lease_ran_out_are_free_for_the_taking(regis
     await registry.register_instance(SVC, "fast", ttl=5)
     await registry.register_resource(SVC, "slow", ["a", "b"])
     # Simulate the lease of "slow" running out (its record too, as a missed heartbeat would).
-    sk = registry.keys.service(SVC)
-    await registry.redis.delete(sk.part_of("a").lease("slow"), sk.instance("slow"))
+    sk = registry.store.service_keys(SVC)
+    await registry.redis.delete(sk.instance("slow"))
+    for part in sk.parts:
+        await registry.redis.delete(part.lease("slow"))
     taken = await registry.register_resource(SVC, "fast", ["a"])
     assert taken.success and taken.taken_over == {}  # free, not taken from a live owner
     with pytest.raises(InstanceNotAliveError):  # the late heartbeat: everything is gone

@@ -152,8 +152,11 @@ class Ownership:
         if outcome.conflicts:
             store.child("registrations", service_name, "conflict").inc(len(outcome.conflicts))
             store.child("conflicts", service_name).inc(len(outcome.conflicts))
+        gauge = store.child("resources_per_instance", service_name, instance_id)
         if outcome.owned_count >= 0:
-            store.child("resources_per_instance", service_name, instance_id).set(outcome.owned_count)
+            gauge.set(outcome.owned_count)
+        else:  # spread over partitions: counted exactly at the next heartbeat
+            gauge.inc(outcome.new_grants)
         logger.info(
             "resource.register",
             registered=len(registered),
@@ -362,6 +365,7 @@ class Ownership:
         if released:
             store.child("releases", service_name, "released").inc(len(released))
             if sk.partitions > 1:
+                store.child("resources_per_instance", service_name, instance_id).dec(len(released))
                 try:
                     await self.leases.reconcile(service_name, instance_id)  # the room is free again now
                 except ResourceRouterError as exc:  # the next heartbeat reconciles
