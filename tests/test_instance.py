@@ -268,9 +268,7 @@ async def test_forced_takeover_is_seen_at_once_on_the_events_channel(make: Any, 
     assert lost_calls == [["x"]]
 
 
-async def test_ids_granted_to_another_instance_are_dropped_at_once(
-    make: Any, backend_url: str, namespace: str
-) -> None:
+async def test_ids_granted_to_another_instance_are_dropped_at_once(make: Any, backend_url: str, namespace: str) -> None:
     """Even when the owner key vanished by hand (no takeover to report): the grant's event tells."""
     lost_calls: list[list[str]] = []
     redis = connect(backend_url)

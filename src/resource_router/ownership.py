@@ -210,12 +210,20 @@ class Ownership:
         """Reserve room in the quota, claim in every partition at once, settle (module docstring)."""
         store = self.store
         groups = sk.split(ids)
-        for _attempt in range(_MAX_RACES):
+        for attempt in range(_MAX_RACES):
             owners = await self.read_owners(sk, ids)
-            shares = {
-                p: sum(1 for rid in group if owners[rid] != instance_id and (owners[rid] is None or force))
-                for p, group in groups.items()
-            }
+            # Room for the ids that look new now: free ones, and (with force) those of others. After a
+            # race, room for every id that could turn out new (ours may be taken and taken back).
+            if attempt == 0:
+                shares = {
+                    p: sum(1 for rid in group if owners[rid] is None or (force and owners[rid] != instance_id))
+                    for p, group in groups.items()
+                }
+            else:
+                shares = {
+                    p: len(group) if force else sum(1 for rid in group if owners[rid] != instance_id)
+                    for p, group in groups.items()
+                }
             needed = sum(shares.values())
             reservation = secrets.token_hex(8)
             if needed:
