@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 $(OLDEST_STAMP): pyproject.toml
 	test -x $(OLDEST_BIN)/python || $(PYTHON) -m venv $(OLDEST)
 	$(OLDEST_BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
-	$(OLDEST_BIN)/python -m pip install --quiet -e ".[cli,gateway,memory]" --group dev "$(OLDEST_REDIS)"
+	$(OLDEST_BIN)/python -m pip install --quiet -e ".[cli,gateway,memory]" --group dev --group bench "$(OLDEST_REDIS)"
 	touch $(OLDEST_STAMP)
 
 demo: $(STAMP)
@@ -56,10 +56,10 @@ test-oldest: $(OLDEST_STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -x -q -m "not slow and not chaos" $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) $(OLDEST_STAMP)
 	$(BIN)/python -m benchmarks.run --full
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) $(OLDEST_STAMP)
 	$(BIN)/python -m benchmarks.run --quick
 
 # What the Docker image installs, pinned: the gateway extra's dependencies as pip resolves them now.
