@@ -418,3 +418,34 @@ async def test_chunked_registration_rolls_back_when_a_later_step_hits_the_limit(
         assert err.value.current == 6
         rolled = [e for e in await reg.events.recent(SVC, 50) if e.reason == "rolled_back"]
         assert [e.resource_ids for e in rolled] == [["n0", "n1", "n2"]]
+
+
+async def test_a_chunked_rollback_releases_its_own_grants_id_by_id(backend_url: str, namespace: str) -> None:
+    """One of the ids this call took is force-taken by another instance before a later step hits the
+    limit: the rollback still releases every other id it took (owner-checked, per id), leaves the
+    force-taken one to its new owner, and the call reports the limit as a single step would."""
+    reg = await chunked(backend_url, namespace, chunk=3, limit=8)
+    async with reg:
+        await reg.register_instance(SVC, "i1", ttl=5)
+        await reg.register_instance(SVC, "thief", ttl=5)
+        original = reg.ownership._step
+        calls = 0
+
+        async def racing_step(*args: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                part = reg.store.service_keys(SVC).parts[0]
+                await original(part, "thief", ["n0"], True, "", "theft", "")  # takes one of ours by force
+                await original(part, "i1", [f"x{i}" for i in range(6)], False, "", "other", "")  # fills i1 up
+            return await original(*args)
+
+        reg.ownership._step = racing_step  # type: ignore[method-assign]
+        with pytest.raises(ResourceLimitExceededError):
+            await reg.register_resource(SVC, "i1", [f"n{i}" for i in range(7)])
+        reg.ownership._step = original  # type: ignore[method-assign]
+        owners = await reg.get_owner_ids(SVC, [f"n{i}" for i in range(7)])
+        assert owners == {"n0": "thief", **{f"n{i}": None for i in range(1, 7)}}
+        assert sorted(r.resource_id for r in await reg.list_resources(SVC, "i1")) == [f"x{i}" for i in range(6)]
+        rolled = [e for e in await reg.events.recent(SVC, 50) if e.reason == "rolled_back"]
+        assert [sorted(e.resource_ids) for e in rolled] == [["n1", "n2"]]
