@@ -28,13 +28,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from .connection import RedisLike, close_client, connect
-from .errors import InvalidRequestError, ResourceRouterError
-from .events import EventLog
-from .keys import KeySpace, ServiceKeys, validate_resource_id, validate_resource_ids
-from .leases import Leases
-from .metrics import get_metrics
-from .models import (
+from resource_router.connection import RedisLike, close_client, connect
+from resource_router.errors import InvalidRequestError, ResourceRouterError
+from resource_router.events import EventLog
+from resource_router.keys import KeySpace, ServiceKeys, validate_resource_id, validate_resource_ids
+from resource_router.metrics import get_metrics
+from resource_router.models import (
     HeartbeatResult,
     InstanceInfo,
     Resource,
@@ -42,11 +41,13 @@ from .models import (
     ResourceReleaseResponse,
     ms_to_datetime,
 )
+from resource_router.retry import call_redis
+from resource_router.settings import DEFAULT_MAX_RESOURCES_PER_INSTANCE, DEFAULT_NAMESPACE, RouterSettings
+from resource_router.tracing import get_logger
+
+from .leases import Leases
 from .ownership import Ownership
-from .retry import call_redis
-from .settings import DEFAULT_MAX_RESOURCES_PER_INSTANCE, DEFAULT_NAMESPACE, RouterSettings
 from .store import Store, text
-from .tracing import get_logger
 
 __all__ = ["ResourceRegistry"]
 

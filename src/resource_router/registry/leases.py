@@ -18,13 +18,14 @@ import json
 import time
 from typing import Any
 
-from .errors import InstanceNotAliveError, InvalidRequestError
-from .keys import ServiceKeys, validate_instance_id
-from .models import HeartbeatResult, InstanceInfo, ms_to_datetime
-from .retry import call_redis
-from .scripts import STATUS_INSTANCE_NOT_ALIVE
+from resource_router.errors import InstanceNotAliveError, InvalidRequestError
+from resource_router.keys import ServiceKeys, validate_instance_id
+from resource_router.models import HeartbeatResult, InstanceInfo, ms_to_datetime
+from resource_router.retry import call_redis
+from resource_router.scripts import STATUS_INSTANCE_NOT_ALIVE
+from resource_router.tracing import get_logger, id_fields, timed
+
 from .store import ScriptCall, Store, text, ttl_ms
-from .tracing import get_logger, id_fields, timed
 
 __all__ = ["Leases", "not_alive"]
 

@@ -31,25 +31,38 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import (
+from resource_router.errors import (
     ResourceLimitExceededError,
     ResourceNotFoundError,
     ResourceReleaseError,
     ResourceRouterError,
 )
-from .keys import PartitionKeys, ServiceKeys, validate_instance_id, validate_resource_id, validate_resource_ids
-from .leases import Leases, not_alive
-from .models import Resource, ResourceRegistrationResponse, ResourceReleaseResponse, ms_to_datetime, trusted
-from .retry import call_redis
-from .scripts import (
+from resource_router.keys import (
+    PartitionKeys,
+    ServiceKeys,
+    validate_instance_id,
+    validate_resource_id,
+    validate_resource_ids,
+)
+from resource_router.models import (
+    Resource,
+    ResourceRegistrationResponse,
+    ResourceReleaseResponse,
+    ms_to_datetime,
+    trusted,
+)
+from resource_router.retry import call_redis
+from resource_router.scripts import (
     STATUS_INSTANCE_NOT_ALIVE,
     STATUS_LIMIT_EXCEEDED,
     STATUS_NOT_OWNER,
     STATUS_OVER_BUDGET,
     check_status,
 )
+from resource_router.tracing import get_logger, new_trace_id
+
+from .leases import Leases, not_alive
 from .store import ScriptCall, Store, log_context, pairs, parse_grant, text
-from .tracing import get_logger, new_trace_id
 
 __all__ = ["Ownership", "RegisterOutcome"]
 

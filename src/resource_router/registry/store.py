@@ -16,14 +16,14 @@ from typing import Any
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from .connection import Client, is_cluster
-from .errors import InvalidRequestError
-from .keys import KeySpace, PartitionKeys, ServiceKeys
-from .metrics import Metrics
-from .retry import call_redis
-from .scripts import ScriptSet, check_status
-from .settings import MAX_TTL, MIN_TTL, RouterSettings
-from .tracing import id_fields
+from resource_router.connection import Client, is_cluster
+from resource_router.errors import InvalidRequestError
+from resource_router.keys import KeySpace, PartitionKeys, ServiceKeys
+from resource_router.metrics import Metrics
+from resource_router.retry import call_redis
+from resource_router.scripts import ScriptSet, check_status
+from resource_router.settings import MAX_TTL, MIN_TTL, RouterSettings
+from resource_router.tracing import id_fields
 
 __all__ = ["ScriptCall", "Store", "log_context", "pairs", "parse_grant", "text", "ttl_ms"]
 
