@@ -39,7 +39,13 @@ async def serve_instance(args: argparse.Namespace) -> None:
     from resource_router import RouteRequest, ServiceInstance
 
     inst = ServiceInstance(
-        args.redis_url, SERVICE, INSTANCE, ttl=30.0, namespace=args.namespace, metrics_registry=CollectorRegistry()
+        args.redis_url,
+        SERVICE,
+        INSTANCE,
+        ttl=30.0,
+        namespace=args.namespace,
+        partitions=args.partitions,
+        metrics_registry=CollectorRegistry(),
     )
 
     async def echo(request: RouteRequest) -> Any:
@@ -102,6 +108,7 @@ def main() -> None:
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--nats-url", default="nats://127.0.0.1:4222")
     ap.add_argument("--namespace", default="bench")
+    ap.add_argument("--partitions", type=int, default=1)
     args = ap.parse_args()
     configure_logging()
     serve = {"instance": serve_instance, "pubsub": serve_pubsub, "nats": serve_nats}[args.mode]

@@ -96,7 +96,11 @@ async def test_a_failing_on_activate_fails_the_call_and_releases_the_resource(ma
         assert info.value.code == 500
         assert info.value.remote_type == "ConnectionError"
         assert "no state for r1" in info.value.message
-        await wait_for(lambda: "r1" not in a.owned_resources)
+        assert "r1" not in a.owned_resources
+        end = time.monotonic() + 3.0
+        while (await a.registry.get_owner_id(SVC, "r1")) is not None:  # the release is on its way
+            assert time.monotonic() < end, "the resource was not released"
+            await asyncio.sleep(0.01)
         with pytest.raises(ResourceNotFoundError):
             await a.registry.get_resource_owner(SVC, "r1")
     assert deactivated == []  # never activated, never deactivated
@@ -116,15 +120,17 @@ async def test_on_deactivate_says_why_each_activated_resource_left(
     redis = connect(backend_url)
     try:
         async with a, make("b") as b:
-            await a.register_resource(["released", "taken", "expired", "stopped", "idle-but-pinned"])
-            for rid in ("released", "taken", "expired", "stopped"):
+            await a.register_resource(["released", "taken", "expired", "never-called"])
+            for rid in ("released", "taken", "expired"):
                 assert await client.call(SVC, "get", resource_id=rid) == rid
             await a.release_resource(["released"])
             await b.register_resource(["taken"], force=True)
             await wait_for(lambda: ("taken", "taken") in seen)
-            await redis.delete(a.registry.keys.service(SVC).owner("expired"))
-            await a.heartbeat()
+            await redis.delete(a.registry.keys.service(SVC).instance("a"))  # its lease ran out in Redis
+            await a.heartbeat()  # registers again, empty-handed
             await wait_for(lambda: ("expired", "expired") in seen)
+            await a.register_resource(["stopped"])
+            assert await client.call(SVC, "get", resource_id="stopped") == "stopped"
     finally:
         await redis.aclose()
     # The never-called resource was never activated: no on_deactivate for it.

@@ -20,8 +20,8 @@ Before the handler, a job checks the deadline and ownership again (the wait may 
   sent it (``ts``), or that was read while or just after the event loop stalled (a GC pause, SIGSTOP,
   an overloaded host: a timer that should tick every few ms did not), may have been queued in the
   socket *ahead of* the event that took its resource away. Its ownership is confirmed in Redis first
-  (one MGET for all the requests waiting to be confirmed), and it is refused if another instance owns
-  the resource now.
+  (one batched read of owners, ``registry.get_owner_ids``, for all the requests waiting), and it is
+  refused if another instance owns the resource now.
 * **Moves**: requests for a resource being handed over wait (parked) until the move is done, then
   are answered "not owner" naming where it went, so the caller follows at once. Requests for a
   resource registered for this instance elsewhere (a handoff to it, a replica) wait the same way
@@ -468,7 +468,7 @@ class Dispatcher:
 
     # -- confirming ownership in Redis -------------------------------------------------------------
     def _confirm(self, rid: str) -> asyncio.Future[bool]:
-        """True when Redis says this instance owns ``rid`` (one MGET for every id waiting)."""
+        """True when Redis says this instance owns ``rid`` (one batched read for every id waiting)."""
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._confirming.setdefault(rid, []).append(fut)
         if self._confirm_task is None:

@@ -97,6 +97,7 @@ class ServiceInstance:
         ttl: float = DEFAULT_TTL,
         namespace: str = DEFAULT_NAMESPACE,
         max_resources_per_instance: int = DEFAULT_MAX_RESOURCES_PER_INSTANCE,
+        partitions: int | None = None,
         on_resource_lost: ResourceLostCallback | None = None,
         max_concurrency: int = 256,
         metadata: dict[str, Any] | None = None,
@@ -120,10 +121,11 @@ class ServiceInstance:
             redis,
             namespace=namespace,
             max_resources_per_instance=max_resources_per_instance,
+            partitions=partitions,
             settings=settings,
             metrics_registry=metrics_registry,
         )
-        self._keys = self._registry.keys.service(service_name)
+        self._keys = self._registry.store.service_keys(service_name)
         self._instance_id = validate_instance_id(instance_id if instance_id is not None else default_instance_id())
         self.metadata = dict(metadata or {})
         self.sweep_interval = self.ttl if sweep_interval is None else float(sweep_interval)
@@ -334,7 +336,8 @@ class ServiceInstance:
         try:
             self._hub = await PubSubHub.acquire(self._registry.redis, self._settings)
             await self._hub.subscribe(self._channel, self._dispatcher.on_message, self._on_channel_state)
-            await self._hub.subscribe(self._keys.events_channel, self._on_event, self._keeper.on_events_state)
+            for events in self._keys.events_channels:
+                await self._hub.subscribe(events, self._on_event, self._keeper.on_events_state)
             await self._keeper.register()
             self._view.serving = True
             if self.accept_placement:
@@ -403,7 +406,7 @@ class ServiceInstance:
         if hub is not None:
             for channel, callback, listener in (
                 (self._channel, self._dispatcher.on_message, self._on_channel_state),
-                (self._keys.events_channel, self._on_event, self._keeper.on_events_state),
+                *((events, self._on_event, self._keeper.on_events_state) for events in self._keys.events_channels),
             ):
                 with contextlib.suppress(ResourceRouterError):
                     await hub.unsubscribe(channel, callback, listener)

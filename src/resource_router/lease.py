@@ -160,9 +160,9 @@ class LeaseKeeper:
                 self.view.adopting.update(missing)
                 self._spawn(self.adopt(missing))
             return
-        if not event.previous_owners:
-            return
-        mine = [rid for rid, prev in event.previous_owners.items() if prev == self.instance_id]
+        # Taken by force (the event names this instance as the previous owner), or granted to another
+        # instance although this one believed it owned them (its key was removed by hand, say).
+        mine = [rid for rid in event.resource_ids if rid in owned]
         if not mine:
             return
         # Stop serving them now; confirm against Redis (this instance may have taken some back).
