@@ -8,10 +8,13 @@ The **command** connection carries the hot path's commands (``PUBLISH``/``SPUBLI
 commands issued in one event-loop iteration go out in one write and their replies are matched in
 order to futures, so concurrent callers share round trips the way nats-py batches its writes.
 
-**Health**: a timer every ``health_check_interval / 2`` seconds sends ``PING`` on a connection that
-has been silent for ``health_check_interval``, and ends a connection that leaves a PING or a command
-unanswered for ``health_check_timeout`` (a half-open socket, a peer host gone). The subscriber then
-reconnects and re-subscribes; pending commands fail at once with ``ConnectionError``.
+**Health**: a check every quarter of ``min(health_check_interval, health_check_timeout)`` sends
+``PING`` on a connection that has been silent for ``health_check_interval``, and ends a connection
+that leaves a PING or a command unanswered for ``health_check_timeout`` (a half-open socket: a NAT
+or load balancer that forgot the flow, a peer host gone). The subscriber then reconnects and
+re-subscribes; pending commands fail at once with ``ConnectionError`` and the next command opens a
+new connection. A dead connection is thus noticed within ``health_check_interval +
+health_check_timeout`` plus two check periods (``tests/test_wire.py`` measures it).
 """
 
 from __future__ import annotations
@@ -353,10 +356,15 @@ class NodeLink:
         return True
 
     # -- health ----------------------------------------------------------------------------------
+    @property
+    def health_check_period(self) -> float:
+        """Seconds between two health checks."""
+        return min(self.settings.health_check_interval, self.settings.health_check_timeout) / 4
+
     def _schedule_health(self) -> None:
         if not self.closed:
             loop = asyncio.get_running_loop()
-            self._health_handle = loop.call_later(self.settings.health_check_interval / 2, self._health)
+            self._health_handle = loop.call_later(self.health_check_period, self._health)
 
     def _health(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -368,7 +376,7 @@ class NodeLink:
                 self._sub_quiet_since = now
                 self._sub_ping_at = None
             elif self._sub_ping_at is not None:
-                if now - self._sub_ping_at > timeout:
+                if now - self._sub_ping_at >= timeout:
                     self._end(sub, "subscriber", f"no reply to PING within {timeout:g}s")
             elif now - self._sub_quiet_since >= interval:
                 sub.write(sub.pack(b"PING"))
@@ -379,7 +387,7 @@ class NodeLink:
                 self._cmd_progress = False
                 self._cmd_quiet_since = now
             elif self._pending:
-                if now - self._cmd_quiet_since > timeout:
+                if now - self._cmd_quiet_since >= timeout:
                     self._end(cmd, "command", f"no reply within {timeout:g}s")
             elif now - self._cmd_quiet_since >= interval:
                 self._enqueue(cmd, (b"PING",), _PING_MARK)
@@ -387,10 +395,11 @@ class NodeLink:
 
     def _end(self, wire: Wire, which: str, why: str) -> None:
         """End a connection that looks dead: its read stops at once, and its loop reports and recovers."""
-        logger.warning("pubsub.connection_dead", link=self.name, connection=which, reason=why)
         reader = self._readers.get(id(wire))
-        if reader is not None:
-            reader.cancel()
+        if reader is None or reader.done() or reader.cancelling():
+            return
+        logger.warning("pubsub.connection_dead", link=self.name, connection=which, reason=why)
+        reader.cancel()
 
     async def _read(self, wire: Wire, on_reply: Callable[[Any], None]) -> BaseException | None:
         """Run ``wire``'s read loop in a task of its own (which ``_end`` may cancel); returns why it

@@ -1,0 +1,247 @@
+"""Wires (one connection each) and the links' health checks against dead connections.
+
+Half-open connections are made with ``tests/tcp_proxy.py``: the proxy stops forwarding both ways
+without closing anything, as a NAT or load balancer that forgot the flow does. Nothing tells the
+client; only its health checks (PING with a deadline on quiet connections, a deadline on commands
+waiting for replies) can notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from resource_router import RedisUnavailableError, RouterSettings
+from resource_router._fastwire import FastWire
+from resource_router.connection import connect
+from resource_router.pubsub import PubSubHub
+from resource_router.wire import ConnectionWire, Wire
+from tests.logs import capture_logs
+from tests.redis_server import RedisServer
+from tests.tcp_proxy import TcpProxy
+
+#: Small health-check settings so that the tests take well under a second per detection.
+FAST = RouterSettings(health_check_interval=0.2, health_check_timeout=0.4, operation_timeout=2.0, connect_timeout=2.0)
+#: One check period of the link (see ``NodeLink.health_check_period``).
+PERIOD = min(FAST.health_check_interval, FAST.health_check_timeout) / 4
+#: The bound the docs state: interval + timeout + two check periods, plus scheduling slack.
+BOUND = FAST.health_check_interval + FAST.health_check_timeout + 2 * PERIOD + 0.25
+
+
+def _conn(url: str) -> AbstractConnection:
+    client = aredis.Redis.from_url(url, protocol=2)
+    pool = client.connection_pool
+    return pool.connection_class(**pool.connection_kwargs)
+
+
+@pytest.fixture(params=["public", "fast"])
+def wire_factory(request: pytest.FixtureRequest) -> Callable[[AbstractConnection], Wire]:
+    return ConnectionWire if request.param == "public" else FastWire
+
+
+async def _read(wire: Wire, count: int) -> list[Any]:
+    got: list[Any] = []
+    done = asyncio.Event()
+
+    def on_reply(reply: Any) -> None:
+        got.append(reply)
+        if len(got) >= count:
+            done.set()
+
+    reader = asyncio.create_task(wire.read_into(on_reply))
+    try:
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    return got
+
+
+async def test_replies_come_in_order_and_error_replies_are_objects(
+    redis_url: str, wire_factory: Callable[[AbstractConnection], Wire]
+) -> None:
+    wire = wire_factory(_conn(redis_url))
+    await wire.open()
+    try:
+        key = f"wire-{time.monotonic_ns()}"
+        wire.write(wire.pack("SET", key, b"v") + wire.pack("GET", key) + wire.pack("LPUSH", key, "x"))
+        wire.write(wire.pack("DEL", key))
+        replies = await _read(wire, 4)
+        assert replies[0] in (b"OK", "OK")
+        assert replies[1] == b"v"
+        assert isinstance(replies[2], ResponseError) and "WRONGTYPE" in str(replies[2])
+        assert replies[3] == 1
+    finally:
+        await wire.close()
+
+
+async def test_a_connection_closed_by_the_server_ends_the_read_loop(
+    redis_url: str, wire_factory: Callable[[AbstractConnection], Wire]
+) -> None:
+    wire = wire_factory(_conn(redis_url))
+    await wire.open()
+    admin = aredis.Redis.from_url(redis_url)
+    try:
+        wire.write(wire.pack("CLIENT", "ID"))
+        (client_id,) = await _read(wire, 1)
+        await admin.execute_command("CLIENT", "KILL", "ID", client_id)
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(wire.read_into(lambda reply: None), 5)
+    finally:
+        await wire.close()
+        await admin.aclose()
+
+
+# -- half-open connections -------------------------------------------------------------------------
+@pytest.fixture
+async def proxy(private_redis: RedisServer) -> AsyncIterator[TcpProxy]:
+    async with TcpProxy(private_redis.port) as p:
+        yield p
+
+
+async def _hub(url: str, settings: RouterSettings) -> tuple[PubSubHub, Any]:
+    client = connect(url, settings)
+    return await PubSubHub.acquire(client, settings), client
+
+
+async def _wait_for(check: Callable[[], bool], timeout: float) -> float:
+    """Seconds until ``check()`` is true (fails after ``timeout``)."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, "condition not met in time"
+        await asyncio.sleep(0.005)
+    return time.monotonic() - start
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("close_upstream", [False, True], ids=["server-keeps-it", "server-forgot-it"])
+async def test_a_half_open_subscriber_is_noticed_within_the_bound_and_resubscribed(
+    proxy: TcpProxy, private_redis: RedisServer, close_upstream: bool
+) -> None:
+    hub, client = await _hub(proxy.url, FAST)
+    admin = aredis.Redis(port=private_redis.port)
+    got: list[bytes] = []
+    states: list[bool] = []
+    try:
+        await hub.subscribe("ch", got.append, states.append)
+        assert await admin.publish("ch", b"before") == 1
+        await _wait_for(lambda: got == [b"before"], 2)
+        await asyncio.sleep(FAST.health_check_interval * 2)  # idle: the health check PINGs; nothing happens
+        assert hub.heard("ch") and states == [True]  # confirmed once; the PINGs changed nothing
+
+        with capture_logs() as logs:
+            assert proxy.blackhole(close_upstream=close_upstream) == 2  # subscriber and command connections
+            detected = await _wait_for(lambda: not hub.heard("ch"), BOUND + 1)
+            back = await _wait_for(lambda: hub.heard("ch"), 5)
+        assert detected <= BOUND
+        assert states == [True, False, True]
+        events = [e["event"] for e in logs]
+        assert "pubsub.connection_dead" in events and "pubsub.reconnected" in events
+        # Re-subscribed on a new connection: messages arrive again (and only once).
+        await admin.publish("ch", b"after")
+        await _wait_for(lambda: got == [b"before", b"after"], 2)
+        await asyncio.sleep(0.1)
+        assert got == [b"before", b"after"]
+        assert back < 5
+    finally:
+        await hub.release()
+        await client.aclose()
+        await admin.aclose()
+
+
+@pytest.mark.chaos
+async def test_without_health_checks_a_half_open_subscriber_goes_unnoticed(
+    proxy: TcpProxy, private_redis: RedisServer
+) -> None:
+    """The failure the health checks fix: with them effectively off, nothing notices for as long as it lasts."""
+    off = FAST.model_copy(update={"health_check_interval": 300.0, "health_check_timeout": 300.0})
+    hub, client = await _hub(proxy.url, off)
+    admin = aredis.Redis(port=private_redis.port)
+    got: list[bytes] = []
+    try:
+        await hub.subscribe("ch", got.append)
+        proxy.blackhole()
+        await asyncio.sleep(BOUND + 0.5)
+        assert hub.heard("ch")  # it still believes it listens...
+        assert await admin.publish("ch", b"lost") == 1  # ...Redis still delivers to the dead flow...
+        await asyncio.sleep(0.2)
+        assert got == []  # ...and nothing arrives
+    finally:
+        await hub.release()
+        await client.aclose()
+        await admin.aclose()
+
+
+@pytest.mark.chaos
+async def test_commands_on_a_half_open_connection_fail_within_the_bound_and_the_next_reconnects(
+    proxy: TcpProxy, private_redis: RedisServer
+) -> None:
+    hub, client = await _hub(proxy.url, FAST)
+    admin = aredis.Redis(port=private_redis.port)
+    try:
+        await admin.set("k", b"v")
+        assert await hub.get("k") == b"v"
+        # Only the command connection: the subscriber stays healthy.
+        assert proxy.blackhole(lambda c: not c.saw(b"SUBSCRIBE") and not c.saw(b"PING")) in (1, 2)
+        start = time.monotonic()
+        waiting = [asyncio.create_task(hub.get("k")) for _ in range(20)]
+        for task in waiting:
+            with pytest.raises(RedisUnavailableError) as err:
+                await task
+            assert err.value.code == 503
+        failed_after = time.monotonic() - start
+        assert failed_after <= FAST.health_check_timeout + 2 * PERIOD + 0.25
+        assert await hub.get("k") == b"v"  # a new connection
+        assert await hub.publish("nobody", b"x") == 0
+    finally:
+        await hub.release()
+        await client.aclose()
+        await admin.aclose()
+
+
+@pytest.mark.chaos
+async def test_an_idle_half_open_command_connection_is_dropped_so_the_next_command_does_not_wait_on_it(
+    proxy: TcpProxy, private_redis: RedisServer
+) -> None:
+    hub, client = await _hub(proxy.url, FAST)
+    try:
+        await hub.subscribe("ch", lambda data: None)
+        assert await hub.get("k") is None
+        connections = len(proxy.connections)
+        proxy.blackhole(lambda c: not c.saw(b"SUBSCRIBE"))
+        with capture_logs() as logs:
+            await asyncio.sleep(BOUND + 0.2)  # the idle PING goes unanswered
+        assert any(e["event"] == "pubsub.connection_dead" and e["connection"] == "command" for e in logs)
+        start = time.monotonic()
+        assert await hub.get("k") is None
+        assert time.monotonic() - start < 1.0
+        assert len(proxy.connections) == connections + 1
+    finally:
+        await hub.release()
+        await client.aclose()
+
+
+@pytest.mark.chaos
+async def test_detection_time_with_the_default_settings(proxy: TcpProxy) -> None:
+    """The figure the docs give: a dead subscriber is noticed within interval + timeout (+ 2 periods)."""
+    defaults = RouterSettings()
+    hub, client = await _hub(proxy.url, defaults)
+    try:
+        await hub.subscribe("ch", lambda data: None)
+        await asyncio.sleep(0.3)
+        proxy.blackhole()
+        period = min(defaults.health_check_interval, defaults.health_check_timeout) / 4
+        bound = defaults.health_check_interval + defaults.health_check_timeout + 2 * period
+        detected = await _wait_for(lambda: not hub.heard("ch"), bound + 2)
+        assert detected <= bound + 0.25
+    finally:
+        await hub.release()
+        await client.aclose()
