@@ -21,8 +21,12 @@ heard (its connection dropping empties the service's cache); ``owner_cache_ttl``
 disables the cache) is only a backstop.
 
 One deadline covers a call from start to reply (``deadline.bounded``). When the reply subscription
-is lost (the connection dropped, or Redis disconnected a slow subscriber), every call waiting for a
-reply fails at once with ``RedisUnavailableError`` (retryable) instead of waiting out its timeout.
+is lost (the connection dropped, a health check found it dead, or Redis disconnected a slow
+subscriber), every call waiting for a reply fails at once with ``RedisUnavailableError``
+(``operation="reply"``, retryable) instead of waiting out its timeout. A call made while the reply
+channel is being subscribed again waits for it (up to ``health_check_timeout``, within its own
+deadline) and then fails the same way rather than sending a request whose reply could not arrive.
+``listening`` says whether replies can arrive (router replicas report it in ``/readyz``).
 """
 
 from __future__ import annotations
@@ -130,6 +134,7 @@ class ServiceClient:
         self._start_lock = asyncio.Lock()
         self._closed = False
         self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._reply_heard = asyncio.Event()  # set while the reply channel is subscribed
         self._counter = itertools.count(1)
         self._id_prefix = self.client_id + ":"
         self._service_keys: dict[str, ServiceKeys] = {}
@@ -150,6 +155,12 @@ class ServiceClient:
     @property
     def namespace(self) -> str:
         return self._registry.namespace
+
+    @property
+    def listening(self) -> bool:
+        """True while Redis has confirmed the reply channel on a live connection (replies can arrive)."""
+        hub = self._hub
+        return hub is not None and hub.heard(self.reply_channel)
 
     async def __aenter__(self) -> ServiceClient:
         await self.start()
@@ -173,6 +184,8 @@ class ServiceClient:
                     await hub.release()
                     raise
                 self._hub = hub
+                if hub.heard(self.reply_channel):
+                    self._reply_heard.set()
 
     async def aclose(self) -> None:
         if self._closed:
@@ -367,6 +380,8 @@ class ServiceClient:
             trace_id=call.trace_id,
             max_bytes=self._max_payload,
         )
+        if not self._reply_heard.is_set():
+            await self._wait_for_reply_channel(min(remaining, self._registry.settings.health_check_timeout))
         fut: asyncio.Future[Reply] = loop.create_future()
         self._pending[request_id] = fut
         try:
@@ -537,9 +552,23 @@ class ServiceClient:
             cache.pop((service_name, rid), None)
 
     # -- replies ---------------------------------------------------------------------------------
+    async def _wait_for_reply_channel(self, seconds: float) -> None:
+        """Wait for the reply channel to be subscribed again; ``RedisUnavailableError`` after ``seconds``."""
+        try:
+            await asyncio.wait_for(self._reply_heard.wait(), seconds)
+        except TimeoutError:
+            raise RedisUnavailableError(
+                "the reply channel is not subscribed (its connection is being re-established): retry",
+                operation="reply",
+            ) from None
+
     def _on_reply_state(self, heard: bool) -> None:
         """The reply subscription dropped: no reply can arrive for calls in flight; fail them now."""
-        if heard or not self._pending:
+        if heard:
+            self._reply_heard.set()
+            return
+        self._reply_heard.clear()
+        if not self._pending:
             return
         pending = [fut for fut in self._pending.values() if not fut.done()]
         logger.warning("route.reply_channel_lost", client_id=self.client_id, failed_calls=len(pending))
