@@ -71,6 +71,10 @@ DEFAULT_OWNER_CACHE_TTL = 5.0
 _CACHE_LIMIT = 100_000
 #: Services whose ownership events one client follows (beyond it, the oldest is dropped).
 _EVENT_SERVICES_LIMIT = 1024
+#: Reasons of a ``ResourceReleased`` event that mean the instance itself is gone.
+_INSTANCE_GONE = frozenset(("deregistered", "instance_offline"))
+#: Cached metric children of call outcomes (beyond it, the cache starts over).
+_OUTCOME_CACHE_LIMIT = 4096
 
 
 class _Call:
@@ -266,6 +270,8 @@ class ServiceClient:
         child = self._outcomes.get((service_name, outcome))
         if child is None:
             child = self._metrics.route_calls.labels(service_name, outcome)
+            if len(self._outcomes) >= _OUTCOME_CACHE_LIMIT:
+                self._outcomes.clear()  # callers may send any service name: the cache stays bounded
             self._outcomes[(service_name, outcome)] = child
         return child
 
@@ -301,6 +307,7 @@ class ServiceClient:
                     reply = await bounded(lambda: self._call_resource(call, resource_id), seconds)
             except TimeoutError:
                 raise call.timeout_error() from None
+            self._metrics.labels.learn_service(service_name)  # an instance answered: a metric label
             if reply.status != STATUS_OK:
                 raise error_from_dict(reply.error or {})
         except ResourceRouterError as exc:
@@ -545,6 +552,8 @@ class ServiceClient:
         cache = self._owner_cache
         if event.type == "InstanceRegistered":
             return
+        if event.type == "ResourceReleased" and event.reason in _INSTANCE_GONE and event.instance_id:
+            self._metrics.forget_instance(service_name, event.instance_id)  # its gauges, if this process has any
         if not event.resource_ids and event.type == "ResourceReleased":
             self.forget_owner(service_name)  # a whole instance went: drop the service's entries
             return

@@ -150,6 +150,7 @@ class ServiceInstance:
         self.heartbeats = 0
         self._log = logger.bind(service_name=self._keys.service_name, instance_id=self._instance_id)
         svc = self._keys.service_name
+        self._metrics.labels.learn_service(svc, own=True)  # metric labels: see metrics.py
         self._outcome = {
             name: self._metrics.route_requests.labels(svc, name)
             for name in ("ok", "error", "not_owner", "method_not_found", "invalid")
@@ -309,8 +310,7 @@ class ServiceInstance:
                 with contextlib.suppress(ResourceRouterError):
                     await hub.unsubscribe(channel, callback, listener)
             await hub.release()
-        with contextlib.suppress(KeyError):
-            self._metrics.instance_listening.remove(self.service_name, self._instance_id)
+        self._metrics.forget_instance(self.service_name, self._instance_id)  # its gauges go with it
         for task in list(self._background):
             task.cancel()
         if self._background:
