@@ -59,7 +59,7 @@ from .protocol import STATUS_NOT_OWNER, STATUS_OK, ProtocolError, Reply, decode_
 from .pubsub import PubSubHub
 from .registry import ResourceRegistry
 from .settings import DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RouterSettings
-from .tracing import get_logger, new_trace_id
+from .tracing import LogThrottle, get_logger, new_trace_id
 
 logger = get_logger(__name__)
 
@@ -139,6 +139,7 @@ class ServiceClient:
         self._closed = False
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._reply_heard = asyncio.Event()  # set while the reply channel is subscribed
+        self._drop_log = LogThrottle()
         self._counter = itertools.count(1)
         self._id_prefix = self.client_id + ":"
         self._service_keys: dict[str, ServiceKeys] = {}
@@ -595,7 +596,15 @@ class ServiceClient:
             reply = decode_reply(data)
         except ProtocolError as exc:
             self._metrics.dropped_messages.labels(exc.reason).inc()
-            logger.warning("route.reply_dropped", reason=exc.reason, error=exc.message, client_id=self.client_id)
+            suppressed = self._drop_log.allow()  # rate-limited: anyone may publish garbage on the channel
+            if suppressed is not None:
+                logger.warning(
+                    "route.reply_dropped",
+                    reason=exc.reason,
+                    error=exc.message,
+                    client_id=self.client_id,
+                    suppressed=suppressed,
+                )
             fut = self._pending.get(exc.request_id) if exc.request_id else None
             if fut is not None and not fut.done():
                 fut.set_exception(ResourceRouterError(f"malformed reply: {exc.message}"))

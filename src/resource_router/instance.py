@@ -66,7 +66,7 @@ from .settings import (
     RouterSettings,
 )
 from .sweeper import Sweeper
-from .tracing import get_logger, id_fields
+from .tracing import LogThrottle, get_logger, id_fields
 
 logger = get_logger(__name__)
 
@@ -147,6 +147,7 @@ class ServiceInstance:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._sweeper: Sweeper | None = None
         self._needs_reconcile = False
+        self._drop_log = LogThrottle()
         self.heartbeats = 0
         self._log = logger.bind(service_name=self._keys.service_name, instance_id=self._instance_id)
         svc = self._keys.service_name
@@ -567,16 +568,13 @@ class ServiceInstance:
         try:
             req = decode_request(data, max_bytes=self._max_payload)
         except ProtocolError as exc:
-            self._metrics.dropped_messages.labels(exc.reason).inc()
             answer = (
                 exc.reason != "foreign"
                 and exc.request_id is not None
                 and exc.reply_channel is not None
                 and exc.reply_channel.startswith(self._reply_prefix)
             )
-            self._log.warning(
-                "route.dropped", reason=exc.reason, error=exc.message, answered=answer, trace_id=exc.trace_id
-            )
+            self._dropped(exc.reason, exc.message, answered=answer, trace_id=exc.trace_id)
             if answer and exc.request_id is not None and exc.reply_channel is not None:
                 self._outcome["invalid"].inc()
                 self._reply(
@@ -587,8 +585,7 @@ class ServiceInstance:
                 )
             return
         if not req.reply_channel.startswith(self._reply_prefix):
-            self._metrics.dropped_messages.labels("foreign").inc()
-            self._log.warning("route.dropped", reason="foreign", error="reply channel outside the namespace")
+            self._dropped("foreign", "reply channel outside the namespace")
             return
         error: ResourceRouterError
         if req.service_name != self.service_name:
@@ -626,6 +623,13 @@ class ServiceInstance:
         task = asyncio.get_running_loop().create_task(self._run(req, handler))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+    def _dropped(self, reason: str, error: str, **fields: Any) -> None:
+        """Count a dropped message; log it (rate-limited: anyone may publish garbage on the channel)."""
+        self._metrics.dropped_messages.labels(reason).inc()
+        suppressed = self._drop_log.allow()
+        if suppressed is not None:
+            self._log.warning("route.dropped", reason=reason, error=error, suppressed=suppressed, **fields)
 
     def _expired(self, req: Request) -> None:
         self._metrics.dropped_messages.labels("expired").inc()
