@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import os
 import time
 from typing import Any
 
@@ -59,6 +59,7 @@ from .protocol import STATUS_NOT_OWNER, STATUS_OK, ProtocolError, Reply, decode_
 from .pubsub import PubSubHub
 from .registry import ResourceRegistry
 from .settings import DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RouterSettings
+from .signing import Signer
 from .tracing import LogThrottle, get_logger, new_trace_id
 
 logger = get_logger(__name__)
@@ -140,8 +141,8 @@ class ServiceClient:
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._reply_heard = asyncio.Event()  # set while the reply channel is subscribed
         self._drop_log = LogThrottle()
-        self._counter = itertools.count(1)
         self._id_prefix = self.client_id + ":"
+        self._signer = Signer.from_settings(self._registry.settings)  # None: signing off
         self._service_keys: dict[str, ServiceKeys] = {}
         self._owner_cache: dict[tuple[str, str], tuple[str, float]] = {}
         #: service -> True while its events subscription is heard (owners are cached only then)
@@ -376,7 +377,8 @@ class ServiceClient:
         remaining = call.deadline - loop.time()
         if remaining <= 0:
             raise call.timeout_error()
-        request_id = f"{self._id_prefix}{next(self._counter)}"
+        request_id = f"{self._id_prefix}{os.urandom(12).hex()}"  # unguessable: replies cannot be forged blind
+        channel = call.sk.rpc_channel(instance_id)
         data = encode_request(
             request_id=request_id,
             reply_channel=self.reply_channel,
@@ -388,12 +390,14 @@ class ServiceClient:
             trace_id=call.trace_id,
             max_bytes=self._max_payload,
         )
+        if self._signer is not None:
+            data = self._signer.seal(channel, data)
         if not self._reply_heard.is_set():
             await self._wait_for_reply_channel(min(remaining, self._registry.settings.health_check_timeout))
         fut: asyncio.Future[Reply] = loop.create_future()
         self._pending[request_id] = fut
         try:
-            if not await hub.publish(call.sk.rpc_channel(instance_id), data):
+            if not await hub.publish(channel, data):
                 return None
             return await fut  # the call's one deadline (``bounded`` in ``_route``) ends this wait
         finally:
@@ -591,20 +595,24 @@ class ServiceClient:
                 )
             )
 
+    def _reply_dropped(self, reason: str, error: str) -> None:
+        self._metrics.dropped_messages.labels(reason).inc()
+        suppressed = self._drop_log.allow()  # rate-limited: anyone may publish garbage on the channel
+        if suppressed is not None:
+            logger.warning(
+                "route.reply_dropped", reason=reason, error=error, client_id=self.client_id, suppressed=suppressed
+            )
+
     def _on_reply(self, data: bytes) -> None:
+        if self._signer is not None:
+            verdict = self._signer.verify(self.reply_channel, data, replay=False)
+            if isinstance(verdict, str):  # never accepted, whatever it claims
+                self._reply_dropped(verdict, "the reply is not authenticated")
+                return
         try:
             reply = decode_reply(data)
         except ProtocolError as exc:
-            self._metrics.dropped_messages.labels(exc.reason).inc()
-            suppressed = self._drop_log.allow()  # rate-limited: anyone may publish garbage on the channel
-            if suppressed is not None:
-                logger.warning(
-                    "route.reply_dropped",
-                    reason=exc.reason,
-                    error=exc.message,
-                    client_id=self.client_id,
-                    suppressed=suppressed,
-                )
+            self._reply_dropped(exc.reason, exc.message)
             fut = self._pending.get(exc.request_id) if exc.request_id else None
             if fut is not None and not fut.done():
                 fut.set_exception(ResourceRouterError(f"malformed reply: {exc.message}"))

@@ -65,6 +65,7 @@ from .settings import (
     MIN_TTL,
     RouterSettings,
 )
+from .signing import SEAL_OVERHEAD, Signer
 from .sweeper import Sweeper
 from .tracing import LogThrottle, get_logger, id_fields
 
@@ -129,6 +130,9 @@ class ServiceInstance:
         self.max_concurrency = max_concurrency
         self._settings = self._registry.settings
         self._max_payload = self._settings.max_payload_bytes
+        self._signer = Signer.from_settings(self._settings)
+        self._max_request = self._max_payload + (0 if self._signer is None else SEAL_OVERHEAD)
+        self._reply_keys: dict[str, int] = {}  # reply channel -> number of the key its caller signs with
         self._metrics = self._registry.metrics
         self._reply_prefix = self._registry.keys.reply_prefix
         self._channel = self._keys.rpc_channel(self._instance_id)
@@ -562,11 +566,20 @@ class ServiceInstance:
     def _reply(self, channel: str, data: bytes) -> None:
         hub = self._hub
         if hub is not None:
+            if self._signer is not None:  # answered with the key the caller signed with
+                data = self._signer.seal(channel, data, key=self._reply_keys.get(channel, 0))
             hub.publish_nowait(channel, data)
 
     def _on_message(self, data: bytes) -> None:
+        key = 0
+        if self._signer is not None:  # authenticated first: an unauthenticated envelope is never answered
+            verdict = self._signer.verify(self._channel, data, replay=True)
+            if isinstance(verdict, str):
+                self._dropped(verdict, "the envelope is not authenticated")
+                return
+            key = verdict
         try:
-            req = decode_request(data, max_bytes=self._max_payload)
+            req = decode_request(data, max_bytes=self._max_request)
         except ProtocolError as exc:
             answer = (
                 exc.reason != "foreign"
@@ -576,6 +589,7 @@ class ServiceInstance:
             )
             self._dropped(exc.reason, exc.message, answered=answer, trace_id=exc.trace_id)
             if answer and exc.request_id is not None and exc.reply_channel is not None:
+                self._note_reply_key(exc.reply_channel, key)
                 self._outcome["invalid"].inc()
                 self._reply(
                     exc.reply_channel,
@@ -587,6 +601,7 @@ class ServiceInstance:
         if not req.reply_channel.startswith(self._reply_prefix):
             self._dropped("foreign", "reply channel outside the namespace")
             return
+        self._note_reply_key(req.reply_channel, key)
         error: ResourceRouterError
         if req.service_name != self.service_name:
             self._outcome["invalid"].inc()
@@ -623,6 +638,16 @@ class ServiceInstance:
         task = asyncio.get_running_loop().create_task(self._run(req, handler))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+    def _note_reply_key(self, channel: str, key: int) -> None:
+        """Remember which of this instance's keys the (authenticated) caller behind ``channel`` signs
+        with, to answer with it; only keys other than the first are kept (during a rotation)."""
+        if key:
+            if len(self._reply_keys) >= 10_000:
+                self._reply_keys.clear()
+            self._reply_keys[channel] = key
+        elif self._reply_keys:
+            self._reply_keys.pop(channel, None)
 
     def _dropped(self, reason: str, error: str, **fields: Any) -> None:
         """Count a dropped message; log it (rate-limited: anyone may publish garbage on the channel)."""

@@ -10,6 +10,10 @@ reply    ``{"v": 1, "k": "rep", "id", "s", "r" | "e", "iid", "ft", "tr"}``
 ``to_dict()`` form of a library exception) or ``"not_owner"`` (the instance did not run the request:
 it does not own the resource, or its lease may have run out; the caller re-resolves the owner).
 
+With signing keys, both end with two more entries, ``"ts"`` and ``"sg"`` (a timestamp and an
+HMAC over the envelope and its channel), appended and checked by ``signing.Signer`` around these
+functions; the decoders here ignore them like any unknown key.
+
 Version rule: ``v`` changes only for incompatible changes. Receivers ignore keys they do not know, so
 optional fields can be added within a version. A request with another ``v`` is answered with an
 ``InvalidRequestError`` when its id and reply channel can be read, else dropped.

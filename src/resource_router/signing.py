@@ -1,0 +1,171 @@
+"""Authenticated envelopes: HMAC-SHA256 over each request and reply, its channel and a timestamp.
+
+With ``RouterSettings.signing_keys`` set (env ``RESOURCE_ROUTER_SIGNING_KEYS``, comma-separated),
+every envelope a client or an instance publishes is sealed with the first key, and every envelope
+it receives must verify with one of the keys. An instance answers with the key its caller used,
+so keys rotate without a flag day: give instances ``[new, old]``, then callers ``[new]`` (or
+``[new, old]``), then drop ``old`` from the instances (``docs/security.md``). Unsigned, forged
+(including envelopes published to another channel than the one they were sealed for), stale and
+replayed envelopes are dropped and counted, never executed or accepted.
+
+**Layout** (``docs/protocol.md`` §10). A sealed envelope is the protocol-1 msgpack map with two more
+entries at its end, in this order and encoding::
+
+    ... entries of the map ...  a2 74 73  cf <8 bytes>   a2 73 67  c4 20 <32 bytes>
+                                "ts"      uint 64        "sg"      bin 8 (32 bytes)
+
+``ts`` is the sealing time in milliseconds since the UNIX epoch; the map header counts both
+entries. The MAC is ``HMAC-SHA256(key, u32_be(len(channel)) || channel || envelope[:-32])``: every
+byte of the envelope before the MAC itself (the map header, all entries, ``ts`` and the ``sg`` key
+and bin header) bound to the channel it is published on. Receivers that do not sign ignore the two
+entries (unknown keys are ignored within protocol version 1).
+
+A receiver checks, in this order, on the raw bytes before decoding anything: the layout
+(``unsigned``), the MAC (``forged``), ``ts`` within ``signing_window`` seconds of its clock
+(``stale``), and, for requests, that it has not seen the same MAC within the window (``replayed``).
+``signing_accept_unsigned`` (for a rolling switch only) lets envelopes without any seal through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Final
+
+from pydantic import SecretStr
+
+from .errors import InvalidRequestError
+from .settings import RouterSettings
+
+__all__ = ["MIN_KEY_BYTES", "REASONS", "SEAL_OVERHEAD", "Signer"]
+
+#: Shortest key accepted (bytes of its UTF-8 form); use 32 random bytes, e.g. ``openssl rand -base64 32``.
+MIN_KEY_BYTES: Final = 16
+#: Why a received envelope was refused (the ``reason`` label of ``ipc_dropped_messages_total``).
+REASONS: Final = ("unsigned", "forged", "stale", "replayed")
+
+_TS: Final = b"\xa2ts\xcf"
+_SG: Final = b"\xa2sg\xc4\x20"
+_MAC_SIZE: Final = 32
+_TRAILER: Final = len(_TS) + 8 + len(_SG) + _MAC_SIZE  # 49 bytes
+#: Bytes sealing adds to an envelope (``max_payload_bytes`` bounds the envelope before sealing).
+SEAL_OVERHEAD: Final = _TRAILER + 2  # the map header may grow by 2 bytes (15 -> 16 or 65535 -> 65536 entries)
+_TS_AT: Final = -_TRAILER
+_SG_AT: Final = -(len(_SG) + _MAC_SIZE)
+#: Replay memory per receiver: beyond it the oldest MACs are forgotten (they are refused as stale soon).
+_REPLAY_LIMIT: Final = 1_000_000
+
+
+def _header(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x80 | count,))
+    if count < 1 << 16:
+        return b"\xde" + struct.pack(">H", count)
+    return b"\xdf" + struct.pack(">I", count)
+
+
+def _split_header(data: bytes) -> tuple[int, int]:
+    """(entry count, header length) of an encoded msgpack map."""
+    first = data[0] if data else 0
+    if 0x80 <= first <= 0x8F:
+        return first & 0x0F, 1
+    if first == 0xDE and len(data) >= 3:
+        return struct.unpack_from(">H", data, 1)[0], 3
+    if first == 0xDF and len(data) >= 5:
+        return struct.unpack_from(">I", data, 1)[0], 5
+    raise ValueError("not an encoded msgpack map")
+
+
+class Signer:
+    """Seals and verifies envelopes with a list of keys (the first seals, all verify)."""
+
+    __slots__ = ("_keys", "_prefixes", "_seen", "_seen_order", "accept_unsigned", "window_ms")
+
+    def __init__(
+        self, keys: Sequence[SecretStr | str | bytes], *, window: float = 10.0, accept_unsigned: bool = False
+    ) -> None:
+        if not keys:
+            raise InvalidRequestError("signing needs at least one key", field="signing_keys")
+        raw = [
+            k.get_secret_value().encode() if isinstance(k, SecretStr) else k.encode() if isinstance(k, str) else k
+            for k in keys
+        ]
+        if any(len(k) < MIN_KEY_BYTES for k in raw):
+            raise InvalidRequestError(
+                f"every signing key must be at least {MIN_KEY_BYTES} bytes long (use 32 random bytes)",
+                field="signing_keys",
+            )
+        self._keys = [hmac.new(k, digestmod=hashlib.sha256) for k in raw]
+        self._prefixes: dict[bytes, bytes] = {}
+        self.window_ms = int(window * 1000)
+        self.accept_unsigned = accept_unsigned
+        self._seen: dict[bytes, int] = {}
+        self._seen_order: deque[tuple[int, bytes]] = deque()
+
+    @classmethod
+    def from_settings(cls, settings: RouterSettings) -> Signer | None:
+        """The signer ``settings`` ask for; None when they have no keys (signing off)."""
+        if not settings.signing_keys:
+            return None
+        return cls(
+            settings.signing_keys, window=settings.signing_window, accept_unsigned=settings.signing_accept_unsigned
+        )
+
+    def _prefix(self, channel: bytes) -> bytes:
+        prefix = self._prefixes.get(channel)
+        if prefix is None:
+            prefix = struct.pack(">I", len(channel)) + channel
+            if len(self._prefixes) >= 4096:
+                self._prefixes.clear()
+            self._prefixes[channel] = prefix
+        return prefix
+
+    def _mac(self, key: hmac.HMAC, channel: bytes, signed: bytes | memoryview) -> bytes:
+        h = key.copy()
+        h.update(self._prefix(channel))
+        h.update(signed)
+        return h.digest()
+
+    def seal(self, channel: str | bytes, envelope: bytes, *, key: int = 0, now_ms: int | None = None) -> bytes:
+        """``envelope`` (an encoded msgpack map) with ``ts`` and ``sg`` appended, for ``channel``,
+        with the first key (or key number ``key``: instances answer with the key the request used)."""
+        name = channel.encode() if isinstance(channel, str) else channel
+        count, header = _split_header(envelope)
+        ts = int(time.time() * 1000) if now_ms is None else now_ms
+        body = b"".join((_header(count + 2), memoryview(envelope)[header:], _TS, struct.pack(">Q", ts), _SG))
+        return body + self._mac(self._keys[key], name, body)
+
+    def verify(self, channel: str | bytes, data: bytes, *, replay: bool) -> int | str:
+        """The number of the key that verifies ``data`` as a sealed envelope for ``channel``, fresh
+        (and, with ``replay``, not seen before); else the reason to drop it (one of ``REASONS``)."""
+        if len(data) <= _TRAILER or data[_TS_AT : _TS_AT + 4] != _TS or data[_SG_AT : _SG_AT + 5] != _SG:
+            return 0 if self.accept_unsigned else "unsigned"
+        name = channel.encode() if isinstance(channel, str) else channel
+        signed, mac = memoryview(data)[:-_MAC_SIZE], data[-_MAC_SIZE:]
+        index = next(
+            (i for i, key in enumerate(self._keys) if hmac.compare_digest(self._mac(key, name, signed), mac)), -1
+        )
+        if index < 0:
+            return "forged"
+        ts = struct.unpack_from(">Q", data, _TS_AT + 4)[0]
+        now = int(time.time() * 1000)
+        if abs(now - ts) > self.window_ms:
+            return "stale"
+        if replay and not self._first_sight(mac, now):
+            return "replayed"
+        return index
+
+    def _first_sight(self, mac: bytes, now: int) -> bool:
+        seen, order = self._seen, self._seen_order
+        while order and (order[0][0] < now or len(order) >= _REPLAY_LIMIT):
+            seen.pop(order.popleft()[1], None)
+        if mac in seen:
+            return False
+        expires = now + 2 * self.window_ms  # older than that, the envelope is refused as stale anyway
+        seen[mac] = expires
+        order.append((expires, mac))
+        return True
