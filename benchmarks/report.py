@@ -159,6 +159,23 @@ def evaluate_goals(row_list: list[Row], scales: tuple[int, ...], scale_label: An
         info.append(
             _ratio(rows, f"registration p50 at {hi} / at {lo} (<= 1.1x)", f"register_at_{hi}", f"register_at_{lo}", 1.1)
         )
+    info += [
+        _ratio(
+            rows,
+            "signed envelopes: routed call p50 signed / unsigned (the cost of signing)",
+            "routed_call_signed",
+            "routed_call",
+            float("inf"),
+        ),
+        _ratio(
+            rows,
+            "signed envelopes: routed call 64-conc throughput signed / unsigned",
+            "routed_call_signed",
+            "routed_call",
+            0.0,
+            attr="conc64_ops_per_s",
+        ),
+    ]
     info.append(
         _ratio(
             rows,

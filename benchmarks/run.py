@@ -61,6 +61,7 @@ ROW_IDS = (
     "heartbeat_1000",
     "routed_call",
     "routed_call_uncached",
+    "routed_call_signed",
     "raw_pubsub_rpc",
     "nats_request_reply",
     "gateway_route",

@@ -33,6 +33,7 @@ REQUIRED = {
     "raw_pubsub_rpc",
     "routed_call",
     "routed_call_uncached",
+    "routed_call_signed",
     "lookup_at_1e3",
     "register_at_1e3",
     "memory_at_1e3",

@@ -146,10 +146,12 @@ class Signer:
             return 0 if self.accept_unsigned else "unsigned"
         name = channel.encode() if isinstance(channel, str) else channel
         signed, mac = memoryview(data)[:-_MAC_SIZE], data[-_MAC_SIZE:]
-        index = next(
-            (i for i, key in enumerate(self._keys) if hmac.compare_digest(self._mac(key, name, signed), mac)), -1
-        )
-        if index < 0:
+        index = 0
+        for key in self._keys:
+            if hmac.compare_digest(self._mac(key, name, signed), mac):
+                break
+            index += 1
+        else:
             return "forged"
         ts = struct.unpack_from(">Q", data, _TS_AT + 4)[0]
         now = int(time.time() * 1000)
