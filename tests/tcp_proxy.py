@@ -7,7 +7,8 @@ open; only a health check (PING with a deadline) or TCP keepalive can notice. Wi
 ``close_upstream=True`` the proxy also closes its side towards the server, so the server forgets the
 client (its subscriptions go: ``PUBSUB NUMSUB`` drops) while the client still believes it is
 connected. Connections opened afterwards are forwarded normally, unless ``hold_new`` is set: then
-they are accepted and blackholed at once (the network is still down).
+they are accepted and blackholed at once (the network is still down). ``upstream_delay`` (seconds)
+delays what clients send on its way to the server (a slow link).
 
     async with TcpProxy(port) as proxy:
         url = proxy.url              # redis://127.0.0.1:<proxy port>/0
@@ -51,6 +52,7 @@ class TcpProxy:
         self.target_port = target_port
         self.connections: list[ProxiedConnection] = []
         self.hold_new = False
+        self.upstream_delay = 0.0
         self._server: asyncio.Server | None = None
         self.port = 0
 
@@ -115,6 +117,8 @@ class TcpProxy:
                     continue  # read and thrown away: the sender's writes succeed, nothing arrives
                 if record and len(conn.sent) < _SEEN_LIMIT:
                     conn.sent += data[: _SEEN_LIMIT - len(conn.sent)]
+                if record and self.upstream_delay:
+                    await asyncio.sleep(self.upstream_delay)
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):

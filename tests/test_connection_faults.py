@@ -32,6 +32,7 @@ from resource_router import (
 )
 from tests.conftest import sample
 from tests.logs import capture_logs
+from tests.procs.peer import RawPeer
 from tests.redis_server import RedisServer
 from tests.tcp_proxy import TcpProxy
 
@@ -50,8 +51,10 @@ async def proxy(private_redis: RedisServer) -> AsyncIterator[TcpProxy]:
         yield p
 
 
-def make_instance(url: str, metrics: CollectorRegistry, release: asyncio.Event | None = None) -> ServiceInstance:
-    inst = ServiceInstance(url, SVC, "i1", ttl=10, namespace=NS, settings=FAST, metrics_registry=metrics)
+def make_instance(
+    url: str, metrics: CollectorRegistry, release: asyncio.Event | None = None, instance_id: str = "i1"
+) -> ServiceInstance:
+    inst = ServiceInstance(url, SVC, instance_id, ttl=10, namespace=NS, settings=FAST, metrics_registry=metrics)
 
     @inst.handler("echo")
     async def echo(request: RouteRequest) -> Any:
@@ -235,3 +238,29 @@ async def test_a_call_made_while_the_reply_channel_is_down_fails_fast_instead_of
         assert sample(metrics, "ipc_route_requests_total", service_name=SVC, outcome="ok") == 1.0  # not sent
         client._on_reply_state(True)
         assert await client.call(SVC, "echo", 3, resource_id="a") == 3
+
+
+# -- found by the soak: an instance that stops answers every request it was sent ---------------------
+async def test_every_request_delivered_to_a_stopping_instance_is_answered(
+    proxy: TcpProxy, private_redis: RedisServer
+) -> None:
+    """Requests that reach an instance while it unsubscribes are answered "not owner" (the caller
+    re-resolves), not dropped. Before, the hub forgot the instance's callback before Redis confirmed
+    the UNSUBSCRIBE, and the instance let go of its hub first: requests delivered in between were
+    dropped and their callers waited out their timeout (the soak test lost 3-4 calls per run at
+    instance restarts). A slow link from the instance to Redis (50 ms) makes the window wide."""
+    proxy.upstream_delay = 0.05
+    inst = make_instance(proxy.url, CollectorRegistry())
+    await inst.start()
+    async with RawPeer(private_redis.url, NS) as peer:
+        stopping = asyncio.create_task(inst.stop())
+        delivered = 0
+        while not stopping.done():
+            delivered += await peer.publish(inst.channel, peer.envelope(SVC, "echo", rid="a"))
+            await asyncio.sleep(0.002)
+        replies = []
+        while (reply := await peer.next_reply(timeout=0.5)) is not None:
+            replies.append(reply)
+    assert delivered > 10  # the window was there
+    assert len(replies) == delivered
+    assert {r["s"] for r in replies} == {"not_owner"}

@@ -306,14 +306,15 @@ class ServiceInstance:
                     self._log.warning("instance.deregister_failed", error=str(exc))
                 self._owned.clear()
                 self._lease_until = 0.0
-        hub, self._hub = self._hub, None
+        hub = self._hub
         if hub is not None:
             for channel, callback, listener in (
                 (self._channel, self._on_message, self._on_channel_state),
                 (self._keys.events_channel, self._on_event, self._on_events_state),
             ):
                 with contextlib.suppress(ResourceRouterError):
-                    await hub.unsubscribe(channel, callback, listener)
+                    await hub.unsubscribe(channel, callback, listener)  # requests until then: "not owner"
+            self._hub = None
             await hub.release()
         self._metrics.forget_instance(self.service_name, self._instance_id)  # its gauges go with it
         for task in list(self._background):

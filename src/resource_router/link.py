@@ -98,6 +98,7 @@ class NodeLink:
         self._cmd_progress = True
         self._cmd_quiet_since = 0.0
         self._health_handle: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Future[None] | None = None  # set while closing, until the answers are in
         self._readers: dict[int, asyncio.Task[None]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -131,6 +132,7 @@ class NodeLink:
         if self._health_handle is not None:
             self._health_handle.cancel()
             self._health_handle = None
+        await self._drain_commands()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -151,6 +153,26 @@ class NodeLink:
         closed = RedisConnectionError("the pub/sub link was closed")
         self._fail_commands(closed)
         self._fail_confirmations(closed)
+
+    async def _drain_commands(self) -> None:
+        """Send what is queued and wait (up to a second) for Redis to answer it: replies published to
+        callers just before closing still go out instead of being dropped with the connection."""
+        if self._cmd is None:
+            return
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._flush()
+        if not self._pending:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._drained = waiter
+        try:
+            await asyncio.wait_for(waiter, min(1.0, self.settings.health_check_timeout))
+        except TimeoutError:
+            logger.debug("pubsub.close_undrained", link=self.name, pending=len(self._pending))
+        finally:
+            self._drained = None
 
     # -- subscriber ------------------------------------------------------------------------------
     async def _subscriber_loop(self, wire: Wire | None) -> None:
@@ -306,6 +328,8 @@ class NodeLink:
         if not self._pending:
             return  # nothing asked for this (never expected: no client tracking, RESP2)
         fut = self._pending.popleft()
+        if not self._pending and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)  # closing: everything sent was answered
         if fut is None or fut is _PING_MARK or fut.done():
             if fut is None and isinstance(reply, Exception):
                 logger.warning("pubsub.publish_failed", link=self.name, error=str(reply))
@@ -317,6 +341,8 @@ class NodeLink:
 
     def _fail_commands(self, exc: BaseException) -> None:
         pending, self._pending = self._pending, deque()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
         for fut in pending:
             if fut is not None and fut is not _PING_MARK and not fut.done():
                 fut.set_exception(exc)
