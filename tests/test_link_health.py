@@ -1,4 +1,4 @@
-"""Wires (one connection each) and the links' health checks against dead connections.
+"""The links' health checks against dead connections (issue 10, item 1).
 
 Half-open connections are made with ``tests/tcp_proxy.py``: the proxy stops forwarding both ways
 without closing anything, as a NAT or load balancer that forgot the flow does. Nothing tells the
@@ -15,15 +15,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aredis
-from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 from resource_router import RedisUnavailableError, RouterSettings
-from resource_router._fastwire import FastWire
 from resource_router.connection import connect
 from resource_router.pubsub import PubSubHub
-from resource_router.wire import ConnectionWire, Wire
 from tests.logs import capture_logs
 from tests.redis_server import RedisServer
 from tests.tcp_proxy import TcpProxy
@@ -34,70 +29,6 @@ FAST = RouterSettings(health_check_interval=0.2, health_check_timeout=0.4, opera
 PERIOD = min(FAST.health_check_interval, FAST.health_check_timeout) / 4
 #: The bound the docs state: interval + timeout + two check periods, plus scheduling slack.
 BOUND = FAST.health_check_interval + FAST.health_check_timeout + 2 * PERIOD + 0.25
-
-
-def _conn(url: str) -> AbstractConnection:
-    client = aredis.Redis.from_url(url, protocol=2)
-    pool = client.connection_pool
-    return pool.connection_class(**pool.connection_kwargs)
-
-
-@pytest.fixture(params=["public", "fast"])
-def wire_factory(request: pytest.FixtureRequest) -> Callable[[AbstractConnection], Wire]:
-    return ConnectionWire if request.param == "public" else FastWire
-
-
-async def _read(wire: Wire, count: int) -> list[Any]:
-    got: list[Any] = []
-    done = asyncio.Event()
-
-    def on_reply(reply: Any) -> None:
-        got.append(reply)
-        if len(got) >= count:
-            done.set()
-
-    reader = asyncio.create_task(wire.read_into(on_reply))
-    try:
-        await asyncio.wait_for(done.wait(), 5)
-    finally:
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
-    return got
-
-
-async def test_replies_come_in_order_and_error_replies_are_objects(
-    redis_url: str, wire_factory: Callable[[AbstractConnection], Wire]
-) -> None:
-    wire = wire_factory(_conn(redis_url))
-    await wire.open()
-    try:
-        key = f"wire-{time.monotonic_ns()}"
-        wire.write(wire.pack("SET", key, b"v") + wire.pack("GET", key) + wire.pack("LPUSH", key, "x"))
-        wire.write(wire.pack("DEL", key))
-        replies = await _read(wire, 4)
-        assert replies[0] in (b"OK", "OK")
-        assert replies[1] == b"v"
-        assert isinstance(replies[2], ResponseError) and "WRONGTYPE" in str(replies[2])
-        assert replies[3] == 1
-    finally:
-        await wire.close()
-
-
-async def test_a_connection_closed_by_the_server_ends_the_read_loop(
-    redis_url: str, wire_factory: Callable[[AbstractConnection], Wire]
-) -> None:
-    wire = wire_factory(_conn(redis_url))
-    await wire.open()
-    admin = aredis.Redis.from_url(redis_url)
-    try:
-        wire.write(wire.pack("CLIENT", "ID"))
-        (client_id,) = await _read(wire, 1)
-        await admin.execute_command("CLIENT", "KILL", "ID", client_id)
-        with pytest.raises(RedisConnectionError):
-            await asyncio.wait_for(wire.read_into(lambda reply: None), 5)
-    finally:
-        await wire.close()
-        await admin.aclose()
 
 
 # -- half-open connections -------------------------------------------------------------------------
