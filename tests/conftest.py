@@ -7,7 +7,8 @@ Redis for the suite, in order of preference:
 Otherwise the session fails with a message saying how to get Redis. The header of the run says
 which one it will be, and the summary at the end which one it was.
 
-``backend_url`` runs a test on the real Redis and, as a second backend, on ``memory://``.
+``backend_url`` runs a test on the real Redis and, as a second backend, on ``memory://``; the suites in
+``CLUSTER_SUITES`` run a third time on a real Redis Cluster of three masters (``cluster_url``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from resource_router import ResourceRegistry
 from resource_router.settings import redact_url
+from tests.redis_cluster import RedisCluster3
 from tests.redis_server import RedisServer, redis_server_binary
 
 #: Scale of slow/chaos/soak tests. CI runs the bounded default (1); RR_SLOW_SCALE=10 for a long run.
@@ -121,10 +123,48 @@ def namespace() -> str:
     return "t" + uuid.uuid4().hex[:12]
 
 
-@pytest.fixture(params=["redis", "memory"])
+#: Suites that run a third time, on a real 3-master Redis Cluster (``redis+cluster://``).
+CLUSTER_SUITES = frozenset(
+    {
+        "test_registry",
+        "test_registry_leases",
+        "test_registry_races",
+        "test_routing",
+        "test_routing_pubsub",
+        "test_client",
+        "test_instance",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``backend_url``: the real Redis and memory://, plus a Redis Cluster for ``CLUSTER_SUITES``."""
+    if "backend_url" in metafunc.fixturenames:
+        backends = ["redis", "memory"]
+        if metafunc.module.__name__.rpartition(".")[2] in CLUSTER_SUITES:
+            backends.append("cluster")
+        metafunc.parametrize("backend_url", backends, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """A real Redis Cluster of three masters for the session (started from the redis-server binary)."""
+    if not redis_server_binary():
+        pytest.skip("a Redis Cluster needs redis-server on PATH")
+    cluster = RedisCluster3().start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
 def backend_url(request: pytest.FixtureRequest, redis_url: str) -> str:
     if request.param == "redis":
         return redis_url
+    if request.param == "cluster":
+        url: str = request.getfixturevalue("cluster_url")
+        return url
     return f"memory://{uuid.uuid4().hex}"
 
 

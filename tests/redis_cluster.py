@@ -13,7 +13,7 @@ import time
 
 from tests.redis_server import RedisServer
 
-__all__ = ["RedisCluster3"]
+__all__ = ["RedisCluster3", "cluster_port", "command_value"]
 
 SLOTS = 16384
 
@@ -52,6 +52,19 @@ def _command(port: int, *args: str, timeout: float = 2.0) -> bytes:
             if not chunk or chunk.endswith(b"\r\n"):
                 break
         return b"".join(chunks)
+
+
+def command_value(port: int, *args: str) -> bytes:
+    """The value of a simple-string or bulk-string reply (raises on an error reply)."""
+    raw = _command(port, *args)
+    if raw.startswith(b"-"):
+        raise RuntimeError(raw.decode(errors="replace").strip())
+    if raw.startswith(b"+"):
+        return raw[1:].rstrip(b"\r\n")
+    if raw.startswith(b"$"):
+        header, _, rest = raw.partition(b"\r\n")
+        return rest[: int(header[1:])]
+    return raw
 
 
 class RedisCluster3:

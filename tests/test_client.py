@@ -24,6 +24,7 @@ from resource_router import (
     ServiceInstance,
     ServiceUnavailableError,
 )
+from resource_router.connection import connect
 from resource_router.models import RouteResponse
 from tests.conftest import sample
 from tests.logs import capture_logs
@@ -200,6 +201,59 @@ async def test_cached_owner_saves_the_lookup(
         client.forget_owner(SVC, "x")
         await client.call(SVC, "whoami", resource_id="x")
     assert sample(metrics_registry, "ipc_resource_lookups_total", service_name=SVC, found="true") == 2
+
+
+async def _until(predicate: Any, timeout: float = 3.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_ownership_events_drop_cached_owners_at_once(
+    make: Any, client: ServiceClient, metrics_registry: CollectorRegistry
+) -> None:
+    async with make("a") as a, make("b") as b:
+        await a.register_resource(["x", "y"])
+        assert (await client.call(SVC, "whoami", resource_id="x"))["iid"] == "a"
+        assert (await client.call(SVC, "whoami", resource_id="y"))["iid"] == "a"
+        assert client.cached_owner(SVC, "x") == "a"
+        await b.register_resource(["x"], force=True)  # a takeover: the event drops the entry
+        await _until(lambda: client.cached_owner(SVC, "x") is None)
+        assert client.cached_owner(SVC, "y") == "a"  # untouched
+        assert (await client.call(SVC, "whoami", resource_id="x"))["iid"] == "b"
+        await a.release_resource(["y"])  # a release too
+        await _until(lambda: client.cached_owner(SVC, "y") is None)
+    # No call was sent to a stale owner: nobody answered "not owner".
+    assert sample(metrics_registry, "ipc_route_requests_total", service_name=SVC, outcome="not_owner") == 0
+
+
+async def test_one_subscriber_connection_serves_every_instance_and_client_of_a_process(
+    private_redis: RedisServer, namespace: str
+) -> None:
+    url = private_redis.url
+    instances = [ServiceInstance(url, SVC, f"i{n}", namespace=namespace, ttl=5) for n in range(3)]
+    clients = [ServiceClient(url, namespace=namespace) for _ in range(3)]
+    for n, inst in enumerate(instances):
+        inst.add_handler("n", lambda request, n=n: n)
+        await inst.start()
+        await inst.register_resource([f"r{n}"])
+    try:
+        for c in clients:
+            assert [await c.call(SVC, "n", resource_id=f"r{n}") for n in range(3)] == [0, 1, 2]
+        admin = connect(url)
+        try:
+            listing = await admin.client_list()  # type: ignore[union-attr]
+        finally:
+            await admin.aclose()
+        subscribers = [c for c in listing if int(c["sub"]) + int(c.get("ssub", 0)) > 0]
+        assert len(subscribers) == 1, subscribers  # 3 instance channels, 3 reply channels, 1 events channel
+        assert int(subscribers[0]["sub"]) == 7
+    finally:
+        for c in clients:
+            await c.aclose()
+        for inst in instances:
+            await inst.stop()
 
 
 # -- service-level routing -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from resource_router import (
     ResourceRegistry,
     ResourceReleaseError,
 )
+from resource_router.pubsub import PubSubHub
 from tests.logs import capture_logs
 
 SVC = "user-service"
@@ -253,22 +254,22 @@ async def test_every_change_is_recorded_in_the_audit_stream(registry: ResourceRe
 
 
 async def test_events_are_published_on_the_events_channel(registry: ResourceRegistry) -> None:
-    pubsub = registry.redis.pubsub()
-    await pubsub.subscribe(registry.keys.service(SVC).events_channel)
+    hub = await PubSubHub.acquire(registry.redis, registry.settings)
+    seen: list[bytes] = []
+    channel = registry.keys.service(SVC).events_channel
+    await hub.subscribe(channel, seen.append)
     try:
         await registry.register_instance(SVC, "i1", ttl=5)
         await registry.register_resource(SVC, "i1", ["a"])
-        seen: list[bytes] = []
-        for _ in range(50):
-            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-            if msg is not None:
-                seen.append(msg["data"])
+        for _ in range(100):
             if len(seen) == 2:
                 break
+            await asyncio.sleep(0.01)
         assert [b'"type":"InstanceRegistered"' in m for m in seen] == [True, False]
         assert b'"resource_ids":["a"]' in seen[1]
     finally:
-        await pubsub.aclose()
+        await hub.unsubscribe(channel, seen.append)
+        await hub.release()
 
 
 async def test_metrics_use_the_contract_names(registry: ResourceRegistry, metrics_registry: CollectorRegistry) -> None:

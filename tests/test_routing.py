@@ -26,6 +26,15 @@ from tests.procs.control import InstanceProcess, start_all
 SERVICE = "orders"
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """Every test here runs on a single Redis and on a 3-master Redis Cluster (real processes both)."""
+    if request.param == "cluster":
+        url: str = request.getfixturevalue("cluster_url")
+        return url
+    return redis_url
+
+
 @pytest.fixture
 async def client(redis_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[ServiceClient]:
     async with ServiceClient(redis_url, namespace=namespace, metrics_registry=metrics_registry) as c:

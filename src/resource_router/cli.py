@@ -35,10 +35,10 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from redis.exceptions import RedisError
 
 from .errors import InvalidRequestError, RedisUnavailableError, ResourceNotFoundError, ResourceRouterError
 from .models import InstanceInfo, OwnershipEvent, Resource
+from .redis_errors import redis_errors
 from .registry import ResourceRegistry
 from .settings import DEFAULT_NAMESPACE, DEFAULT_REDIS_URL, ENV_PREFIX, ENV_REDIS_URL, RouterSettings, redact_url
 
@@ -178,21 +178,25 @@ def _run(
             show(result)
 
     try:
-        asyncio.run(runner())
+        with redis_errors("the command"):  # the library's one mapping of redis-py failures
+            asyncio.run(runner())
     except _StdoutClosed:
         _stdout_gone()
-    except RedisUnavailableError as exc:
-        _fail(exc.message, EXIT_REDIS_UNAVAILABLE, _redis_hint(url))
-    except (RedisError, OSError) as exc:
-        _fail(f"Redis is unreachable: {type(exc).__name__}: {exc}", EXIT_REDIS_UNAVAILABLE, _redis_hint(url))
-    except InvalidRequestError as exc:
-        _fail(exc.message, EXIT_INVALID)
     except _UnknownService as exc:
         _fail(str(exc), EXIT_ERROR, exc.hint)
     except ResourceRouterError as exc:
-        _fail(exc.message, EXIT_ERROR)
+        _fail_with(exc, url)
     except ImportError as exc:  # memory:// without the 'memory' extra
         _fail(str(exc), EXIT_ERROR)
+
+
+def _fail_with(exc: ResourceRouterError, url: str) -> NoReturn:
+    """The exit code and hint of a library error."""
+    if isinstance(exc, RedisUnavailableError):
+        _fail(exc.message, EXIT_REDIS_UNAVAILABLE, _redis_hint(url))
+    if isinstance(exc, InvalidRequestError):
+        _fail(exc.message, EXIT_INVALID)
+    _fail(exc.message, EXIT_ERROR)
 
 
 def _redis_hint(url: str) -> str:
@@ -643,19 +647,14 @@ def demo(redis: RedisOpt = None) -> None:
     url = settings.redis_url.get_secret_value() if settings.redis_url_given else DEMO_URL
     configure_logging("console", "error")  # the demo provokes failures on purpose; its story is its output
     try:
-        outcome = run_demo(url, out=_echo)
-        if inspect.isawaitable(outcome):
-            asyncio.run(_await(outcome))
+        with redis_errors("the demo"):
+            outcome = run_demo(url, out=_echo)
+            if inspect.isawaitable(outcome):
+                asyncio.run(_await(outcome))
     except _StdoutClosed:
         _stdout_gone()
-    except RedisUnavailableError as exc:
-        _fail(exc.message, EXIT_REDIS_UNAVAILABLE, _redis_hint(url))
-    except (RedisError, OSError) as exc:
-        _fail(f"Redis is unreachable: {type(exc).__name__}: {exc}", EXIT_REDIS_UNAVAILABLE, _redis_hint(url))
-    except InvalidRequestError as exc:
-        _fail(exc.message, EXIT_INVALID)
     except ResourceRouterError as exc:
-        _fail(exc.message, EXIT_ERROR)
+        _fail_with(exc, url)
     except ImportError as exc:  # memory:// without the 'memory' extra
         _fail(str(exc), EXIT_ERROR)
     except KeyboardInterrupt:

@@ -243,6 +243,10 @@ class ServiceClient:
         """The owner record (instance id, fencing token, metadata); ``ResourceNotFoundError`` if none."""
         return await self._registry.get_resource_owner(service_name, resource_id)
 
+    def cached_owner(self, service_name: str, resource_id: str) -> str | None:
+        """The owner this client would call without a lookup, if any (for tests and debugging)."""
+        return self._cached_owner((service_name, resource_id))
+
     def forget_owner(self, service_name: str, resource_id: str | None = None) -> None:
         """Drop cached owners (of one resource, or of the whole service)."""
         if resource_id is not None:

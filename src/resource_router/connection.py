@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import ClusterNode
-from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
+from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool, SSLConnection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -48,6 +48,7 @@ __all__ = [
     "CLIENT_OPTIONS",
     "Client",
     "RedisLike",
+    "close_client",
     "connect",
     "describe",
     "is_cluster",
@@ -258,6 +259,8 @@ def _cluster_twin(client: aredis.RedisCluster, settings: RouterSettings) -> ared
     kwargs = {
         k: v for k, v in source.items() if (k in _IDENTITY_KEYS or k.startswith("ssl_")) and k not in ("host", "port")
     }
+    if issubclass(source.get("connection_class", object), SSLConnection):
+        kwargs["ssl"] = True
     nodes = [(node.host, int(node.port)) for node in client.nodes_manager.startup_nodes.values()]
     return _make_cluster(nodes, kwargs, settings)
 
@@ -289,6 +292,19 @@ def server_identity(client: Client) -> tuple[Any, ...]:
         nodes = tuple(sorted(client.nodes_manager.startup_nodes))
         return ("cluster", nodes, ())
     return _pool_identity(client)
+
+
+async def close_client(client: Client) -> None:
+    """Close a client made by ``connect``. For a Redis Cluster, also every node it still knows, the
+    startup nodes included: redis-py leaves the connections of nodes it stopped using open."""
+    if isinstance(client, aredis.RedisCluster):
+        manager = client.nodes_manager
+        nodes = {id(n): n for n in (*manager.nodes_cache.values(), *manager.startup_nodes.values())}
+        await client.aclose()
+        for node in nodes.values():
+            await node.disconnect()
+        return
+    await client.aclose()
 
 
 def is_cluster(client: Client) -> bool:

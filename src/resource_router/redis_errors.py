@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from redis.exceptions import AskError, NoPermissionError, RedisClusterException, RedisError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import InvalidRequestError, RedisUnavailableError, ResourceRouterError
@@ -56,8 +56,10 @@ def is_transient(exc: BaseException) -> bool:
     """True when retrying may help: the connection failed, or a cluster slot is briefly unavailable."""
     if isinstance(exc, TRANSIENT_ERRORS):
         return True
+    if isinstance(exc, SlotNotCoveredError):
+        return True  # the slot's master is gone and no other node serves it (yet)
     if isinstance(exc, RedisClusterException):
-        return True  # slot not covered, too many redirections: the topology is changing
+        return "cannot be connected" in str(exc)  # no startup node reachable
     return isinstance(exc, RedisError) and str(exc).startswith(_CLUSTER_TRANSIENT)
 
 
@@ -74,9 +76,9 @@ def map_redis_error(operation: str, exc: BaseException, tail: str | None = None)
     if is_transient(exc):
         return redis_unavailable(operation, exc, tail)
     text = str(exc)
-    if text.startswith(_REDIRECTS):
+    if isinstance(exc, AskError) or text.startswith(_REDIRECTS):  # redis-py 8 parses MOVED/ASK; 5.x not
         return InvalidRequestError(
-            f"{CLUSTER_HINT} (Redis answered {text.split(' ')[0]} during {operation})", field="redis"
+            f"{CLUSTER_HINT} (Redis redirected {operation} to another node: {text})", field="redis"
         )
     if text.startswith("NOPERM") or isinstance(exc, NoPermissionError) or _SCRIPT_NOPERM in text:
         return ResourceRouterError(f"Redis refused {operation}: the user lacks a permission ({text})")

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from redis.exceptions import NoScriptError
 
-from .connection import RedisLike, connect, is_cluster
+from .connection import RedisLike, close_client, connect, is_cluster
 from .errors import (
     InstanceNotAliveError,
     InvalidRequestError,
@@ -158,7 +158,7 @@ class ResourceRegistry:
 
     async def aclose(self) -> None:
         if self._owns_client:
-            await self.redis.aclose()
+            await close_client(self.redis)
 
     async def __aenter__(self) -> ResourceRegistry:
         return self
@@ -527,13 +527,13 @@ class ResourceRegistry:
         limit = self.settings.max_resources_per_instance
 
         async def precheck() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.exists(sk.instance(instance_id))
-                pipe.hlen(sk.owned(instance_id))
-                for start in range(0, len(ids), 500):
-                    pipe.mget(sk.owner_keys(ids[start : start + 500]))
-                result: list[Any] = await pipe.execute()
-                return result
+            result: list[Any] = [
+                await self.redis.exists(sk.instance(instance_id)),
+                await self.redis.hlen(sk.owned(instance_id)),  # type: ignore[misc,unused-ignore]
+            ]
+            for start in range(0, len(ids), 500):  # MGET is not pipelined: Redis Cluster refuses it there
+                result.append(await self.redis.mget(sk.owner_keys(ids[start : start + 500])))
+            return result
 
         checked = await call_redis("register_resource", precheck, settings=self.settings, idempotent=True)
         if not checked[0]:

@@ -7,31 +7,34 @@ import time
 from typing import Any
 
 import msgpack
-import redis.asyncio as aredis
 
-from resource_router.connection import connect
+from resource_router.connection import Client, connect
 from resource_router.keys import KeySpace
+from resource_router.pubsub import PubSubHub
 
 __all__ = ["RawPeer"]
 
 
 class RawPeer:
+    """Publishes envelopes it builds itself and reads the raw replies (through the library's hub, the
+    one piece of the library it uses: it speaks pub/sub on every backend, Redis Cluster included)."""
+
     def __init__(self, url: str, namespace: str, name: str = "raw-peer") -> None:
-        self.redis: aredis.Redis = connect(url)  # type: ignore[assignment]
+        self.redis: Client = connect(url)
         self.reply_channel = KeySpace(namespace).reply_channel(name)
-        self.pubsub: Any = None
+        self.hub: PubSubHub | None = None
+        self._replies: asyncio.Queue[bytes] = asyncio.Queue()
         self._n = 0
 
     async def __aenter__(self) -> RawPeer:
-        self.pubsub = self.redis.pubsub()
-        await self.pubsub.subscribe(self.reply_channel)
-        msg = await self.pubsub.get_message(timeout=2.0)
-        assert msg is not None
-        assert msg["type"] == "subscribe"
+        self.hub = await PubSubHub.acquire(self.redis)
+        await self.hub.subscribe(self.reply_channel, self._replies.put_nowait)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.pubsub.aclose()
+        if self.hub is not None:
+            await self.hub.unsubscribe(self.reply_channel, self._replies.put_nowait)
+            await self.hub.release()
         await self.redis.aclose()
 
     def envelope(self, service: str, method: str, **fields: Any) -> dict[str, Any]:
@@ -52,18 +55,15 @@ class RawPeer:
         return message
 
     async def publish(self, channel: str, message: dict[str, Any] | bytes) -> int:
+        assert self.hub is not None
         data = message if isinstance(message, bytes) else msgpack.packb(message, use_bin_type=True)
-        return int(await self.redis.publish(channel, data))
+        return await self.hub.publish(channel, data)
 
     async def next_reply(self, timeout: float = 2.0) -> dict[str, Any] | None:
         """The next reply on the peer's channel, decoded; None when nothing came within ``timeout``."""
-        end = time.monotonic() + timeout
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                return None
-            msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 0.2))
-            if msg is not None and msg["type"] == "message":
-                reply: dict[str, Any] = msgpack.unpackb(msg["data"], raw=False)
-                return reply
-            await asyncio.sleep(0)
+        try:
+            data = await asyncio.wait_for(self._replies.get(), timeout)
+        except TimeoutError:
+            return None
+        reply: dict[str, Any] = msgpack.unpackb(data, raw=False)
+        return reply
