@@ -323,3 +323,17 @@ async def test_a_rolling_switch_to_signing_loses_no_call(redis_url: str, namespa
     signer = Signer([K1], accept_unsigned=True)
     assert signer.verify(CHANNEL, request_bytes(), replay=False) == 0
     assert signer.verify(CHANNEL, Signer([K3]).seal(CHANNEL, request_bytes()), replay=False) == "forged"
+
+
+def test_replays_are_remembered_for_twice_the_window_and_then_forgotten() -> None:
+    signer = Signer([K1], window=1.0)
+    mac = b"m" * 32
+    start = 1_000_000
+    assert signer._first_sight(mac, start)
+    for now in (start + 1, start + 999, start + 1000, start + 1500, start + 1999):
+        assert not signer._first_sight(mac, now), now  # an envelope sealed at `start` is fresh until +1 s
+    other = b"o" * 32
+    assert signer._first_sight(other, start + 1999)
+    assert not signer._first_sight(other, start + 3998)  # 2 windows after it was seen: still known
+    assert signer._first_sight(b"n" * 32, start + 10_000)  # long quiet: everything old is forgotten
+    assert signer._first_sight(mac, start + 10_001)

@@ -32,7 +32,6 @@ import hashlib
 import hmac
 import struct
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Final
 
@@ -56,7 +55,7 @@ _TRAILER: Final = len(_TS) + 8 + len(_SG) + _MAC_SIZE  # 49 bytes
 SEAL_OVERHEAD: Final = _TRAILER + 2  # the map header may grow by 2 bytes (15 -> 16 or 65535 -> 65536 entries)
 _TS_AT: Final = -_TRAILER
 _SG_AT: Final = -(len(_SG) + _MAC_SIZE)
-#: Replay memory per receiver: beyond it the oldest MACs are forgotten (they are refused as stale soon).
+#: Replay memory per receiver and window: beyond it a window's MACs are forgotten early.
 _REPLAY_LIMIT: Final = 1_000_000
 
 
@@ -83,7 +82,7 @@ def _split_header(data: bytes) -> tuple[int, int]:
 class Signer:
     """Seals and verifies envelopes with a list of keys (the first seals, all verify)."""
 
-    __slots__ = ("_keys", "_prefixes", "_seen", "_seen_order", "accept_unsigned", "window_ms")
+    __slots__ = ("_keys", "_prefixes", "_rotate_at", "_seen", "accept_unsigned", "window_ms")
 
     def __init__(
         self, keys: Sequence[SecretStr | str | bytes], *, window: float = 10.0, accept_unsigned: bool = False
@@ -103,8 +102,8 @@ class Signer:
         self._prefixes: dict[bytes, bytes] = {}
         self.window_ms = int(window * 1000)
         self.accept_unsigned = accept_unsigned
-        self._seen: dict[bytes, int] = {}
-        self._seen_order: deque[tuple[int, bytes]] = deque()
+        self._seen: tuple[set[bytes], set[bytes], set[bytes]] = (set(), set(), set())
+        self._rotate_at = 0
 
     @classmethod
     def from_settings(cls, settings: RouterSettings) -> Signer | None:
@@ -162,12 +161,16 @@ class Signer:
         return index
 
     def _first_sight(self, mac: bytes, now: int) -> bool:
-        seen, order = self._seen, self._seen_order
-        while order and (order[0][0] < now or len(order) >= _REPLAY_LIMIT):
-            seen.pop(order.popleft()[1], None)
-        if mac in seen:
+        """Remember ``mac`` for at least twice the window (older envelopes are refused as stale anyway):
+        three generations of one window each; a generation past ``_REPLAY_LIMIT`` entries ends early."""
+        if now >= self._rotate_at or len(self._seen[0]) >= _REPLAY_LIMIT:
+            windows = max(1, 1 + (now - self._rotate_at) // self.window_ms)  # windows that ended
+            for _ in range(min(3, windows)):
+                self._seen = (set(), self._seen[0], self._seen[1])
+            self._rotate_at = max(self._rotate_at + windows * self.window_ms, now + 1)
+        key = mac[:16]
+        current, previous, oldest = self._seen
+        if key in current or key in previous or key in oldest:
             return False
-        expires = now + 2 * self.window_ms  # older than that, the envelope is refused as stale anyway
-        seen[mac] = expires
-        order.append((expires, mac))
+        current.add(key)
         return True
