@@ -33,7 +33,7 @@ import hmac
 import struct
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 from pydantic import SecretStr
 
@@ -50,10 +50,10 @@ REASONS: Final = ("unsigned", "forged", "stale", "replayed")
 _TS: Final = b"\xa2ts\xcf"
 _SG: Final = b"\xa2sg\xc4\x20"
 _MAC_SIZE: Final = 32
+_BLOCK: Final = 64  # SHA-256's block size
 _TRAILER: Final = len(_TS) + 8 + len(_SG) + _MAC_SIZE  # 49 bytes
 #: Bytes sealing adds to an envelope (``max_payload_bytes`` bounds the envelope before sealing).
 SEAL_OVERHEAD: Final = _TRAILER + 2  # the map header may grow by 2 bytes (15 -> 16 or 65535 -> 65536 entries)
-_TS_AT: Final = -_TRAILER
 _SG_AT: Final = -(len(_SG) + _MAC_SIZE)
 #: Replay memory per receiver and window: beyond it a window's MACs are forgotten early.
 _REPLAY_LIMIT: Final = 1_000_000
@@ -79,6 +79,16 @@ def _split_header(data: bytes) -> tuple[int, int]:
     raise ValueError("not an encoded msgpack map")
 
 
+def _hmac_pads(key: bytes) -> tuple[Any, Any]:
+    """SHA-256 states after absorbing ``key XOR ipad`` and ``key XOR opad`` (RFC 2104)."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    return inner, outer
+
+
 class Signer:
     """Seals and verifies envelopes with a list of keys (the first seals, all verify)."""
 
@@ -98,8 +108,8 @@ class Signer:
                 f"every signing key must be at least {MIN_KEY_BYTES} bytes long (use 32 random bytes)",
                 field="signing_keys",
             )
-        self._keys = [hmac.new(k, digestmod=hashlib.sha256) for k in raw]
-        self._prefixes: dict[bytes, bytes] = {}
+        self._keys = [_hmac_pads(k) for k in raw]
+        self._prefixes: dict[str | bytes, bytes] = {}
         self.window_ms = int(window * 1000)
         self.accept_unsigned = accept_unsigned
         self._seen: tuple[set[bytes], set[bytes], set[bytes]] = (set(), set(), set())
@@ -114,45 +124,52 @@ class Signer:
             settings.signing_keys, window=settings.signing_window, accept_unsigned=settings.signing_accept_unsigned
         )
 
-    def _prefix(self, channel: bytes) -> bytes:
+    def _prefix(self, channel: str | bytes) -> bytes:
+        """``u32_be(len(channel)) || channel`` (cached: a process talks on few channels)."""
         prefix = self._prefixes.get(channel)
         if prefix is None:
-            prefix = struct.pack(">I", len(channel)) + channel
+            name = channel.encode() if isinstance(channel, str) else channel
+            prefix = struct.pack(">I", len(name)) + name
             if len(self._prefixes) >= 4096:
                 self._prefixes.clear()
             self._prefixes[channel] = prefix
         return prefix
 
-    def _mac(self, key: hmac.HMAC, channel: bytes, signed: bytes | memoryview) -> bytes:
-        h = key.copy()
-        h.update(self._prefix(channel))
-        h.update(signed)
-        return h.digest()
+    @staticmethod
+    def _mac(pads: tuple[Any, Any], prefix: bytes, signed: bytes | memoryview) -> bytes:
+        """HMAC-SHA256 (RFC 2104) from precomputed inner and outer states: half the cost of ``hmac``'s."""
+        inner = pads[0].copy()
+        inner.update(prefix)
+        inner.update(signed)
+        outer = pads[1].copy()
+        outer.update(inner.digest())
+        digest: bytes = outer.digest()
+        return digest
 
     def seal(self, channel: str | bytes, envelope: bytes, *, key: int = 0, now_ms: int | None = None) -> bytes:
         """``envelope`` (an encoded msgpack map) with ``ts`` and ``sg`` appended, for ``channel``,
         with the first key (or key number ``key``: instances answer with the key the request used)."""
-        name = channel.encode() if isinstance(channel, str) else channel
         count, header = _split_header(envelope)
         ts = int(time.time() * 1000) if now_ms is None else now_ms
         body = b"".join((_header(count + 2), memoryview(envelope)[header:], _TS, struct.pack(">Q", ts), _SG))
-        return body + self._mac(self._keys[key], name, body)
+        return body + self._mac(self._keys[key], self._prefix(channel), body)
 
     def verify(self, channel: str | bytes, data: bytes, *, replay: bool) -> int | str:
         """The number of the key that verifies ``data`` as a sealed envelope for ``channel``, fresh
         (and, with ``replay``, not seen before); else the reason to drop it (one of ``REASONS``)."""
-        if len(data) <= _TRAILER or data[_TS_AT : _TS_AT + 4] != _TS or data[_SG_AT : _SG_AT + 5] != _SG:
+        size = len(data)
+        if size <= _TRAILER or not data.startswith(_TS, size - _TRAILER) or not data.startswith(_SG, size + _SG_AT):
             return 0 if self.accept_unsigned else "unsigned"
-        name = channel.encode() if isinstance(channel, str) else channel
+        prefix = self._prefix(channel)
         signed, mac = memoryview(data)[:-_MAC_SIZE], data[-_MAC_SIZE:]
         index = 0
-        for key in self._keys:
-            if hmac.compare_digest(self._mac(key, name, signed), mac):
+        for pads in self._keys:
+            if hmac.compare_digest(self._mac(pads, prefix, signed), mac):
                 break
             index += 1
         else:
             return "forged"
-        ts = struct.unpack_from(">Q", data, _TS_AT + 4)[0]
+        ts = struct.unpack_from(">Q", data, size - _TRAILER + len(_TS))[0]
         now = int(time.time() * 1000)
         if abs(now - ts) > self.window_ms:
             return "stale"
