@@ -53,7 +53,7 @@ async def main() -> None:
     first = await loop.run_in_executor(None, sys.stdin.readline)
     resources = [r for r in first.strip().split(",") if r]
 
-    store = aredis.Redis.from_url(args.url)
+    store = aredis.Redis.from_pool(aredis.BlockingConnectionPool.from_url(args.url, max_connections=64))
     fence = store.register_script(FENCE)
     ns = args.namespace
     inst = ServiceInstance(
