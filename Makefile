@@ -12,7 +12,8 @@ OLDEST_STAMP := $(OLDEST)/.installed
 OLDEST_REDIS := redis[hiredis]==5.2.1
 OLDEST_TESTS := tests/test_routing.py tests/test_routing_pubsub.py tests/test_client.py tests/test_instance.py \
                 tests/test_registry.py tests/test_registry_leases.py tests/test_registry_races.py \
-                tests/test_chaos_redis.py tests/test_connection.py tests/test_wire.py tests/test_cluster.py
+                tests/test_chaos_redis.py tests/test_connection.py tests/test_wire.py tests/test_cluster.py \
+                tests/test_link_health.py tests/test_connection_faults.py tests/test_signing.py
 
 .PHONY: demo test test-fast test-oldest lint typecheck bench bench-quick constraints clean help
 
