@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -73,6 +73,13 @@ def make_instance(
     return inst
 
 
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < end, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
 async def wait_for(check: Callable[[], bool], timeout: float) -> float:
     start = time.monotonic()
     while not check():
@@ -104,6 +111,14 @@ async def test_an_instance_on_a_half_open_connection_says_so_and_serves_again_wi
         with capture_logs() as logs:
             proxy.blackhole(close_upstream=close_upstream)
             start = time.monotonic()
+            if close_upstream:  # calls begin once Redis has noticed (one in flight before may time out)
+                admin = aredis.Redis(port=private_redis.port)
+
+                async def forgotten() -> bool:
+                    return not (await admin.pubsub_numsub(inst.channel))[0][1]
+
+                await eventually(forgotten)
+                await admin.aclose()
 
             async def caller() -> float:
                 """Calls until one succeeds; returns when (seconds after the blackhole)."""

@@ -150,11 +150,13 @@ async def test_an_idle_half_open_command_connection_is_dropped_so_the_next_comma
         proxy.blackhole(lambda c: not c.saw(b"SUBSCRIBE"))
         with capture_logs() as logs:
             await asyncio.sleep(BOUND + 0.2)  # the idle PING goes unanswered
-        assert any(e["event"] == "pubsub.connection_dead" and e["connection"] == "command" for e in logs)
+        dead = {e["connection"] for e in logs if e["event"] == "pubsub.connection_dead"}
+        assert dead == {"command", "subscriber"}  # the path is suspect: both are replaced
         start = time.monotonic()
         assert await hub.get("k") is None
         assert time.monotonic() - start < 1.0
-        assert len(proxy.connections) == connections + 1
+        await _wait_for(lambda: hub.heard("ch"), 5)
+        assert len(proxy.connections) == connections + 2
     finally:
         await hub.release()
         await client.aclose()
@@ -174,5 +176,36 @@ async def test_detection_time_with_the_default_settings(proxy: TcpProxy) -> None
         detected = await _wait_for(lambda: not hub.heard("ch"), bound + 2)
         assert detected <= bound + 0.25
     finally:
+        await hub.release()
+        await client.aclose()
+
+
+@pytest.mark.chaos
+async def test_a_dead_subscriber_takes_the_command_connection_with_it(
+    proxy: TcpProxy, private_redis: RedisServer
+) -> None:
+    """Re-subscribed on a new connection, an instance must not publish its replies into the old,
+    dead command connection (its callers would wait out their timeout until that one is noticed)."""
+    hub, client = await _hub(proxy.url, FAST)
+    listener = aredis.Redis(port=private_redis.port)
+    pubsub = listener.pubsub()
+    await pubsub.subscribe("replies")
+    await pubsub.get_message(timeout=2)
+    try:
+        await hub.subscribe("ch", lambda data: None)
+        assert await hub.get("k") is None  # the command connection is open (and idle from now on)
+        proxy.blackhole(lambda c: c.saw(b"SUBSCRIBE"), close_upstream=True)
+        await asyncio.sleep(FAST.health_check_interval * 1.5)
+        # The command connection dies a moment later: on its own it would be noticed only after the
+        # subscriber has been noticed and replaced.
+        assert proxy.blackhole(lambda c: not c.saw(b"SUBSCRIBE"), close_upstream=True) == 1
+        await _wait_for(lambda: not hub.heard("ch"), BOUND + 1)
+        await _wait_for(lambda: hub.heard("ch"), 5)
+        hub.publish_nowait("replies", b"answer")  # at once, as an instance answers its first request
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        assert msg is not None and msg["data"] == b"answer"
+    finally:
+        await pubsub.aclose()
+        await listener.aclose()
         await hub.release()
         await client.aclose()

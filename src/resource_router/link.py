@@ -11,9 +11,10 @@ order to futures, so concurrent callers share round trips the way nats-py batche
 **Health**: a check every quarter of ``min(health_check_interval, health_check_timeout)`` sends
 ``PING`` on a connection that has been silent for ``health_check_interval``, and ends a connection
 that leaves a PING or a command unanswered for ``health_check_timeout`` (a half-open socket: a NAT
-or load balancer that forgot the flow, a peer host gone). The subscriber then reconnects and
-re-subscribes; pending commands fail at once with ``ConnectionError`` and the next command opens a
-new connection. A dead connection is thus noticed within ``health_check_interval +
+or load balancer that forgot the flow, a peer host gone), together with the other connection to the
+same server (the path is suspect; an instance must not re-subscribe and then publish its replies
+into a dead connection). The subscriber then reconnects and re-subscribes; pending commands fail at
+once with ``ConnectionError`` and the next command opens a new connection. A dead connection is thus noticed within ``health_check_interval +
 health_check_timeout`` plus two check periods (``tests/test_wire.py`` measures it).
 """
 
@@ -403,7 +404,7 @@ class NodeLink:
                 self._sub_ping_at = None
             elif self._sub_ping_at is not None:
                 if now - self._sub_ping_at >= timeout:
-                    self._end(sub, "subscriber", f"no reply to PING within {timeout:g}s")
+                    self._end_both(f"the subscriber connection left a PING unanswered for {timeout:g}s")
             elif now - self._sub_quiet_since >= interval:
                 sub.write(sub.pack(b"PING"))
                 self._sub_ping_at = now
@@ -414,10 +415,18 @@ class NodeLink:
                 self._cmd_quiet_since = now
             elif self._pending:
                 if now - self._cmd_quiet_since >= timeout:
-                    self._end(cmd, "command", f"no reply within {timeout:g}s")
+                    self._end_both(f"the command connection left a command unanswered for {timeout:g}s")
             elif now - self._cmd_quiet_since >= interval:
                 self._enqueue(cmd, (b"PING",), _PING_MARK)
         self._schedule_health()
+
+    def _end_both(self, why: str) -> None:
+        """A dead connection means the path to the server is suspect: replace both (an instance that
+        re-subscribed on a new connection must not publish its replies into a dead one)."""
+        for wire, which in ((self._sub, "subscriber"), (self._cmd, "command")):
+            if wire is not None:
+                self._end(wire, which, why)
+        self._sub_ping_at = None
 
     def _end(self, wire: Wire, which: str, why: str) -> None:
         """End a connection that looks dead: its read stops at once, and its loop reports and recovers."""
