@@ -13,6 +13,7 @@ OLDEST_REDIS := redis[hiredis]==5.2.1
 OLDEST_TESTS := tests/test_routing.py tests/test_routing_pubsub.py tests/test_client.py tests/test_instance.py \
                 tests/test_registry.py tests/test_registry_leases.py tests/test_registry_races.py \
                 tests/test_chaos_redis.py tests/test_connection.py tests/test_wire.py tests/test_cluster.py \
+                tests/test_partitions.py tests/test_readme.py \
                 tests/test_link_health.py tests/test_connection_faults.py tests/test_signing.py
 
 .PHONY: demo test test-fast test-oldest lint typecheck bench bench-quick constraints clean help
@@ -35,7 +36,7 @@ $(STAMP): pyproject.toml
 $(OLDEST_STAMP): pyproject.toml
 	test -x $(OLDEST_BIN)/python || $(PYTHON) -m venv $(OLDEST)
 	$(OLDEST_BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
-	$(OLDEST_BIN)/python -m pip install --quiet -e ".[cli,gateway,memory]" --group dev "$(OLDEST_REDIS)"
+	$(OLDEST_BIN)/python -m pip install --quiet -e ".[cli,gateway,memory]" --group dev --group bench "$(OLDEST_REDIS)"
 	touch $(OLDEST_STAMP)
 
 demo: $(STAMP)
@@ -57,10 +58,10 @@ test-oldest: $(OLDEST_STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -x -q -m "not slow and not chaos" $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) $(OLDEST_STAMP)
 	$(BIN)/python -m benchmarks.run --full
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) $(OLDEST_STAMP)
 	$(BIN)/python -m benchmarks.run --quick
 
 # What the Docker image installs, pinned: the gateway extra's dependencies as pip resolves them now.

@@ -218,24 +218,33 @@ async def run_batches(ctx: Ctx) -> list[Row]:
     if ctx.want("lookup_during_register_1000_chunked"):
         rows.append(await _lookup_during_register(ctx, chunk=CHUNK))
         await ctx.flush()
-    if ctx.want("heartbeat_1000"):
-        rows.append(await _heartbeat_1000(ctx))
+    if ctx.want("lookup_during_register_1000_p16"):
+        rows.append(await _lookup_during_register(ctx, partitions=16))
+        await ctx.flush()
+    if ctx.want("heartbeat_owned_10", "heartbeat_owned_100000"):
+        rows += await _heartbeats(ctx)
         await ctx.flush()
     return rows
 
 
-async def _lookup_during_register(ctx: Ctx, chunk: int | None = None) -> Row:
+async def _lookup_during_register(ctx: Ctx, chunk: int | None = None, partitions: int = 1) -> Row:
     """A lookup probe in another process while this one runs register_1000 back to back."""
     m = ctx.mode
-    row_id = "lookup_during_register_1000" + ("_chunked" if chunk else "")
-    reg = ctx.registry(max_resources_per_instance=1_000_000, settings=RouterSettings(register_chunk_size=chunk))
+    row_id = (
+        "lookup_during_register_1000" + ("_chunked" if chunk else "") + (f"_p{partitions}" if partitions > 1 else "")
+    )
+    reg = ctx.registry(
+        max_resources_per_instance=1_000_000,
+        partitions=partitions,
+        settings=RouterSettings(register_chunk_size=chunk),
+    )
     await reg.register_instance(SVC, "inst-b", ttl=LONG_TTL)
     await reg.register_instance(SVC, "probe-owner", ttl=LONG_TTL)
     await reg.register_resource(SVC, "probe-owner", ["probe-res"])
     with tempfile.TemporaryDirectory(prefix="rr-bench-probe-") as tmp:
         out = Path(tmp) / "samples.json"
         cmd = [sys.executable, "-m", "benchmarks.probe", "--url", ctx.url, "--namespace", NAMESPACE]
-        cmd += ["--service", SVC, "--resource", "probe-res", "--out", str(out)]
+        cmd += ["--service", SVC, "--resource", "probe-res", "--out", str(out), "--partitions", str(partitions)]
         proc = await asyncio.create_subprocess_exec(
             *cmd, cwd=REPO_ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=child_env()
         )
@@ -275,7 +284,8 @@ async def _lookup_during_register(ctx: Ctx, chunk: int | None = None) -> Row:
     row = Row(
         row_id,
         "lookup (other process) while register_1000 runs back to back"
-        + (f", register_chunk_size={chunk}" if chunk else ""),
+        + (f", register_chunk_size={chunk}" if chunk else "")
+        + (f", partitions={partitions}" if partitions > 1 else ""),
         "batch",
         phase,
         note=f"ops/s = probe lookups/s under load; {m.batch_n} batches",
@@ -292,34 +302,26 @@ async def _lookup_during_register(ctx: Ctx, chunk: int | None = None) -> Row:
     return row
 
 
-async def _heartbeat_1000(ctx: Ctx) -> Row:
-    """Heartbeat of an instance owning 1000 ids; the concurrent phase spreads over 64 such instances."""
-    reg = ctx.registry()
-    n_inst = 64 if ctx.mode.name != "smoke" else 8
-    for k in range(n_inst):
-        await reg.register_instance(SVC, f"hb-{k}", ttl=LONG_TTL)
-        await reg.register_resource(SVC, f"hb-{k}", [f"h{k}-{j}" for j in range(BATCH)])
-    ctr = itertools.count()
+async def _heartbeats(ctx: Ctx) -> list[Row]:
+    """Heartbeat of an instance owning 10 ids and of one owning 100,000, side by side: with leases by
+    reference the cost depends on the partitions, not on what the instance owns."""
+    reg = ctx.registry(max_resources_per_instance=1_000_000)
+    owned = {"heartbeat_owned_10": 10, "heartbeat_owned_100000": 100_000 if ctx.mode.name != "smoke" else 10_000}
+    for row_id, count in owned.items():
+        await reg.register_instance(SVC, row_id, ttl=LONG_TTL)
+        for start in range(0, count, BATCH):
+            await reg.register_resource(SVC, row_id, [f"{row_id}-{j}" for j in range(start, min(count, start + BATCH))])
 
-    async def heartbeat() -> None:
-        res = await reg.heartbeat(SVC, "hb-0", ttl=LONG_TTL)
-        assert res.owned_count == BATCH
+    def op(row_id: str, count: int) -> Op:
+        async def heartbeat() -> None:
+            res = await reg.heartbeat(SVC, row_id, ttl=LONG_TTL)
+            assert res.owned_count == count
 
-    async def heartbeat_c() -> None:
-        await reg.heartbeat(SVC, f"hb-{next(ctr) % n_inst}", ttl=LONG_TTL)
+        return Op(heartbeat)
 
     m = ctx.mode
-    got = await ctx.compare(
-        {"heartbeat_1000": Op(heartbeat, heartbeat_c)},
-        n=m.batch_n,
-        warm=m.batch_warm,
-        per_task=m.batch_per_task,
-        conc_warm=1,
-    )
-    return Row(
-        "heartbeat_1000",
-        "heartbeat of an instance owning 1000 ids",
-        "batch",
-        *got["heartbeat_1000"],
-        note=f"concurrent phase over {n_inst} instances of 1000 ids",
-    )
+    got = await ctx.compare({k: op(k, c) for k, c in owned.items()}, n=max(m.batch_n, 200), warm=m.batch_warm)
+    return [
+        Row(k, f"heartbeat of an instance owning {c:,} ids", "batch", *got[k], note="one lease key per partition")
+        for k, c in owned.items()
+    ]

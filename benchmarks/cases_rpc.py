@@ -21,7 +21,10 @@ from .servers import find_pid, free_port, nats_reachable
 
 __all__ = ["run_rpc"]
 
-HELPER_ROLE = {"routed_call_uncached": "routed_call"}  # rows served by another row's process
+HELPER_ROLE = {
+    "routed_call_uncached": "routed_call",
+    "cached_lookup": "routed_call",
+}  # rows served by another row's process
 
 
 def _pad(base: dict[str, Any], size: int) -> bytes:
@@ -35,10 +38,12 @@ PAD_PARAMS = PAD_NATS  # routed_call: the same user payload; the library adds it
 
 
 @asynccontextmanager
-async def responder(ctx: Ctx, mode: str, role: str) -> AsyncIterator[asyncio.subprocess.Process]:
+async def responder(
+    ctx: Ctx, mode: str, role: str, *, url: str | None = None, partitions: int = 1
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """A responder process; its CPU is accounted under ``helper:<role>``."""
-    cmd = [sys.executable, "-m", "benchmarks.responder", mode, "--redis-url", ctx.url]
-    cmd += ["--nats-url", ctx.nats_url, "--namespace", NAMESPACE]
+    cmd = [sys.executable, "-m", "benchmarks.responder", mode, "--redis-url", url or ctx.url]
+    cmd += ["--nats-url", ctx.nats_url, "--namespace", NAMESPACE, "--partitions", str(partitions)]
     proc = await asyncio.create_subprocess_exec(
         *cmd, cwd=REPO_ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=child_env()
     )
@@ -62,6 +67,7 @@ async def responder(ctx: Ctx, mode: str, role: str) -> AsyncIterator[asyncio.sub
 
 LABELS = {
     "routed_call": "ServiceClient.call to a ServiceInstance in another process (default owner cache)",
+    "cached_lookup": "the owner of a resource from the client's cache (kept fresh by ownership events)",
     "routed_call_uncached": "ServiceClient.call, owner_cache_ttl=0 (owner GET on every call)",
     "routed_call_signed": "ServiceClient.call as routed_call, with signed envelopes (signing_keys)",
     "raw_pubsub_rpc": "naive redis-py pub/sub request-reply (responder in another process)",
@@ -75,9 +81,9 @@ async def run_rpc(ctx: Ctx) -> list[Row]:
     rows: list[Row] = []
     ops: dict[str, Op] = {}
     async with AsyncExitStack() as stack:
-        if ctx.want("routed_call", "routed_call_uncached"):
+        if ctx.want("routed_call", "routed_call_uncached", "cached_lookup"):
             got_ops = await _routed_call(ctx, stack)
-            for k in ("routed_call", "routed_call_uncached"):
+            for k in ("routed_call", "routed_call_uncached", "cached_lookup"):
                 if not ctx.want(k):
                     continue
                 if isinstance(got_ops, str):
@@ -118,6 +124,8 @@ async def run_rpc(ctx: Ctx) -> list[Row]:
         note = "cpu 'helper' = the instance process" if k.startswith("routed") else "cpu 'helper' = responder"
         if k == "gateway_route":
             note = "keep-alive HTTP/1.1, one connection per caller; cpu 'helper' = the replica"
+        if k == "cached_lookup":
+            note = "a dict read; the concurrent phase runs in threads"
         rows.append(Row(k, LABELS[k], "rpc", seq, conc, note=note))
     await ctx.flush()
     order = list(LABELS)
@@ -141,6 +149,13 @@ async def _routed_call(ctx: Ctx, stack: AsyncExitStack) -> dict[str, Op] | str:
             await client.call(rsp.SERVICE, "echo", params, resource_id=rsp.RESOURCE, timeout=5.0)
 
         ops[name] = Op(call)
+    await cached.call(rsp.SERVICE, "echo", None, resource_id=rsp.RESOURCE)  # the owner is cached now
+    assert cached.cached_owner(rsp.SERVICE, rsp.RESOURCE) == rsp.INSTANCE
+
+    def cached_lookup() -> None:
+        cached.cached_owner(rsp.SERVICE, rsp.RESOURCE)
+
+    ops["cached_lookup"] = Op(cached_lookup, sync=True)
     return ops
 
 

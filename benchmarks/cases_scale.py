@@ -25,16 +25,18 @@ SVC = "scale-svc"
 PER_INSTANCE = 1000
 FILL_CHUNK = 20_000
 
-# Bench-only filler (not a library script): writes what register_resources.lua writes per granted id.
-# ARGV: owner prefix, owned-hash prefix, first index, count, ids per instance, ttl ms, now ms
+# Bench-only filler (not a library script): writes what register_resources.lua writes per granted id
+# (an owner key without TTL, a grant record), and the filler instance's lease key in the partition.
+# ARGV: owner prefix, owned-hash prefix, lease prefix, first index, count, ids per instance, ttl ms, now ms
 FILL_LUA = """
-local op, hp = ARGV[1], ARGV[2]
-local first, count, per = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local ttl, now = ARGV[6], ARGV[7]
+local op, hp, lp = ARGV[1], ARGV[2], ARGV[3]
+local first, count, per = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local ttl, now = ARGV[7], ARGV[8]
 for i = first, first + count - 1 do
   local rid = string.format('res-%07d', i)
   local iid = 'fill-' .. math.floor(i / per)
-  redis.call('SET', op .. rid, iid, 'PX', ttl)
+  if i % per == 0 or i == first then redis.call('SET', lp .. iid, now, 'PX', ttl) end
+  redis.call('SET', op .. rid, iid)
   redis.call('HSET', hp .. iid, rid, string.format('%d', 1700000000000000 + i) .. '|' .. now .. '|')
 end
 return count
@@ -51,25 +53,33 @@ def rid(i: int) -> str:
 
 
 async def _fill(client: aredis.Redis, n: int) -> float:
-    sk = KeySpace(NAMESPACE).service(SVC)
+    part = KeySpace(NAMESPACE).service(SVC).parts[0]
     fill = client.register_script(FILL_LUA)
     now_ms = int(time.time() * 1000)
     t0 = time.perf_counter()
     for first in range(0, n, FILL_CHUNK):
         count = min(FILL_CHUNK, n - first)
-        args = [sk.owner_prefix, sk.owned_prefix, first, count, PER_INSTANCE, int(LONG_TTL * 1000)]
+        args = [
+            part.owner_prefix,
+            part.owned_prefix,
+            part.lease_prefix,
+            first,
+            count,
+            PER_INSTANCE,
+            int(LONG_TTL * 1000),
+        ]
         await fill(keys=[], args=[*args, now_ms])
     return time.perf_counter() - t0
 
 
 async def _memory(client: aredis.Redis, n: int, used_delta: int) -> dict[str, float]:
-    sk = KeySpace(NAMESPACE).service(SVC)
+    part = KeySpace(NAMESPACE).service(SVC).parts[0]
     rng = random.Random(7)
     picks = [rng.randrange(n) for _ in range(min(100, n))]
     owner = record = 0.0
     for i in picks:
-        owner += await client.memory_usage(sk.owner(rid(i)), samples=0) or 0
-        owned = sk.owned(f"fill-{i // PER_INSTANCE}")
+        owner += await client.memory_usage(part.owner(rid(i)), samples=0) or 0
+        owned = part.owned(f"fill-{i // PER_INSTANCE}")
         record += (await client.memory_usage(owned, samples=0) or 0) / max(1, await client.hlen(owned))
     k = len(picks)
     return {

@@ -106,6 +106,8 @@ class Row:
     # Overrides for rows whose figures are not a plain seq/conc pair (memory rows, probes).
     p50_override: float | None = None
     p99_override: float | None = None
+    ops_override: float | None = None
+    conc64_override: float | None = None
     # Extra latency series (ns) drawn next to ``seq`` in the plots; not written to JSON.
     plot_series: dict[str, list[int]] = field(default_factory=dict)
 
@@ -123,11 +125,24 @@ class Row:
 
     @property
     def ops_per_s(self) -> float | None:
+        if self.ops_override is not None:
+            return self.ops_override
         return round(self.seq.ops_per_s, 1) if self.seq else None
 
     @property
     def conc64_ops_per_s(self) -> float | None:
+        if self.conc64_override is not None:
+            return self.conc64_override
         return round(self.conc.ops_per_s, 1) if self.conc else None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, row_id: str, label: str) -> Row:
+        """A row measured by another process (its JSON summary: figures, no raw samples)."""
+        row = cls(row_id, label, data.get("group", ""), note=data.get("note", ""), skipped=data.get("skipped"))
+        row.p50_override, row.p99_override = data.get("p50_us"), data.get("p99_us")
+        row.ops_override, row.conc64_override = data.get("ops_per_s"), data.get("conc64_ops_per_s")
+        row.extras.update({k: v for k, v in data.items() if k.startswith(("cpu_us", "conc64_p", "n"))})
+        return row
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -22,7 +22,9 @@ from .common import configure_logging
 
 
 async def probe(args: argparse.Namespace) -> list[tuple[int, int]]:
-    reg = ResourceRegistry(args.url, namespace=args.namespace, metrics_registry=CollectorRegistry())
+    reg = ResourceRegistry(
+        args.url, namespace=args.namespace, partitions=args.partitions, metrics_registry=CollectorRegistry()
+    )
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
     samples: list[tuple[int, int]] = []
@@ -47,6 +49,7 @@ def main() -> None:
     ap.add_argument("--service", required=True)
     ap.add_argument("--resource", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--partitions", type=int, default=1)
     args = ap.parse_args()
     configure_logging()
     samples = asyncio.run(probe(args))

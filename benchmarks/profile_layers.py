@@ -109,7 +109,7 @@ async def run(url: str, n: int, rounds: int) -> None:
     reg_script = r.register_script(script_source("register_resources"))
     rel_script = r.register_script(script_source("release_resources"))
     captured: dict[str, tuple[list[Any], list[Any]]] = {}
-    real = reg._scripts
+    real = reg.store.scripts
 
     class Capture:
         def __init__(self, script: Any, name: str) -> None:
@@ -119,13 +119,13 @@ async def run(url: str, n: int, rounds: int) -> None:
             captured[self.name] = (list(keys), list(args))
             return await self.script(keys=keys, args=args)
 
-    reg._scripts = type(real)(  # capture the KEYS/ARGV the library sends for one id
+    reg.store.scripts = type(real)(  # capture the KEYS/ARGV the library sends for one id
         **{**real.__dict__, "register_resources": Capture(real.register_resources, "reg")}
         | {"release_resources": Capture(real.release_resources, "rel")}
     )
     await reg.register_resource("svc", "inst-A", ["probe"])
     await reg.release_resource("svc", "inst-A", ["probe"])
-    reg._scripts = real
+    reg.store.scripts = real
     (kreg, areg), (krel, arel) = captured["reg"], captured["rel"]
 
     async def two_gets() -> None:

@@ -151,9 +151,9 @@ async def run(url: str, n: int) -> None:
         rows.append((name, usec, cmds))
     part_ctr = itertools.count()  # fresh keys for every call of every part
     # What-if: the same scripts with the ownership event (cjson + XADD + PUBLISH) switched off.
-    real = reg._scripts
+    real = reg.store.scripts
     try:
-        reg._scripts = dataclasses.replace(
+        reg.store.scripts = dataclasses.replace(
             real,
             **{
                 name: admin.register_script(_without_event(name))
@@ -170,13 +170,13 @@ async def run(url: str, n: int) -> None:
     except (OSError, AssertionError, TypeError) as exc:
         print(f"(what-if rows skipped: {exc!r})")
     finally:
-        reg._scripts = real
+        reg.store.scripts = real
     for name, body in PARTS.items():
         script = admin.register_script(body)
 
         async def part(script: Any = script) -> None:
             i = next(part_ctr)
-            keys = [f"{sk.owner_prefix}p{i}-{j}" for j in range(N_IDS)]
+            keys = [f"{sk.parts[0].owner_prefix}p{i}-{j}" for j in range(N_IDS)]
             await script(keys=keys, args=["inst-A", TTL_MS, i])
 
         usec, cmds = await server_usec(admin, part, n)

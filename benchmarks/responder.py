@@ -50,6 +50,7 @@ async def serve_instance(args: argparse.Namespace) -> None:
         INSTANCE,
         ttl=30.0,
         namespace=args.namespace,
+        partitions=args.partitions,
         metrics_registry=CollectorRegistry(),
         settings=RouterSettings(signing_keys=[SecretStr(SIGNING_KEY)]) if signed else None,
     )
@@ -114,6 +115,7 @@ def main() -> None:
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--nats-url", default="nats://127.0.0.1:4222")
     ap.add_argument("--namespace", default="bench")
+    ap.add_argument("--partitions", type=int, default=1)
     args = ap.parse_args()
     configure_logging()
     serve = {

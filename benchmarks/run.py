@@ -24,9 +24,11 @@ from typing import Any
 import redis.asyncio as aredis
 import redis.utils
 
+from .cases_cluster import run_cluster
 from .cases_ownership import run_batches, run_locks, run_lookups
 from .cases_rpc import run_rpc
 from .cases_scale import run_scale, scale_label
+from .cases_versions import SUFFIX, run_versions
 from .common import MODES, REPO_ROOT, Ctx, Mode, configure_logging
 from .harness import CpuMeter, Row
 from .report import evaluate_goals, markdown_goals, markdown_table, write_json, write_readme
@@ -58,13 +60,23 @@ ROW_IDS = (
     "pipeline_setnx_1000",
     "lookup_during_register_1000",
     "lookup_during_register_1000_chunked",
-    "heartbeat_1000",
+    "lookup_during_register_1000_p16",
+    "heartbeat_owned_10",
+    "heartbeat_owned_100000",
     "routed_call",
     "routed_call_uncached",
     "routed_call_signed",
+    "cached_lookup",
     "raw_pubsub_rpc",
     "nats_request_reply",
     "gateway_route",
+    "routed_call" + SUFFIX,
+    "routed_call_uncached" + SUFFIX,
+    "nats_request_reply" + SUFFIX,
+    "routed_call_single",
+    "routed_call_cluster",
+    "lookup_cluster",
+    "cluster_spread",
     "scale",
 )
 
@@ -114,6 +126,8 @@ async def _run_all(
         ("lookups", run_lookups),
         ("ownership and locks", run_locks),
         ("request-reply", run_rpc),
+        ("redis-py 5.2.1", run_versions),
+        ("redis cluster", run_cluster),
         ("1000-id batches", run_batches),
         ("scale", run_scale),
     ]
@@ -146,6 +160,8 @@ def _local_pid(pid: object) -> int | None:
 def _print_row(r: Row) -> None:
     if r.skipped:
         print(f"  {r.id:<30} skipped: {r.skipped}", flush=True)
+    elif r.group == "spread":
+        print(f"  {r.id:<30} share per master {r.extras.get('share')} of {r.extras.get('resources'):,}", flush=True)
     elif r.group == "memory":
         e = r.extras
         print(

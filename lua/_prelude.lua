@@ -1,19 +1,26 @@
 -- Shared helpers. scripts.py prepends this file to every script before loading it, so each
 -- operation stays one file while these few functions exist once.
 --
--- Conventions of every script:
+-- Scripts that change ownership (and so append to the audit stream and publish an event) take
+-- these first arguments:
 --   ARGV[1] service name      ARGV[2] instance id     ARGV[3] events channel
 --   ARGV[4] audit MAXLEN ~    ARGV[5] trace id ('' when none)
 --   ARGV[6] the publish command for the events channel: PUBLISH, or SPUBLISH on Redis Cluster
 --           (sharded pub/sub: the message stays on the shard of the script's slot)
---   script-specific ARGV start at 7. The first reply element is a status code:
---   0 ok, 1 instance not alive, 2 per-instance limit exceeded, 3 release of ids owned by others.
+--   and their own arguments from ARGV[7]. Read-only scripts and the quota scripts take only their
+--   own. The first reply element is a status code (scripts.py has the table):
+--   0 ok, 1 instance not alive, 2 per-instance limit exceeded, 3 release of ids owned by others,
+--   4 more new grants than the caller reserved (a race: the caller rolls back and tries again).
 
 local RR_CHUNK = 1000  -- unpack() stays far below Lua's C-stack limit
 
 local function rr_now_us()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function rr_now_ms()
+  return math.floor(rr_now_us() / 1000)
 end
 
 local function rr_fmt(n)
@@ -45,23 +52,34 @@ local function rr_chunked(cmd, list)
   end
 end
 
+-- Is the lease of `owner` in this partition alive? (An owner key is valid only while it is.)
+-- `seen` caches answers within one script run.
+local function rr_alive(lease_prefix, owner, seen)
+  local known = seen[owner]
+  if known == nil then
+    known = redis.call('EXISTS', lease_prefix .. owner) == 1
+    seen[owner] = known
+  end
+  return known
+end
+
 -- Append an ownership event to the audit stream and publish it on the events channel.
 -- ts_ms is Redis time. Empty lists encode as {} (cjson); readers treat that as an empty list.
 local function rr_emit(stream, event)
   event.service_name = ARGV[1]
   event.instance_id = event.instance_id or ARGV[2]
   if ARGV[5] ~= '' then event.trace_id = ARGV[5] end
-  event.ts_ms = math.floor(rr_now_us() / 1000)
+  event.ts_ms = rr_now_ms()
   local payload = cjson.encode(event)
   redis.call('XADD', stream, 'MAXLEN', '~', ARGV[4], '*', 'event', payload)
   redis.call(ARGV[6], ARGV[3], payload)
 end
 
--- Release everything instance ARGV[2] still holds: the owner keys it owns, its owned hash (with the
--- grant records), its lost set and its entry in the instance index.
--- Owner keys are built from the prefix given; they carry the service's hash tag (same slot).
--- Returns the released ids (owner key still the instance's, or already expired).
-local function rr_release_all(owned_key, lost_key, index_key, owner_prefix)
+-- Release everything instance ARGV[2] still holds in this partition: the owner keys that still
+-- name it, its owned hash (with the grant records) and its lost set. Owner keys are built from the
+-- prefix given; they carry the partition's hash tag (same slot).
+-- Returns the released ids (owner key still the instance's, or already gone).
+local function rr_release_all(owned_key, lost_key, owner_prefix)
   local iid = ARGV[2]
   local members = redis.call('HKEYS', owned_key)
   local okeys = {}
@@ -79,6 +97,5 @@ local function rr_release_all(owned_key, lost_key, index_key, owner_prefix)
   end
   rr_chunked('DEL', dels)
   redis.call('DEL', owned_key, lost_key)
-  local was_indexed = redis.call('ZREM', index_key, iid)
-  return released, was_indexed
+  return released
 end

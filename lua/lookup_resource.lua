@@ -1,13 +1,14 @@
--- lookup_resource: a resource's owner and its grant record, in one round trip.
+-- lookup_resource: a resource's owner and its grant record, in one round trip. An owner key whose
+-- owner's lease ran out is no owner.
 --
--- KEYS[1] owner key of the resource   rr:{S}:owner:R
--- ARGV[1] owned-hash key prefix       ARGV[2] resource id
+-- KEYS[1] owner key of the resource   rr:{T}:owner:R
+-- ARGV[1] owned-hash key prefix       ARGV[2] resource id    ARGV[3] lease key prefix
 -- Returns {0} when nobody owns it, else {0, owner, grant_record} where grant_record is
 -- token|registered_ms|metadata_json (false if missing).
--- Touches: KEYS[1] and the owner's owned hash (built from the prefix; same hash tag).
+-- Touches: KEYS[1], the owner's lease key and owned hash (built from prefixes; same hash tag).
 
 local owner = redis.call('GET', KEYS[1])
-if not owner then
+if not owner or redis.call('EXISTS', ARGV[3] .. owner) == 0 then
   return {0}
 end
 return {0, owner, redis.call('HGET', ARGV[1] .. owner, ARGV[2])}

@@ -1,42 +1,46 @@
--- register_resources: claim many resource ids for one instance in one atomic step.
--- Free ids and ids the instance already owns are granted; ids owned by others are conflicts unless
--- force is set, in which case they are taken over (the previous owner's owned hash and lost set are
--- updated so its next heartbeat reports them lost). The per-instance limit is checked before
--- anything is written: a call that would exceed it writes nothing.
--- Owner keys get the instance's remaining lease (PTTL of its hash): they never outlive it.
--- New grants get fencing tokens above every token issued before in the service (Redis TIME in
--- microseconds, or last + 1), so each resource's tokens strictly increase across owners.
--- The grant record of each id (token|registered_ms|metadata_json) is a field of the owner's owned
--- hash, keyed by the resource id.
+-- register_resources: claim many resource ids of one partition for one instance, in one step.
+-- Free ids, ids whose owner's lease ran out, and ids the instance already owns are granted; ids
+-- owned by another live instance are conflicts unless force is set, in which case they are taken
+-- over (the previous owner's owned hash and lost set are updated so its next heartbeat reports
+-- them lost). Owner keys carry no TTL: they are valid while the owner's lease key lives.
+-- The limit: with one partition the per-instance limit is checked here, before anything is
+-- written (a call that would exceed it writes nothing). With several, the caller reserved room
+-- for `budget` new grants in the instance's quota first; needing more (a race since the caller
+-- looked) writes nothing and answers 4.
+-- New grants get fencing tokens above every token issued before in the partition (Redis TIME in
+-- microseconds, or last + 1): a resource never leaves its partition, so its tokens strictly
+-- increase across owners. The grant record of each id (token|registered_ms|metadata_json) is a
+-- field of the owner's owned hash, keyed by the resource id.
 --
--- KEYS[1] instance hash     rr:{S}:instance:I
--- KEYS[2] owned hash        rr:{S}:owned:I
--- KEYS[3] fence             rr:{S}:fence
--- KEYS[4] audit stream      rr:{S}:audit
--- KEYS[4+i]     owner key of resource i   rr:{S}:owner:R     (i = 1..n)
+-- KEYS[1] lease key         rr:{T}:lease:I
+-- KEYS[2] owned hash        rr:{T}:owned:I
+-- KEYS[3] fence             rr:{T}:fence
+-- KEYS[4] audit stream      rr:{T}:audit
+-- KEYS[4+i]     owner key of resource i   rr:{T}:owner:R     (i = 1..n)
 -- ARGV[1..6] see _prelude.lua
--- ARGV[7] force ('1'/'0')   ARGV[8] limit   ARGV[9] metadata (JSON text)
--- ARGV[10] owned-hash key prefix   ARGV[11] lost-set key prefix   ARGV[12] owner key prefix
+-- ARGV[7] force ('1'/'0')   ARGV[8] limit   ARGV[9] budget ('' with one partition)
+-- ARGV[10] metadata (JSON text)   ARGV[11] owned-hash key prefix   ARGV[12] lost-set key prefix
+-- ARGV[13] owner key prefix   ARGV[14] lease key prefix
 -- The resource id is the owner key without its prefix.
--- Returns {1} instance not alive; {2, current, requested, limit}; or
---         {0, per_id, previous_owners_flat, owned_count} where per_id[i] is the fencing token
---         (integer) of a granted id or the owner (string) of a conflicting one.
--- Touches: the keys above, the caller's lost set and, with force, the owned hash and lost set of
--- each previous owner (built from prefixes; same hash tag).
+-- Returns {1} instance not alive; {2, current, requested, limit}; {4, requested, budget}; or
+--         {0, per_id, previous_owners_flat, owned_count, new_grants} where per_id[i] is the fencing
+--         token (integer) of a granted id or the owner (string) of a conflicting one.
+-- Touches: the keys above, the lease keys of current owners, the caller's lost set and, when an id
+-- changes hands, the owned hash (and with force, the lost set) of its previous owner (built from
+-- prefixes; same hash tag).
 
 local iid = ARGV[2]
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl <= 0 then
+if redis.call('EXISTS', KEYS[1]) == 0 then
   return {1}
 end
 local force = ARGV[7] == '1'
-local limit = tonumber(ARGV[8])
 local n = #KEYS - 4
-local id_from = #ARGV[12] + 1
+local id_from = #ARGV[13] + 1
 local ids = {}
 for i = 1, n do ids[i] = string.sub(KEYS[4 + i], id_from) end
 
-local per_id, grant_idx, mine_idx, prev = {}, {}, {}, {}
+local per_id, grant_idx, mine_idx, prev, stale = {}, {}, {}, {}, {}
+local alive = {}
 local owners = rr_mget(KEYS, 5, 4 + n)
 for i = 1, n do
   local cur = owners[i]
@@ -44,6 +48,9 @@ for i = 1, n do
     grant_idx[#grant_idx + 1] = i
   elseif cur == iid then
     mine_idx[#mine_idx + 1] = i
+  elseif not rr_alive(ARGV[14], cur, alive) then
+    grant_idx[#grant_idx + 1] = i  -- its owner's lease ran out: free
+    stale[i] = cur
   elseif force then
     grant_idx[#grant_idx + 1] = i
     prev[i] = cur
@@ -52,20 +59,28 @@ for i = 1, n do
   end
 end
 
-local current = redis.call('HLEN', KEYS[2])
-if current + #grant_idx > limit then
-  return {2, current, #grant_idx, limit}
-end
-
 -- Tokens of ids already owned (kept on re-registration), read in chunks.
-local mine_tokens = {}
+local mine_tokens, missing = {}, 0
 for c = 1, #mine_idx, RR_CHUNK do
   local fields = {}
   for j = c, math.min(c + RR_CHUNK - 1, #mine_idx) do fields[#fields + 1] = ids[mine_idx[j]] end
   local records = redis.call('HMGET', KEYS[2], unpack(fields))
   for j = 1, #records do
-    mine_tokens[c + j - 1] = records[j] and tonumber(string.match(records[j], '^(%d+)|'))
+    local token = records[j] and tonumber(string.match(records[j], '^(%d+)|'))
+    mine_tokens[c + j - 1] = token
+    if not token then missing = missing + 1 end
   end
+end
+
+local new_grants = #grant_idx + missing
+if ARGV[9] == '' then
+  local limit = tonumber(ARGV[8])
+  local current = redis.call('HLEN', KEYS[2])
+  if current + new_grants > limit then
+    return {2, current, new_grants, limit}
+  end
+elseif new_grants > tonumber(ARGV[9]) then
+  return {4, new_grants, tonumber(ARGV[9])}
 end
 
 local next_token, grant_tail = nil, nil
@@ -76,11 +91,11 @@ local function grant(i)
     local now_us = rr_now_us()
     local last = tonumber(redis.call('GET', KEYS[3]) or '0')
     next_token = now_us > last and now_us or last + 1
-    grant_tail = '|' .. rr_fmt(math.floor(now_us / 1000)) .. '|' .. ARGV[9]
+    grant_tail = '|' .. rr_fmt(math.floor(now_us / 1000)) .. '|' .. ARGV[10]
   end
   local token = next_token
   next_token = next_token + 1
-  redis.call('SET', KEYS[4 + i], iid, 'PX', pttl)
+  redis.call('SET', KEYS[4 + i], iid)
   grant_kv[#grant_kv + 1] = ids[i]
   grant_kv[#grant_kv + 1] = rr_fmt(token) .. grant_tail
   per_id[i] = token
@@ -88,21 +103,22 @@ local function grant(i)
 end
 
 for _, i in ipairs(grant_idx) do
+  local rid = ids[i]
   local p = prev[i]
   if p then
-    local rid = ids[i]
-    redis.call('HDEL', ARGV[10] .. p, rid)
-    redis.call('SADD', ARGV[11] .. p, rid)
+    redis.call('HDEL', ARGV[11] .. p, rid)
+    redis.call('SADD', ARGV[12] .. p, rid)
     prev_flat[#prev_flat + 1] = rid
     prev_flat[#prev_flat + 1] = p
     prev_map[rid] = p
     have_prev = true
+  elseif stale[i] then
+    redis.call('HDEL', ARGV[11] .. stale[i], rid)  -- tidy the dead owner's record (the sweeper would)
   end
   grant(i)
 end
 
 for j, i in ipairs(mine_idx) do
-  redis.call('PEXPIRE', KEYS[4 + i], pttl)
   if mine_tokens[j] then
     per_id[i] = mine_tokens[j]
   else
@@ -116,7 +132,7 @@ if next_token then
     redis.call('HSET', KEYS[2], unpack(grant_kv, c, math.min(c + RR_CHUNK - 1, #grant_kv)))
   end
   -- Ids the caller takes back after losing them are no longer lost.
-  local own_lost = ARGV[11] .. iid
+  local own_lost = ARGV[12] .. iid
   if redis.call('EXISTS', own_lost) == 1 then
     rr_set_op('SREM', own_lost, added)
   end
@@ -127,4 +143,4 @@ if next_token then
   end
   rr_emit(KEYS[4], event)
 end
-return {0, per_id, prev_flat, redis.call('HLEN', KEYS[2])}
+return {0, per_id, prev_flat, redis.call('HLEN', KEYS[2]), new_grants}

@@ -1,22 +1,29 @@
--- sweep_instance: clean up after an instance whose lease ran out. Safe to run in many processes at
--- once: the first run does the work and appends one audit record; later runs find nothing to do.
--- Owner keys never outlive the instance's lease, so every id it owned is already free; this
--- removes its index entry, owned hash (with the grant records) and lost set, and records
--- the cleanup.
+-- sweep_instance (the service's part of cleaning up after a dead instance), in two modes:
+--   'claim': the one sweeper that cleans this instance now (others skip it): only when its record
+--            is gone (its lease ran out) and it is still indexed; the claim lapses after
+--            ARGV[3] ms, so a sweeper that dies halfway leaves the work to the next one;
+--   'finish': once every partition was swept (close_lease in 'sweep' mode), forget the instance;
+--   'abandon': a partition still had a live lease (its expiry trails the record's by moments):
+--            drop the claim, the next sweep finishes.
 --
--- KEYS[1] instance hash   KEYS[2] instance index   KEYS[3] owned hash   KEYS[4] lost set
--- KEYS[5] audit stream
--- ARGV[1..6] see _prelude.lua
--- ARGV[7] owner key prefix
--- Returns {0, 0} when alive or already clean, else {0, 1, released_ids}
--- Touches: the keys above and the owner keys of the owned ids (same hash tag).
+-- KEYS[1] instance hash   KEYS[2] instance index   KEYS[3] quota hash   KEYS[4] sweep claim
+-- ARGV[1] instance id   ARGV[2] 'claim' | 'finish' | 'abandon'   ARGV[3] claim lifetime (ms)
+-- Returns {0, 0} when there is nothing to do (alive, already forgotten, or claimed by another
+-- sweeper), else {0, 1}.
+-- Touches: the keys above.
 
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {0, 0}
+if ARGV[2] == 'claim' then
+  if redis.call('EXISTS', KEYS[1]) == 1 or not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+    return {0, 0}
+  end
+  if not redis.call('SET', KEYS[4], '1', 'NX', 'PX', tonumber(ARGV[3])) then
+    return {0, 0}
+  end
+  return {0, 1}
 end
-if redis.call('EXISTS', KEYS[3], KEYS[4]) == 0 and not redis.call('ZSCORE', KEYS[2], ARGV[2]) then
-  return {0, 0}
+if ARGV[2] == 'abandon' or redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('DEL', KEYS[4])
+  return {0, 0}  -- a partition is not done yet, or it came back meanwhile
 end
-local released = rr_release_all(KEYS[3], KEYS[4], KEYS[2], ARGV[7])
-rr_emit(KEYS[5], {type = 'ResourceReleased', reason = 'instance_offline', resource_ids = released})
-return {0, 1, released}
+redis.call('DEL', KEYS[3], KEYS[4])
+return {0, redis.call('ZREM', KEYS[2], ARGV[1])}

@@ -137,13 +137,27 @@ CLUSTER_SUITES = frozenset(
 )
 
 
+#: Suites whose ``registry`` fixture runs with 1 partition and with 16.
+PARTITION_SUITES = frozenset({"test_registry", "test_registry_leases"})
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """``backend_url``: the real Redis and memory://, plus a Redis Cluster for ``CLUSTER_SUITES``."""
+    """``backend_url``: the real Redis and memory://, plus a Redis Cluster for ``CLUSTER_SUITES``;
+    ``partitions``: 1, and 16 too for the ``registry`` fixture of ``PARTITION_SUITES``."""
+    module = metafunc.module.__name__.rpartition(".")[2]
     if "backend_url" in metafunc.fixturenames:
         backends = ["redis", "memory"]
-        if metafunc.module.__name__.rpartition(".")[2] in CLUSTER_SUITES:
+        if module in CLUSTER_SUITES:
             backends.append("cluster")
         metafunc.parametrize("backend_url", backends, indirect=True)
+    if "registry" in metafunc.fixturenames and module in PARTITION_SUITES:
+        counts = [1] if metafunc.definition.get_closest_marker("one_partition") else [1, 16]
+        metafunc.parametrize("partitions", counts, ids=[f"p{n}" for n in counts])
+
+
+@pytest.fixture
+def partitions() -> int:
+    return 1
 
 
 @pytest.fixture(scope="session")
@@ -175,9 +189,9 @@ def metrics_registry() -> CollectorRegistry:
 
 @pytest.fixture
 async def registry(
-    backend_url: str, namespace: str, metrics_registry: CollectorRegistry
+    backend_url: str, namespace: str, metrics_registry: CollectorRegistry, partitions: int
 ) -> AsyncIterator[ResourceRegistry]:
-    reg = ResourceRegistry(backend_url, namespace=namespace, metrics_registry=metrics_registry)
+    reg = ResourceRegistry(backend_url, namespace=namespace, partitions=partitions, metrics_registry=metrics_registry)
     try:
         yield reg
     finally:

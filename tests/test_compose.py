@@ -48,8 +48,11 @@ def test_docker_compose_config_is_valid() -> None:
     assert proc.returncode == 0, proc.stderr.decode()
 
 
+CLUSTER_PROFILE = {"redis-c1", "redis-c2", "redis-c3", "cluster-init", "router-cluster"}
+
+
 def test_services_present(services: dict[str, Any]) -> None:
-    assert set(services) == {"redis", *REPLICAS, *INSTANCES, "prometheus"}
+    assert set(services) == {"redis", *REPLICAS, *INSTANCES, "prometheus", *CLUSTER_PROFILE}
 
 
 def test_redis_has_a_healthcheck(services: dict[str, Any]) -> None:
@@ -173,3 +176,16 @@ def test_the_image_installs_pinned_dependencies_and_no_fakeredis() -> None:
     assert wanted <= set(pins), wanted - set(pins)
     assert pins["redis"] == "5.2.1"
     assert not {"fakeredis", "lupa"} & set(pins)  # the image holds no embedded store
+
+
+def test_the_cluster_profile_is_optional_and_routes_over_a_cluster_url(services: dict[str, Any]) -> None:
+    cluster = {name for name, svc in services.items() if "cluster" in svc.get("profiles", [])}
+    assert cluster == CLUSTER_PROFILE
+    for name in ("redis-c1", "redis-c2", "redis-c3"):
+        assert "--cluster-enabled" in services[name]["command"]
+    router = services["router-cluster"]
+    assert router["environment"]["RESOURCE_ROUTER_REDIS_URL"].startswith("redis+cluster://redis-c1:7001,")
+    assert router["depends_on"] == {"cluster-init": {"condition": "service_completed_successfully"}}
+    for name, svc in services.items():  # the default profile never waits for the cluster
+        if name not in cluster:
+            assert not set(svc.get("depends_on", {})) & cluster, name

@@ -268,17 +268,21 @@ async def test_forced_takeover_is_seen_at_once_on_the_events_channel(make: Any, 
     assert lost_calls == [["x"]]
 
 
-async def test_heartbeat_reports_an_expired_owner_key(make: Any, backend_url: str, namespace: str) -> None:
+async def test_ids_granted_to_another_instance_are_dropped_at_once(make: Any, backend_url: str, namespace: str) -> None:
+    """Even when the owner key vanished by hand (no takeover to report): the grant's event tells."""
     lost_calls: list[list[str]] = []
     redis = connect(backend_url)
+    registry = ResourceRegistry(backend_url, namespace=namespace)
     try:
         async with make("a", ttl=30.0, on_resource_lost=lost_calls.append) as a:
             await a.register_resource(["x", "y"])
-            await redis.delete(a.registry.keys.service(SVC).owner("x"))  # as if it had expired
-            await a.heartbeat()
+            await redis.delete(a.registry.keys.service(SVC).owner("x"))  # an operator's DEL
+            await registry.register_instance(SVC, "other", ttl=30)
+            assert (await registry.register_resource(SVC, "other", ["x"])).success
+            await wait_for(lambda: lost_calls == [["x"]])  # after confirming it in Redis
             assert a.owned_resources == {"y"}
-            assert lost_calls == [["x"]]
     finally:
+        await registry.aclose()
         await redis.aclose()
 
 
@@ -576,21 +580,22 @@ async def test_start_fails_cleanly_when_redis_is_unreachable(namespace: str) -> 
         await inst.start()
 
 
-async def test_a_failing_on_resource_lost_callback_is_logged(make: Any, backend_url: str) -> None:
+async def test_a_failing_on_resource_lost_callback_is_logged(make: Any, backend_url: str, namespace: str) -> None:
     def broken(ids: list[str]) -> None:
         raise RuntimeError("callback bug")
 
-    redis = connect(backend_url)
+    registry = ResourceRegistry(backend_url, namespace=namespace)
     try:
         async with make("a", ttl=30.0, on_resource_lost=broken) as a:
             await a.register_resource(["x", "y"])
-            await redis.delete(a.registry.keys.service(SVC).owner("x"))
+            await registry.register_instance(SVC, "other", ttl=30)
             with capture_logs() as logs:
-                await a.heartbeat()
-            assert a.owned_resources == {"y"}
+                await registry.register_resource(SVC, "other", ["x"], force=True)
+                await wait_for(lambda: a.owned_resources == {"y"})
+                await asyncio.sleep(0.05)
             assert any(e["event"] == "instance.on_resource_lost_failed" for e in logs)
     finally:
-        await redis.aclose()
+        await registry.aclose()
 
 
 async def test_a_release_whose_reply_was_lost_is_reconciled(make: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -66,7 +66,7 @@ def test_an_application_that_configures_logging_sees_the_events(tmp_path: Path) 
     assert out.returncode == 0, out.stderr
     lines = out.stderr.splitlines()
     register = next(line for line in lines if "resource.register " in line)
-    assert register.startswith("resource_router.registry resource.register ")
+    assert register.startswith("resource_router.registry.ownership resource.register ")
     for field in ("service_name=user-service", "instance_id=node-1", "operation=register_resource", "duration_ms="):
         assert field in register
     assert not any(" resource.lookup" in line for line in lines)  # debug events stay below INFO

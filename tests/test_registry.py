@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -232,6 +233,7 @@ async def test_list_resources_per_service_and_instance(registry: ResourceRegistr
 # -- events, metrics, logs -----------------------------------------------------------------------
 
 
+@pytest.mark.one_partition  # one event per call; with partitions, one per partition touched
 async def test_every_change_is_recorded_in_the_audit_stream(registry: ResourceRegistry) -> None:
     await registry.register_instance(SVC, "i1", ttl=5)
     await registry.register_instance(SVC, "i2", ttl=5)
@@ -256,8 +258,9 @@ async def test_every_change_is_recorded_in_the_audit_stream(registry: ResourceRe
 async def test_events_are_published_on_the_events_channel(registry: ResourceRegistry) -> None:
     hub = await PubSubHub.acquire(registry.redis, registry.settings)
     seen: list[bytes] = []
-    channel = registry.keys.service(SVC).events_channel
-    await hub.subscribe(channel, seen.append)
+    channels = registry.store.service_keys(SVC).events_channels  # one, or the service's and each partition's
+    for channel in channels:
+        await hub.subscribe(channel, seen.append)
     try:
         await registry.register_instance(SVC, "i1", ttl=5)
         await registry.register_resource(SVC, "i1", ["a"])
@@ -268,7 +271,8 @@ async def test_events_are_published_on_the_events_channel(registry: ResourceRegi
         assert [b'"type":"InstanceRegistered"' in m for m in seen] == [True, False]
         assert b'"resource_ids":["a"]' in seen[1]
     finally:
-        await hub.unsubscribe(channel, seen.append)
+        for channel in channels:
+            await hub.unsubscribe(channel, seen.append)
         await hub.release()
 
 
@@ -395,17 +399,18 @@ async def test_chunked_registration_rolls_back_when_a_later_step_hits_the_limit(
     async with reg:
         await reg.register_instance(SVC, "i1", ttl=5)
         await reg.register_resource(SVC, "i1", ["mine"])
-        original = reg._register_step
+        original = reg.ownership._step
         calls = 0
 
-        async def racing_step(*args: object) -> list[object]:
+        async def racing_step(*args: Any) -> Any:
             nonlocal calls
             calls += 1
             if calls == 2:  # someone else registers for i1 between the first and second step
-                await original(reg._sk(SVC), "i1", ["x1", "x2", "x3", "x4", "x5"], False, "", "other")
-            return await original(*args)  # type: ignore[arg-type]
+                part = reg.store.service_keys(SVC).parts[0]
+                await original(part, "i1", ["x1", "x2", "x3", "x4", "x5"], False, "", "other", "")
+            return await original(*args)
 
-        reg._register_step = racing_step  # type: ignore[method-assign]
+        reg.ownership._step = racing_step  # type: ignore[method-assign]
         with pytest.raises(ResourceLimitExceededError) as err:
             await reg.register_resource(SVC, "i1", ["mine"] + [f"n{i}" for i in range(8)])
         owned = sorted(r.resource_id for r in await reg.list_resources(SVC, "i1"))
@@ -413,3 +418,34 @@ async def test_chunked_registration_rolls_back_when_a_later_step_hits_the_limit(
         assert err.value.current == 6
         rolled = [e for e in await reg.events.recent(SVC, 50) if e.reason == "rolled_back"]
         assert [e.resource_ids for e in rolled] == [["n0", "n1", "n2"]]
+
+
+async def test_a_chunked_rollback_releases_its_own_grants_id_by_id(backend_url: str, namespace: str) -> None:
+    """One of the ids this call took is force-taken by another instance before a later step hits the
+    limit: the rollback still releases every other id it took (owner-checked, per id), leaves the
+    force-taken one to its new owner, and the call reports the limit as a single step would."""
+    reg = await chunked(backend_url, namespace, chunk=3, limit=8)
+    async with reg:
+        await reg.register_instance(SVC, "i1", ttl=5)
+        await reg.register_instance(SVC, "thief", ttl=5)
+        original = reg.ownership._step
+        calls = 0
+
+        async def racing_step(*args: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                part = reg.store.service_keys(SVC).parts[0]
+                await original(part, "thief", ["n0"], True, "", "theft", "")  # takes one of ours by force
+                await original(part, "i1", [f"x{i}" for i in range(6)], False, "", "other", "")  # fills i1 up
+            return await original(*args)
+
+        reg.ownership._step = racing_step  # type: ignore[method-assign]
+        with pytest.raises(ResourceLimitExceededError):
+            await reg.register_resource(SVC, "i1", [f"n{i}" for i in range(7)])
+        reg.ownership._step = original  # type: ignore[method-assign]
+        owners = await reg.get_owner_ids(SVC, [f"n{i}" for i in range(7)])
+        assert owners == {"n0": "thief", **{f"n{i}": None for i in range(1, 7)}}
+        assert sorted(r.resource_id for r in await reg.list_resources(SVC, "i1")) == [f"x{i}" for i in range(6)]
+        rolled = [e for e in await reg.events.recent(SVC, 50) if e.reason == "rolled_back"]
+        assert [sorted(e.resource_ids) for e in rolled] == [["n1", "n2"]]

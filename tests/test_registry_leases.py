@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aredis
 from prometheus_client import CollectorRegistry
 
-from resource_router import InstanceNotAliveError, ResourceRegistry, Sweeper
+from resource_router import InstanceNotAliveError, ResourceNotFoundError, ResourceRegistry, Sweeper
 
 SVC = "game-rooms"
 TTL = 0.4
@@ -47,19 +47,24 @@ async def test_heartbeats_keep_everything_alive(registry: ResourceRegistry) -> N
     assert len(await registry.list_resources(SVC, "i1")) == 50
 
 
-async def test_owner_keys_never_outlive_the_instance_lease(real_registry: ResourceRegistry) -> None:
+async def test_owner_keys_are_valid_while_their_owners_lease_lives(real_registry: ResourceRegistry) -> None:
     reg = real_registry
     await reg.register_instance(SVC, "i1", ttl=2)
-    await asyncio.sleep(0.3)
     await reg.register_resource(SVC, "i1", ["a"])
-    sk = reg.keys.service(SVC)
-    inst_pttl = await reg.redis.pttl(sk.instance("i1"))
-    owner_pttl = await reg.redis.pttl(sk.owner("a"))
-    assert 0 < owner_pttl <= inst_pttl
+    sk = reg.store.service_keys(SVC)
+    part = sk.part_of("a")
+    # The owner key carries no TTL; the lease key (one per instance and partition) does.
+    assert await reg.redis.pttl(sk.owner("a")) == -1
+    assert 0 < await reg.redis.pttl(part.lease("i1")) <= 2000
+    await asyncio.sleep(0.3)
     await reg.heartbeat(SVC, "i1", ttl=2)
-    assert abs(await reg.redis.pttl(sk.owner("a")) - await reg.redis.pttl(sk.instance("i1"))) <= 5
+    assert abs(await reg.redis.pttl(part.lease("i1")) - await reg.redis.pttl(sk.instance("i1"))) <= 5
     # the owner key's value is the owner's id in plain text
     assert await reg.redis.get(sk.owner("a")) == b"i1"
+    await reg.redis.delete(part.lease("i1"))  # the lease runs out: the owner key means nothing now
+    with pytest.raises(ResourceNotFoundError):
+        await reg.get_resource_owner(SVC, "a")
+    assert await reg.get_owner_id(SVC, "a") is None
 
 
 async def test_late_heartbeat_reports_expired_ids_and_instance_must_reregister(
@@ -78,18 +83,24 @@ async def test_late_heartbeat_reports_expired_ids_and_instance_must_reregister(
     assert [(e.instance_id, e.resource_ids) for e in offline] == [("i1", ["a"])]
 
 
-async def test_expired_id_taken_by_another_is_lost_to_the_first(registry: ResourceRegistry) -> None:
-    """An instance that misses its lease, then heartbeats again in time for its own key to be renewed
-    but not for an id someone else took meanwhile, must see that id as lost."""
+async def test_ids_of_an_owner_whose_lease_ran_out_are_free_for_the_taking(registry: ResourceRegistry) -> None:
     await registry.register_instance(SVC, "slow", ttl=5)
     await registry.register_instance(SVC, "fast", ttl=5)
     await registry.register_resource(SVC, "slow", ["a", "b"])
-    # Simulate the owner key of "a" expiring alone (as if registered close to the lease end).
-    await registry.redis.delete(registry.keys.service(SVC).owner("a"))
-    assert (await registry.register_resource(SVC, "fast", ["a"])).success
-    hb = await registry.heartbeat(SVC, "slow", ttl=5)
-    assert hb.lost == ["a"] and hb.owned_count == 1
+    # Simulate the lease of "slow" running out (its record too, as a missed heartbeat would).
+    sk = registry.store.service_keys(SVC)
+    await registry.redis.delete(sk.instance("slow"))
+    for part in sk.parts:
+        await registry.redis.delete(part.lease("slow"))
+    taken = await registry.register_resource(SVC, "fast", ["a"])
+    assert taken.success and taken.taken_over == {}  # free, not taken from a live owner
+    with pytest.raises(InstanceNotAliveError):  # the late heartbeat: everything is gone
+        await registry.heartbeat(SVC, "slow", ttl=5)
+    await registry.register_instance(SVC, "slow", ttl=5)  # comes back empty-handed
+    assert await registry.list_resources(SVC, "slow") == []
     assert (await registry.get_resource_owner(SVC, "a")).owner_instance_id == "fast"
+    with pytest.raises(ResourceNotFoundError):
+        await registry.get_resource_owner(SVC, "b")
 
 
 async def test_fencing_tokens_strictly_increase_through_force_release_and_expiry(
@@ -132,8 +143,8 @@ async def test_two_sweepers_clean_a_dead_instance_exactly_once(backend_url: str,
         assert sorted(cleaned[0]["dead"]) == sorted(f"d{i}" for i in range(20))
         offline = [e for e in await regs[0].events.recent(SVC, 100) if e.reason == "instance_offline"]
         assert len(offline) == 1 and offline[0].instance_id == "dead" and len(offline[0].resource_ids) == 20
-        sk = regs[0].keys.service(SVC)
-        assert await regs[0].redis.exists(sk.owned("dead"), sk.lost("dead"), sk.owner("d0")) == 0
+        part = regs[0].keys.service(SVC).parts[0]
+        assert await regs[0].redis.exists(part.owned("dead"), part.lost("dead"), part.owner("d0")) == 0
         assert await regs[0].live_instance_ids(SVC) == ["alive"]
         assert await regs[0].get_owner_id(SVC, "x") == "alive"
         assert await regs[1].sweep(SVC) == {}

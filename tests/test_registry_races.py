@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -19,9 +21,31 @@ NPROC = 4
 ROUNDS = 6 * SLOW_SCALE
 
 
+@dataclass
+class Race:
+    registry: ResourceRegistry
+    url: str
+    rounds: int
+
+
+@pytest.fixture(params=["redis-p1", "redis-p16", "cluster-p16"])
+async def race(request: pytest.FixtureRequest, redis_url: str, namespace: str) -> AsyncIterator[Race]:
+    """One partition on a single Redis (the full rounds); 16 partitions on a single Redis and on a
+    3-master Redis Cluster (fewer rounds)."""
+    backend, _, count = request.param.partition("-")
+    url: str = request.getfixturevalue("cluster_url") if backend == "cluster" else redis_url
+    partitions = int(count[1:])
+    reg = ResourceRegistry(url, namespace=namespace, partitions=partitions, metrics_registry=CollectorRegistry())
+    try:
+        yield Race(reg, url, ROUNDS if request.param == "redis-p1" else max(2, ROUNDS // 3))
+    finally:
+        await reg.aclose()
+
+
 def _contender(
     url: str,
     namespace: str,
+    partitions: int,
     instance_id: str,
     limit: int,
     force: bool,
@@ -33,7 +57,11 @@ def _contender(
 
     async def main() -> None:
         reg = ResourceRegistry(
-            url, namespace=namespace, max_resources_per_instance=limit, metrics_registry=CollectorRegistry()
+            url,
+            namespace=namespace,
+            max_resources_per_instance=limit,
+            partitions=partitions,
+            metrics_registry=CollectorRegistry(),
         )
         rng = random.Random(instance_id)
         async with reg:
@@ -69,21 +97,22 @@ def _contender(
     asyncio.run(main())
 
 
-async def _run_race(
-    registry: ResourceRegistry, url: str, namespace: str, *, limit: int, force: bool
-) -> list[dict[str, Any]]:
+async def _run_race(race: Race, namespace: str, *, limit: int, force: bool) -> list[dict[str, Any]]:
+    registry, url, rounds = race.registry, race.url, race.rounds
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(NPROC + 1)
     results = ctx.Queue()
     names = [f"proc-{i}" for i in range(NPROC)]
+    p = registry.partitions
     procs = [
-        ctx.Process(target=_contender, args=(url, namespace, n, limit, force, ROUNDS, barrier, results)) for n in names
+        ctx.Process(target=_contender, args=(url, namespace, p, n, limit, force, rounds, barrier, results))
+        for n in names
     ]
     for p in procs:
         p.start()
     summaries = []
     try:
-        for rnd in range(ROUNDS):
+        for rnd in range(rounds):
             await asyncio.to_thread(barrier.wait, 60)  # start
             await asyncio.to_thread(barrier.wait, 120)  # all registered
             reports = [results.get(timeout=30) for _ in names]
@@ -113,10 +142,8 @@ async def _run_race(
 
 
 @pytest.mark.slow
-async def test_every_id_is_granted_to_exactly_one_process(
-    real_registry: ResourceRegistry, redis_url: str, namespace: str
-) -> None:
-    for s in await _run_race(real_registry, redis_url, namespace, limit=1000, force=False):
+async def test_every_id_is_granted_to_exactly_one_process(race: Race, namespace: str) -> None:
+    for s in await _run_race(race, namespace, limit=1000, force=False):
         granted: dict[str, dict[str, int]] = s["granted"]
         holders: dict[str, list[str]] = {}
         for iid, tokens in granted.items():
@@ -131,11 +158,9 @@ async def test_every_id_is_granted_to_exactly_one_process(
 
 
 @pytest.mark.slow
-async def test_limit_is_never_exceeded_under_contention(
-    real_registry: ResourceRegistry, redis_url: str, namespace: str
-) -> None:
+async def test_limit_is_never_exceeded_under_contention(race: Race, namespace: str) -> None:
     limit = 150  # 4 x 150 < 1000: every process hits the limit
-    for s in await _run_race(real_registry, redis_url, namespace, limit=limit, force=False):
+    for s in await _run_race(race, namespace, limit=limit, force=False):
         granted: dict[str, dict[str, int]] = s["granted"]
         assert all(len(t) <= limit for t in granted.values())
         assert all(c <= limit for c in s["counts"].values())
@@ -147,10 +172,8 @@ async def test_limit_is_never_exceeded_under_contention(
 
 
 @pytest.mark.slow
-async def test_forced_takeovers_agree_with_storage_and_tokens(
-    real_registry: ResourceRegistry, redis_url: str, namespace: str
-) -> None:
-    for s in await _run_race(real_registry, redis_url, namespace, limit=1000, force=True):
+async def test_forced_takeovers_agree_with_storage_and_tokens(race: Race, namespace: str) -> None:
+    for s in await _run_race(race, namespace, limit=1000, force=True):
         granted: dict[str, dict[str, int]] = s["granted"]
         # With force, every process is granted every id; the last grant wins and has the top token.
         for rid in IDS:

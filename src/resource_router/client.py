@@ -40,7 +40,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from .connection import RedisLike
-from .deadline import bounded
+from .deadline import bounded, stop_task
 from .errors import (
     InvalidRequestError,
     OwnerUnavailableError,
@@ -76,6 +76,11 @@ _EVENT_SERVICES_LIMIT = 1024
 _INSTANCE_GONE = frozenset(("deregistered", "instance_offline"))
 #: Cached metric children of call outcomes (beyond it, the cache starts over).
 _OUTCOME_CACHE_LIMIT = 4096
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class _Call:
@@ -121,19 +126,21 @@ class ServiceClient:
         client_id: str | None = None,
         owner_cache_ttl: float = DEFAULT_OWNER_CACHE_TTL,
         default_timeout: float = DEFAULT_TIMEOUT,
+        partitions: int | None = None,
         settings: RouterSettings | None = None,
         metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         if isinstance(owner_cache_ttl, bool) or not isinstance(owner_cache_ttl, int | float) or owner_cache_ttl < 0:
             raise InvalidRequestError("owner_cache_ttl must be a number of seconds >= 0", field="owner_cache_ttl")
         self._registry = ResourceRegistry(
-            redis, namespace=namespace, settings=settings, metrics_registry=metrics_registry
+            redis, namespace=namespace, partitions=partitions, settings=settings, metrics_registry=metrics_registry
         )
         self.client_id = validate_instance_id(client_id if client_id is not None else default_instance_id())
         self.reply_channel = self._registry.keys.reply_channel(self.client_id)
         self.owner_cache_ttl = float(owner_cache_ttl)
         self.default_timeout = self._check_timeout(default_timeout)
         self._max_payload = self._registry.settings.max_payload_bytes
+        self._lookup_script = self._registry.store.scripts.lookup_resource
         self._metrics = self._registry.metrics
         self._hub: PubSubHub | None = None
         self._start_lock = asyncio.Lock()
@@ -151,6 +158,8 @@ class ServiceClient:
         self._round_robin: dict[str, int] = {}
         self._outcomes: dict[tuple[str, str], Any] = {}
         self._event_handlers: dict[str, tuple[Any, Any]] = {}
+        self._ready: set[str] = set()
+        self._preparing: dict[str, asyncio.Task[bool]] = {}
         self._duration = self._metrics.operation_duration.labels("route")
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -198,6 +207,8 @@ class ServiceClient:
             return
         self._closed = True
         hub, self._hub = self._hub, None
+        for task in list(self._preparing.values()):
+            await stop_task(task)
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(ResourceRouterError("the ServiceClient was closed while waiting for a reply"))
@@ -266,7 +277,7 @@ class ServiceClient:
     def _keys_for(self, service_name: str) -> ServiceKeys:
         sk = self._service_keys.get(service_name)
         if sk is None:
-            sk = self._registry.keys.service(service_name)  # validates the name
+            sk = self._registry.store.service_keys(service_name)  # validates the name
             if len(self._service_keys) > 10_000:
                 self._service_keys.clear()
             self._service_keys[service_name] = sk
@@ -352,15 +363,24 @@ class ServiceClient:
         return reply
 
     async def _lookup(self, call: _Call, resource_id: str) -> str:
-        """The owner's instance id from Redis (one GET); ``ResourceNotFoundError`` when none."""
+        """The owner's instance id from Redis (one script: the owner key, checked against its owner's
+        lease); ``ResourceNotFoundError`` when none."""
         sk = call.sk
         hub = self._hub
         try:
             if hub is None:
                 raise ResourceRouterError("not started")
-            raw = await hub.get(sk.owner(resource_id))
-            owner = None if raw is None else raw.decode("utf-8", "surrogateescape")
+            part = sk.part_of(resource_id)
+            reply = await hub.evalsha(
+                "lookup",
+                self._lookup_script,
+                [part.owner(resource_id)],
+                [part.owned_prefix, resource_id, part.lease_prefix],
+            )
+            owner: str | None = reply[1].decode("utf-8", "surrogateescape") if len(reply) > 1 else None
             self._metrics.lookups.labels(sk.service_name, "false" if owner is None else "true").inc()
+        except InvalidRequestError:
+            raise
         except ResourceRouterError:
             # The pipelined connection failed; the registry retries (the lookup is idempotent).
             owner = await self._registry.get_owner_id(sk.service_name, resource_id)
@@ -425,8 +445,8 @@ class ServiceClient:
 
     async def _call_resource(self, call: _Call, resource_id: str) -> Reply:
         key = (call.sk.service_name, resource_id)
-        if key[0] not in self._following and self.owner_cache_ttl > 0:
-            await self._follow(key[0])  # once per service: the cache's invalidation comes first
+        if key[0] not in self._ready:
+            await self._prepare(key[0])
         owner = self._cached_owner(key)
         fresh = owner is None
         if owner is None:
@@ -512,6 +532,31 @@ class ServiceClient:
                 self._live_cache.pop(name, None)
 
     # -- ownership events: the owner cache's invalidation ------------------------------------------
+    async def _prepare(self, service_name: str) -> None:
+        """Once per service, shared by concurrent first calls: check its partition count, and hear its
+        ownership events (the owner cache's invalidation) before anything is cached."""
+        task = self._preparing.get(service_name)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._prepare_once(service_name))
+            task.add_done_callback(_retrieve)  # its callers may all have given up (deadline) by then
+            self._preparing[service_name] = task
+        try:
+            await asyncio.shield(task)
+        finally:
+            if task.done() and self._preparing.get(service_name) is task:
+                del self._preparing[service_name]
+                if not task.cancelled() and task.exception() is None and task.result():
+                    self._ready.add(service_name)
+
+    async def _prepare_once(self, service_name: str) -> bool:
+        """True when the service is ready for good (else the next call tries to follow it again)."""
+        await self._registry.service(service_name, operation="lookup")
+        if self.owner_cache_ttl <= 0 or len(self._ready) >= _EVENT_SERVICES_LIMIT:
+            return True
+        if service_name not in self._following:
+            await self._follow(service_name)
+        return service_name in self._following
+
     async def _follow(self, service_name: str) -> None:
         """Hear the service's ownership events; owners are cached only while they are heard. Without
         them (Redis refused, or too many services) the call goes on uncached."""
@@ -521,14 +566,19 @@ class ServiceClient:
         self._following[service_name] = False
         sk = self._keys_for(service_name)
         on_event, on_state = self._event_callbacks(service_name)
+        subscribed: list[str] = []
         try:
-            await hub.subscribe(sk.events_channel, on_event, on_state)
+            for channel in sk.events_channels:
+                await hub.subscribe(channel, on_event, on_state)
+                subscribed.append(channel)
         except ResourceRouterError as exc:
             self._following.pop(service_name, None)
+            for channel in subscribed:
+                await hub.unsubscribe(channel, on_event, on_state)
             logger.debug("route.events_unavailable", service_name=service_name, error=str(exc))
             return
         if service_name in self._following:
-            self._following[service_name] = hub.heard(sk.events_channel)
+            self._following[service_name] = all(hub.heard(channel) for channel in sk.events_channels)
 
     def _event_callbacks(self, service_name: str) -> tuple[Any, Any]:
         callbacks = self._event_handlers.get(service_name)
@@ -538,8 +588,10 @@ class ServiceClient:
                 self._on_event(service_name, data)
 
             def on_state(heard: bool) -> None:
-                if service_name in self._following:
-                    self._following[service_name] = heard
+                hub = self._hub
+                if service_name in self._following and hub is not None:
+                    channels = self._keys_for(service_name).events_channels
+                    self._following[service_name] = heard and all(hub.heard(ch) for ch in channels)
                 if not heard:
                     self.forget_owner(service_name)
 
@@ -550,7 +602,8 @@ class ServiceClient:
         self._following.pop(service_name, None)
         on_event, on_state = self._event_handlers.pop(service_name, (None, None))
         if on_event is not None:
-            await hub.unsubscribe(self._keys_for(service_name).events_channel, on_event, on_state)
+            for channel in self._keys_for(service_name).events_channels:
+                await hub.unsubscribe(channel, on_event, on_state)
 
     def _on_event(self, service_name: str, data: bytes) -> None:
         try:

@@ -13,10 +13,13 @@ Event types and reasons:
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from .connection import is_cluster
+from .deadline import stop_task
 from .keys import KeySpace
 from .models import OwnershipEvent
 from .retry import call_redis
@@ -45,45 +48,94 @@ def parse_event(payload: bytes | str, stream_id: bytes | str | None = None) -> O
 
 
 class EventLog:
-    """Read the audit stream of a service: recent history, or follow it live (XREAD BLOCK)."""
+    """Read the audit streams of a service (the service's own, and one per partition): recent
+    history, or follow them live (XREAD BLOCK). Events of different partitions are ordered by their
+    stream ids (Redis time, milliseconds)."""
 
     def __init__(self, redis: Any, keys: KeySpace, settings: RouterSettings | None = None) -> None:
         self._redis = redis
         self._keys = keys
         self._settings = settings or RouterSettings()
 
+    def _streams(self, service_name: str) -> tuple[str, ...]:
+        return self._keys.service(service_name, self._settings.partitions).audits
+
     async def recent(self, service_name: str, count: int = 50) -> list[OwnershipEvent]:
         """The last ``count`` events, oldest first."""
-        stream = self._keys.service(service_name).audit
-        entries = await call_redis(
-            "events", lambda: self._redis.xrevrange(stream, count=count), settings=self._settings, idempotent=True
-        )
-        return [self._entry(eid, fields) for eid, fields in reversed(entries)]
+        streams = self._streams(service_name)
+
+        async def read() -> list[Any]:
+            found: list[Any] = []
+            for stream in streams:
+                found.extend(await self._redis.xrevrange(stream, count=count))
+            return found
+
+        entries = await call_redis("events", read, settings=self._settings, idempotent=True)
+        entries.sort(key=lambda entry: _order(entry[0]))
+        return [self._entry(eid, fields) for eid, fields in entries[-count:]]
 
     async def follow(
         self, service_name: str, *, since: str = "$", block_ms: int = 1000
     ) -> AsyncIterator[OwnershipEvent]:
-        """Yield events as they are appended (``since="0"`` replays the whole stream first).
+        """Yield events as they are appended (``since="0"`` replays the whole history first).
 
         Redis failures surface as ``RedisUnavailableError`` (after the usual retries), like every
         other read of the library."""
-        stream = self._keys.service(service_name).audit
-        last = since
+        streams = self._streams(service_name)
         # XREAD BLOCK waits up to block_ms by design: give each attempt that much on top.
         settings = self._settings.model_copy(
             update={"operation_timeout": self._settings.operation_timeout + block_ms / 1000.0}
         )
-        while True:
-            reply = await call_redis(
-                "events",
-                lambda last=last: self._redis.xread({stream: last}, block=block_ms, count=100),  # type: ignore[misc]
-                settings=settings,
-                idempotent=True,
-            )
-            for _stream, entries in reply or ():
-                for eid, fields in entries:
-                    last = _s(eid)
+        if len(streams) == 1 or not is_cluster(self._redis):
+            last = dict.fromkeys(streams, since)  # one XREAD over every stream
+            while True:
+                reply = await call_redis(
+                    "events",
+                    lambda: self._redis.xread(dict(last), block=block_ms, count=100),
+                    settings=settings,
+                    idempotent=True,
+                )
+                batch = [(_s(stream), eid, fields) for stream, entries in reply or () for eid, fields in entries]
+                batch.sort(key=lambda item: _order(item[1]))
+                for stream, eid, fields in batch:
+                    last[stream] = _s(eid)
                     yield self._entry(eid, fields)
+        else:  # a cluster: the streams live on different slots; one reader each
+            async for event in self._follow_each(streams, since, block_ms, settings):
+                yield event
+
+    async def _follow_each(
+        self, streams: tuple[str, ...], since: str, block_ms: int, settings: RouterSettings
+    ) -> AsyncIterator[OwnershipEvent]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def reader(stream: str) -> None:
+            last = since
+            try:
+                while True:
+                    reply = await call_redis(
+                        "events",
+                        lambda last=last: self._redis.xread({stream: last}, block=block_ms, count=100),  # type: ignore[misc]
+                        settings=settings,
+                        idempotent=True,
+                    )
+                    for _stream, entries in reply or ():
+                        for eid, fields in entries:
+                            last = _s(eid)
+                            queue.put_nowait((eid, fields))
+            except Exception as exc:
+                queue.put_nowait(exc)
+
+        tasks = [asyncio.get_running_loop().create_task(reader(stream)) for stream in streams]
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield self._entry(*item)
+        finally:
+            for task in tasks:
+                await stop_task(task)
 
     @staticmethod
     def _entry(eid: Any, fields: dict[Any, Any]) -> OwnershipEvent:
@@ -91,3 +143,8 @@ class EventLog:
         if payload is None:
             raise ValueError(f"audit entry {_s(eid)} has no 'event' field")
         return parse_event(payload, eid)
+
+
+def _order(stream_id: Any) -> tuple[int, int]:
+    ms, _, seq = _s(stream_id).partition("-")
+    return int(ms), int(seq or 0)

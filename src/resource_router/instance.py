@@ -101,6 +101,7 @@ class ServiceInstance:
         ttl: float = DEFAULT_TTL,
         namespace: str = DEFAULT_NAMESPACE,
         max_resources_per_instance: int = DEFAULT_MAX_RESOURCES_PER_INSTANCE,
+        partitions: int | None = None,
         on_resource_lost: ResourceLostCallback | None = None,
         max_concurrency: int = 256,
         metadata: dict[str, Any] | None = None,
@@ -117,10 +118,11 @@ class ServiceInstance:
             redis,
             namespace=namespace,
             max_resources_per_instance=max_resources_per_instance,
+            partitions=partitions,
             settings=settings,
             metrics_registry=metrics_registry,
         )
-        self._keys = self._registry.keys.service(service_name)
+        self._keys = self._registry.store.service_keys(service_name)
         self._instance_id = validate_instance_id(instance_id if instance_id is not None else default_instance_id())
         self.ttl = float(ttl)
         self.metadata = dict(metadata or {})
@@ -252,7 +254,8 @@ class ServiceInstance:
         try:
             self._hub = await PubSubHub.acquire(self._registry.redis, self._settings)
             await self._hub.subscribe(self._channel, self._on_message, self._on_channel_state)
-            await self._hub.subscribe(self._keys.events_channel, self._on_event, self._on_events_state)
+            for events in self._keys.events_channels:
+                await self._hub.subscribe(events, self._on_event, self._on_events_state)
             sent = time.monotonic()
             await self._registry.register_instance(
                 self.service_name, self._instance_id, ttl=self.ttl, metadata=self.metadata or None
@@ -310,7 +313,7 @@ class ServiceInstance:
         if hub is not None:
             for channel, callback, listener in (
                 (self._channel, self._on_message, self._on_channel_state),
-                (self._keys.events_channel, self._on_event, self._on_events_state),
+                *((events, self._on_event, self._on_events_state) for events in self._keys.events_channels),
             ):
                 with contextlib.suppress(ResourceRouterError):
                     await hub.unsubscribe(channel, callback, listener)  # requests until then: "not owner"
@@ -502,9 +505,9 @@ class ServiceInstance:
             if missing:
                 self._spawn(self._adopt(missing))
             return
-        if not event.previous_owners:
-            return
-        mine = [rid for rid, prev in event.previous_owners.items() if prev == self._instance_id]
+        # Taken by force (the event names this instance as the previous owner), or granted to another
+        # instance although this one believed it owned them (its key was removed by hand, say).
+        mine = [rid for rid in event.resource_ids if rid in self._owned]
         if not mine:
             return
         # Stop serving them now; confirm against Redis (this instance may have taken some back).

@@ -22,6 +22,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from redis.commands.core import AsyncScript
+
 from .connection import Client, server_identity
 from .errors import ResourceRouterError
 from .settings import RouterSettings
@@ -193,6 +195,10 @@ class PubSubHub:
     async def execute(self, operation: str, key: str, *command: Any) -> Any:
         """One command on the hot path, on the server holding ``key``. Raises library errors."""
         return await self.transport.execute(operation, key.encode(), *command)
+
+    async def evalsha(self, operation: str, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """Run a registered script on the command connection of the server holding ``keys[0]``."""
+        return await self.transport.evalsha(operation, keys[0].encode(), script, keys, args)
 
     async def get(self, key: str) -> bytes | None:
         """GET (the owner lookup). Raises ``RedisUnavailableError`` when Redis cannot be reached."""

@@ -22,6 +22,7 @@ __all__ = [
     "STATUS_LIMIT_EXCEEDED",
     "STATUS_NOT_OWNER",
     "STATUS_OK",
+    "STATUS_OVER_BUDGET",
     "ScriptSet",
     "UnknownScriptStatusError",
     "check_status",
@@ -29,20 +30,33 @@ __all__ = [
 ]
 
 SCRIPT_NAMES: Final = (
+    # on the service's slot
     "register_instance",
     "renew_instance",
     "deregister_instance",
     "sweep_instance",
+    "reserve_quota",
+    "settle_quota",
+    "check_partitions",
+    # on a partition's slot
+    "open_lease",
+    "renew_lease",
+    "close_lease",
     "register_resources",
     "release_resources",
     "lookup_resource",
+    "read_owners",
 )
 
+#: The one status table: the first element of every script reply.
 STATUS_OK: Final = 0
 STATUS_INSTANCE_NOT_ALIVE: Final = 1
 STATUS_LIMIT_EXCEEDED: Final = 2
 STATUS_NOT_OWNER: Final = 3
-KNOWN_STATUSES: Final = frozenset({STATUS_OK, STATUS_INSTANCE_NOT_ALIVE, STATUS_LIMIT_EXCEEDED, STATUS_NOT_OWNER})
+STATUS_OVER_BUDGET: Final = 4
+KNOWN_STATUSES: Final = frozenset(
+    {STATUS_OK, STATUS_INSTANCE_NOT_ALIVE, STATUS_LIMIT_EXCEEDED, STATUS_NOT_OWNER, STATUS_OVER_BUDGET}
+)
 
 
 class UnknownScriptStatusError(RuntimeError):
@@ -73,15 +87,22 @@ def script_source(name: str) -> str:
 
 @dataclass(frozen=True)
 class ScriptSet:
-    """The scripts registered on one client (``Redis.register_script`` computes each SHA once)."""
+    """The scripts registered on one client (``register_script`` computes each SHA once)."""
 
     register_instance: AsyncScript
     renew_instance: AsyncScript
     deregister_instance: AsyncScript
     sweep_instance: AsyncScript
+    reserve_quota: AsyncScript
+    settle_quota: AsyncScript
+    check_partitions: AsyncScript
+    open_lease: AsyncScript
+    renew_lease: AsyncScript
+    close_lease: AsyncScript
     register_resources: AsyncScript
     release_resources: AsyncScript
     lookup_resource: AsyncScript
+    read_owners: AsyncScript
 
     @classmethod
     def for_client(cls, client: Any) -> ScriptSet:

@@ -8,7 +8,7 @@ so keys rotate without a flag day: give instances ``[new, old]``, then callers `
 (including envelopes published to another channel than the one they were sealed for), stale and
 replayed envelopes are dropped and counted, never executed or accepted.
 
-**Layout** (``docs/protocol.md`` §10). A sealed envelope is the protocol-1 msgpack map with two more
+**Layout** (``docs/protocol.md`` §11). A sealed envelope is the protocol-1 msgpack map with two more
 entries at its end, in this order and encoding::
 
     ... entries of the map ...  a2 74 73  cf <8 bytes>   a2 73 67  c4 20 <32 bytes>

@@ -25,7 +25,8 @@ from typing import Any
 
 import redis.asyncio as aredis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import AskError, NoScriptError, RedisError, ResponseError
 
 from .connection import CLIENT_OPTIONS, Client, describe, is_cluster, is_memory
 from .deadline import stop_task
@@ -86,6 +87,29 @@ class Transport:
         raise NotImplementedError
 
     async def execute(self, operation: str, key: bytes, *command: Any) -> Any:
+        """One command on the server holding ``key``; failures come back as library errors."""
+        try:
+            return await self._raw(key, *command)
+        except (RedisError, OSError) as exc:
+            raise map_redis_error(operation, exc) from exc
+
+    async def evalsha(self, operation: str, key: bytes, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
+        """Run a registered script on the server holding ``key`` (loading it there when the server
+        does not know it yet: after a restart, on a new node)."""
+        command = (b"EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            try:
+                return await self._raw(key, *command)
+            except ResponseError as exc:
+                if not isinstance(exc, NoScriptError) and not str(exc).startswith("NOSCRIPT"):
+                    raise
+                await self._raw(key, b"SCRIPT", b"LOAD", script.script)
+                return await self._raw(key, *command)
+        except (RedisError, OSError) as exc:
+            raise map_redis_error(operation, exc) from exc
+
+    async def _raw(self, key: bytes, *command: Any) -> Any:
+        """The command's reply; redis-py errors raised as they are."""
         raise NotImplementedError
 
     def execute_nowait(self, key: bytes, *command: Any) -> bool:
@@ -151,11 +175,8 @@ class SingleTransport(Transport):
     def heard(self, channel: bytes) -> bool:
         return channel in self._link.heard
 
-    async def execute(self, operation: str, key: bytes, *command: Any) -> Any:
-        try:
-            return await self._link.execute(*command)
-        except (RedisError, OSError) as exc:
-            raise map_redis_error(operation, exc) from exc
+    async def _raw(self, key: bytes, *command: Any) -> Any:
+        return await self._link.execute(*command)
 
     def execute_nowait(self, key: bytes, *command: Any) -> bool:
         return self._link.execute_nowait(*command)
@@ -244,17 +265,18 @@ class ClusterTransport(Transport):
         link = self._channel_link.get(channel)
         return link is not None and channel in link.heard
 
-    async def execute(self, operation: str, key: bytes, *command: Any) -> Any:
+    async def _raw(self, key: bytes, *command: Any) -> Any:
         for attempt in (1, 2):
             link = await self._link_for(key)
             try:
                 return await link.execute(*command)
             except (RedisError, OSError) as exc:
-                if attempt == 1 and str(exc).startswith(_REDIRECT):
+                if attempt == 1 and (isinstance(exc, AskError) or str(exc).startswith(_REDIRECT)):
                     await self._refresh()  # the slot moved: the command did not run; send it where it went
                     continue
-                self._need_repair()
-                raise map_redis_error(operation, exc) from exc
+                if not isinstance(exc, ResponseError) or str(exc).startswith(("CLUSTERDOWN", "TRYAGAIN")):
+                    self._need_repair()  # a node may be gone, or its slots moving
+                raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def execute_nowait(self, key: bytes, *command: Any) -> bool:
