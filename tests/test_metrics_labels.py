@@ -180,3 +180,15 @@ def test_instance_gauges_are_bounded() -> None:
     for i in range(50):
         m.resources_per_instance.labels("svc", f"i{i}").set(1)
     assert len(label_values(metrics, "ipc_resources_per_instance", "instance_id")) == 10
+
+
+def test_instance_gauges_go_up_and_down_within_the_bound() -> None:
+    """With several partitions the registry moves the gauge by increments (inc/dec)."""
+    metrics = CollectorRegistry()
+    m = get_metrics(metrics)
+    m.labels.max_instances = 1
+    m.resources_per_instance.labels("svc", "i1").inc(5)
+    m.resources_per_instance.labels("svc", "i1").dec(2)
+    m.resources_per_instance.labels("svc", "i2").inc(7)  # beyond the bound: not recorded
+    assert sample(metrics, "ipc_resources_per_instance", service_name="svc", instance_id="i1") == 3
+    assert label_values(metrics, "ipc_resources_per_instance", "instance_id") == {"i1"}

@@ -94,6 +94,10 @@ class ServiceChild:
         if amount:
             self._resolve().inc(amount)
 
+    def dec(self, amount: float = 1.0) -> None:
+        if amount:
+            self._resolve().dec(amount)
+
     def observe(self, value: float) -> None:
         self._resolve().observe(value)
 
@@ -140,14 +144,27 @@ class InstanceGauge(ServiceMetric):
 class _InstanceChild(ServiceChild):
     __slots__ = ()
 
-    def set(self, value: float) -> None:
+    def _tracked(self) -> bool:
+        """True when this instance has (or may now have) a series: at most ``max_instances`` do."""
         instances = self._parent.sets.instances
         key = (self._service, self._rest[0])
         if key not in instances:
             if len(instances) >= self._parent.sets.max_instances:
-                return  # beyond the bound: not recorded
+                return False  # beyond the bound: not recorded
             instances.add(key)
-        self._resolve().set(value)
+        return True
+
+    def set(self, value: float) -> None:
+        if self._tracked():
+            self._resolve().set(value)
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount and self._tracked():
+            self._resolve().inc(amount)
+
+    def dec(self, amount: float = 1.0) -> None:
+        if amount and self._tracked():
+            self._resolve().dec(amount)
 
 
 @dataclass(frozen=True)
