@@ -14,6 +14,7 @@ OLDEST_TESTS := tests/test_routing.py tests/test_routing_pubsub.py tests/test_cl
                 tests/test_registry.py tests/test_registry_leases.py tests/test_registry_races.py \
                 tests/test_chaos_redis.py tests/test_connection.py tests/test_wire.py tests/test_cluster.py \
                 tests/test_partitions.py tests/test_readme.py \
+                tests/test_link_health.py tests/test_connection_faults.py tests/test_signing.py \
                 tests/test_stale_owner.py tests/test_lifecycle.py tests/test_placement.py tests/test_handoff.py
 
 .PHONY: demo test test-fast test-oldest lint typecheck bench bench-quick constraints clean help

@@ -69,6 +69,7 @@ LABELS = {
     "routed_call": "ServiceClient.call to a ServiceInstance in another process (default owner cache)",
     "cached_lookup": "the owner of a resource from the client's cache (kept fresh by ownership events)",
     "routed_call_uncached": "ServiceClient.call, owner_cache_ttl=0 (owner GET on every call)",
+    "routed_call_signed": "ServiceClient.call as routed_call, with signed envelopes (signing_keys)",
     "raw_pubsub_rpc": "naive redis-py pub/sub request-reply (responder in another process)",
     "nats_request_reply": "nats-py request-reply (responder in another process)",
     "gateway_route": "POST /v1/route through a router replica (resource-router serve) to the same instance",
@@ -89,6 +90,12 @@ async def run_rpc(ctx: Ctx) -> list[Row]:
                     rows.append(Row(k, LABELS[k], "rpc", skipped=got_ops))
                 else:
                     ops[k] = got_ops[k]
+        if ctx.want("routed_call_signed"):
+            signed = await _routed_call_signed(ctx, stack)
+            if isinstance(signed, str):
+                rows.append(Row("routed_call_signed", LABELS["routed_call_signed"], "rpc", skipped=signed))
+            else:
+                ops["routed_call_signed"] = signed
         if ctx.want("gateway_route"):
             gw = await _gateway(ctx, stack, need_instance=not ctx.want("routed_call", "routed_call_uncached"))
             if isinstance(gw, str):
@@ -150,6 +157,25 @@ async def _routed_call(ctx: Ctx, stack: AsyncExitStack) -> dict[str, Op] | str:
 
     ops["cached_lookup"] = Op(cached_lookup, sync=True)
     return ops
+
+
+async def _routed_call_signed(ctx: Ctx, stack: AsyncExitStack) -> Op | str:
+    try:
+        from pydantic import SecretStr
+
+        from resource_router import RouterSettings, ServiceClient
+    except ImportError:
+        return "not available"
+    await stack.enter_async_context(responder(ctx, "instance-signed", "routed_call_signed"))
+    settings = RouterSettings(signing_keys=[SecretStr(rsp.SIGNING_KEY)])
+    client = ServiceClient(ctx.url, namespace=NAMESPACE, settings=settings, metrics_registry=CollectorRegistry())
+    await stack.enter_async_context(client)
+    params = {"b": PAD_PARAMS}
+
+    async def call() -> None:
+        await client.call(rsp.SIGNED_SERVICE, "echo", params, resource_id=rsp.RESOURCE, timeout=5.0)
+
+    return Op(call)
 
 
 class _Http:

@@ -234,6 +234,21 @@ def evaluate_goals(row_list: list[Row], scales: tuple[int, ...], scale_label: An
         _ratio(rows, "cluster lookup p50 / single-Redis lookup p50", "lookup_cluster", "lookup", float("inf")),
         _ratio(
             rows,
+            "signed envelopes: routed call p50 signed / unsigned (the cost of signing)",
+            "routed_call_signed",
+            "routed_call",
+            float("inf"),
+        ),
+        _ratio(
+            rows,
+            "signed envelopes: routed call 64-conc throughput signed / unsigned",
+            "routed_call_signed",
+            "routed_call",
+            0.0,
+            attr="conc64_ops_per_s",
+        ),
+        _ratio(
+            rows,
             "routed call p50, no owner cache / NATS p50 (<= 1.0x)",
             "routed_call_uncached",
             "nats_request_reply",

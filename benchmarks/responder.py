@@ -3,7 +3,8 @@
 
 ``python -m benchmarks.responder MODE --redis-url URL --nats-url URL`` prints ``ready`` once it
 serves and stops when stdin closes. MODE: ``instance`` (a ``ServiceInstance`` owning ``res-1`` with
-an ``echo`` handler), ``pubsub`` (one ``listen()`` loop replying on the request's reply channel),
+an ``echo`` handler), ``instance-signed`` (the same with signed envelopes), ``pubsub`` (one
+``listen()`` loop replying on the request's reply channel),
 ``nats`` (a nats-py subscription replying with ``msg.respond``).
 """
 
@@ -21,6 +22,9 @@ from .common import configure_logging
 SERVICE = "bench-rpc"
 INSTANCE = "inst-rpc"
 RESOURCE = "res-1"
+#: ``instance-signed``: the same instance, under another name, with signed envelopes (this key).
+SIGNED_SERVICE = "bench-rpc-signed"
+SIGNING_KEY = "bench-signing-key-0123456789abcdef"
 PUBSUB_CHANNEL = "bench:rpc:inst-rpc"
 NATS_SUBJECT = "bench.rpc.inst-rpc"
 
@@ -35,17 +39,20 @@ async def _wait_stdin_closed() -> None:
 
 async def serve_instance(args: argparse.Namespace) -> None:
     from prometheus_client import CollectorRegistry
+    from pydantic import SecretStr
 
-    from resource_router import RouteRequest, ServiceInstance
+    from resource_router import RouteRequest, RouterSettings, ServiceInstance
 
+    signed = args.mode == "instance-signed"
     inst = ServiceInstance(
         args.redis_url,
-        SERVICE,
+        SIGNED_SERVICE if signed else SERVICE,
         INSTANCE,
         ttl=30.0,
         namespace=args.namespace,
         partitions=args.partitions,
         metrics_registry=CollectorRegistry(),
+        settings=RouterSettings(signing_keys=[SecretStr(SIGNING_KEY)]) if signed else None,
     )
 
     async def echo(request: RouteRequest) -> Any:
@@ -104,14 +111,19 @@ async def serve_nats(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("mode", choices=["instance", "pubsub", "nats"])
+    ap.add_argument("mode", choices=["instance", "instance-signed", "pubsub", "nats"])
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--nats-url", default="nats://127.0.0.1:4222")
     ap.add_argument("--namespace", default="bench")
     ap.add_argument("--partitions", type=int, default=1)
     args = ap.parse_args()
     configure_logging()
-    serve = {"instance": serve_instance, "pubsub": serve_pubsub, "nats": serve_nats}[args.mode]
+    serve = {
+        "instance": serve_instance,
+        "instance-signed": serve_instance,
+        "pubsub": serve_pubsub,
+        "nats": serve_nats,
+    }[args.mode]
     try:
         asyncio.run(serve(args))
     except Exception as exc:

@@ -65,6 +65,7 @@ ROW_IDS = (
     "heartbeat_owned_100000",
     "routed_call",
     "routed_call_uncached",
+    "routed_call_signed",
     "cached_lookup",
     "raw_pubsub_rpc",
     "nats_request_reply",

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -26,20 +27,35 @@ def redis_server_binary() -> str | None:
 
 
 class RedisServer:
-    """One redis-server process on a fixed port that a test may kill and start again."""
+    """One redis-server process on a fixed port that a test may kill and start again.
 
-    def __init__(self, port: int | None = None, *, extra_args: tuple[str, ...] = ()) -> None:
+    With ``tls=(cert_file, key_file, ca_file)`` it listens for TLS only (on ``port``; ``url`` is a
+    ``rediss://`` URL that trusts ``ca_file``)."""
+
+    def __init__(
+        self, port: int | None = None, *, extra_args: tuple[str, ...] = (), tls: tuple[str, str, str] | None = None
+    ) -> None:
         binary = redis_server_binary()
         if binary is None:
             raise RuntimeError("redis-server is not on PATH")
         self.binary = binary
         self.port = port or free_port()
+        self.tls = tls
+        if tls is not None:
+            cert, key, ca = tls
+            extra_args = (
+                *("--tls-port", str(self.port), "--tls-cert-file", cert, "--tls-key-file", key),
+                *("--tls-ca-cert-file", ca, "--tls-auth-clients", "no"),
+                *extra_args,
+            )
         self.extra_args = extra_args
         self.dir = Path(tempfile.mkdtemp(prefix="rr-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[2]}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
@@ -57,7 +73,7 @@ class RedisServer:
             [
                 self.binary,
                 "--port",
-                str(self.port),
+                "0" if self.tls is not None else str(self.port),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -79,13 +95,21 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode} on port {self.port}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return self
+            if self._pong():
+                return self
             time.sleep(0.02)
         self.kill()
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s")
+
+    def _pong(self) -> bool:
+        with contextlib.suppress(OSError), contextlib.ExitStack() as stack:
+            conn = stack.enter_context(socket.create_connection(("127.0.0.1", self.port), 0.2))
+            if self.tls is not None:
+                context = ssl.create_default_context(cafile=self.tls[2])
+                conn = stack.enter_context(context.wrap_socket(conn, server_hostname="127.0.0.1"))
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+        return False
 
     def kill(self) -> None:
         """SIGKILL: the server dies at once and (no persistence) forgets everything."""

@@ -35,6 +35,7 @@ REQUIRED = {
     "raw_pubsub_rpc",
     "routed_call",
     "routed_call_uncached",
+    "routed_call_signed",
     "cached_lookup",
     "routed_call_single",
     "routed_call_cluster",

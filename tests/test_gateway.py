@@ -5,6 +5,7 @@ Every endpoint of the contract's table and every error status with its exact bod
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -594,6 +595,11 @@ async def test_503_when_redis_is_down(
         assert owner.json()["error"]["operation"] == "lookup"
 
         private_redis.start()
+        # Ready again once Redis answers and the routing client has re-subscribed its reply channel.
+        for _ in range(100):
+            if (await gw.http.get("/readyz")).status_code == 200:
+                break
+            await asyncio.sleep(0.05)
         assert (await gw.http.get("/readyz")).status_code == 200
 
 

@@ -663,10 +663,10 @@ async def test_a_request_that_waited_too_long_is_confirmed_in_redis(make: Any, p
         await _steal_silently(backend_url, a, "x", "b")
         now = time.time()
         # y is still a's: an old request for it runs after the confirmation.
-        await peer.publish(a.channel, peer.envelope(SVC, "echo", rid="y", ts=now - 1.0))
+        await peer.publish(a.channel, peer.envelope(SVC, "echo", rid="y", ts=int((now - 1.0) * 1000)))
         assert (await peer.next_reply() or {}).get("s") == "ok"
         # x is b's now: an old request is refused, and a leaves x at once.
-        await peer.publish(a.channel, peer.envelope(SVC, "echo", rid="x", ts=now - 1.0))
+        await peer.publish(a.channel, peer.envelope(SVC, "echo", rid="x", ts=int((now - 1.0) * 1000)))
         reply = await peer.next_reply()
         assert reply is not None
         assert reply["s"] == "not_owner"
@@ -682,7 +682,7 @@ async def test_a_fresh_request_runs_on_the_local_view(make: Any, peer: RawPeer, 
         echo(a, calls)
         await a.register_resource(["x"])
         await _steal_silently(backend_url, a, "x", "b")
-        await peer.publish(a.channel, peer.envelope(SVC, "echo", rid="x", ts=time.time()))
+        await peer.publish(a.channel, peer.envelope(SVC, "echo", rid="x", ts=int(time.time() * 1000)))
         assert (await peer.next_reply() or {}).get("s") == "ok"
     assert len(calls) == 1
 
@@ -730,3 +730,28 @@ async def test_a_request_for_an_id_being_adopted_waits_instead_of_being_refused(
         finally:
             await registry.aclose()
     assert result["token"] == granted.fencing_tokens["z"]
+
+
+async def test_with_signing_the_seal_time_is_the_send_time(make: Any, peer: RawPeer, backend_url: str) -> None:
+    from resource_router import RouterSettings
+    from resource_router.signing import Signer
+
+    key = "a-signing-key-of-32-bytes-length"
+    signer = Signer([key])
+    calls: list[RouteRequest] = []
+    async with make("a", ttl=30.0, settings=RouterSettings(signing_keys=[key])) as a:
+        echo(a, calls)
+        await a.register_resource(["x", "y"])
+        await _steal_silently(backend_url, a, "x", "b")
+        now_ms = int(time.time() * 1000)
+
+        def sealed(rid: str, sent_ms: int) -> bytes:
+            return signer.seal(a.channel, msgpack.packb(peer.envelope(SVC, "echo", rid=rid)), now_ms=sent_ms)
+
+        await peer.publish(a.channel, sealed("x", now_ms - 1000))  # sealed a second ago: confirmed first
+        first = await peer.next_reply()
+        await peer.publish(a.channel, sealed("y", now_ms))
+        second = await peer.next_reply()
+    assert first is not None and first["s"] == "not_owner"
+    assert second is not None and second["s"] == "ok"
+    assert [r.resource_id for r in calls] == ["y"]

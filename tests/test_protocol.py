@@ -291,7 +291,7 @@ def test_optional_send_time_and_activation_flag() -> None:
     assert (plain.sent_at, plain.activate) == (None, False)
     data = request(sent_at=1_900_000_000.5, activate=True)
     raw = msgpack.unpackb(data, raw=False)
-    assert (raw["ts"], raw["act"]) == (1_900_000_000.5, True)
+    assert (raw["ts"], raw["act"]) == (1_900_000_000_500, True)  # milliseconds, as a seal's ts
     decoded = decode_request(data, max_bytes=LIMIT)
     assert (decoded.sent_at, decoded.activate) == (1_900_000_000.5, True)
     for field, bad in (("ts", "now"), ("ts", True), ("act", 1), ("act", "yes")):

@@ -171,10 +171,12 @@ async def test_closing_the_hub_fails_waiting_commands(redis_url: str) -> None:
     admin = aredis.Redis.from_url(redis_url)
     hub = await PubSubHub.acquire(client)
     try:
-        await admin.execute_command("CLIENT", "PAUSE", "300", "WRITE")  # PUBLISH waits in Redis
+        await admin.execute_command("CLIENT", "PAUSE", "5000", "WRITE")  # PUBLISH waits in Redis
         pending = asyncio.create_task(hub.publish("x", b"y"))
         await asyncio.sleep(0.05)
-        await hub.release()
+        start = time.monotonic()
+        await hub.release()  # waits (up to 1 s) for what was sent to be answered, then gives up
+        assert time.monotonic() - start < 1.5
         with pytest.raises(RedisUnavailableError):
             await pending
     finally:
@@ -191,5 +193,48 @@ async def test_redis_error_replies_become_library_errors(client: aredis.Redis) -
             await hub.get("a-list")
         await client.set("k", b"v")
         assert await hub.get("k") == b"v"  # the connection is still in step
+    finally:
+        await hub.release()
+
+
+async def test_what_was_published_just_before_closing_still_goes_out(redis_url: str) -> None:
+    """An instance that stops answers its last requests and closes at once: those replies must not
+    be dropped with the connection (found by tests/test_soak.py)."""
+    listener = aredis.Redis.from_url(redis_url)
+    pubsub = listener.pubsub()
+    channel = f"last-words-{time.monotonic_ns()}"
+    await pubsub.subscribe(channel)
+    await pubsub.get_message(timeout=2)
+    try:
+        for _ in range(20):
+            client = connect(redis_url)
+            hub = await PubSubHub.acquire(client)
+            for i in range(50):
+                hub.publish_nowait(channel, str(i).encode())
+            await hub.release()  # in the same event-loop iteration as the last publish
+            await client.aclose()
+        got = []
+        while (msg := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)) is not None:
+            got.append(msg["data"])
+        assert len(got) == 20 * 50
+    finally:
+        await pubsub.aclose()
+        await listener.aclose()
+
+
+async def test_subscribing_while_the_last_callback_unsubscribes_keeps_the_channel(client: aredis.Redis) -> None:
+    hub = await PubSubHub.acquire(client)
+    first: list[bytes] = []
+    second: list[bytes] = []
+    try:
+        await hub.subscribe("ch", first.append)
+        leaving = asyncio.create_task(hub.unsubscribe("ch", first.append))
+        await asyncio.sleep(0)  # UNSUBSCRIBE sent; the first callback still hears until Redis confirms
+        await hub.subscribe("ch", second.append)
+        await leaving
+        await eventually(lambda: _true(hub.heard("ch")))
+        assert await hub.publish("ch", b"x") == 1
+        await eventually(lambda: _true(second == [b"x"]))
+        assert first == []
     finally:
         await hub.release()

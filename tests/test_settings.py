@@ -52,11 +52,11 @@ def test_unknown_arguments_and_bad_values_fail(monkeypatch: pytest.MonkeyPatch) 
 
 def test_secrets_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESOURCE_ROUTER_REDIS_URL", "redis://app:hunter2@db.internal:6380/3")
-    monkeypatch.setenv("RESOURCE_ROUTER_SIGNING_KEYS", "key-one-secret, key-two-secret")
+    monkeypatch.setenv("RESOURCE_ROUTER_SIGNING_KEYS", "key-one-secret-2026, key-two-secret-2025")
     s = RouterSettings()
     assert isinstance(s.redis_url, RedisUrl)
     assert s.redis_url.get_secret_value() == "redis://app:hunter2@db.internal:6380/3"
-    assert [k.get_secret_value() for k in s.signing_keys] == ["key-one-secret", "key-two-secret"]
+    assert [k.get_secret_value() for k in s.signing_keys] == ["key-one-secret-2026", "key-two-secret-2025"]
     gateway = GatewaySettings()
     assert gateway.redis_url == "redis://app:hunter2@db.internal:6380/3"
     for text in (repr(s), str(s), s.model_dump_json(), repr(gateway), gateway.model_dump_json()):

@@ -30,15 +30,19 @@ heard (its connection dropping empties the service's cache); ``owner_cache_ttl``
 disables the cache) is only a backstop.
 
 One deadline covers a call from start to reply (``deadline.bounded``). When the reply subscription
-is lost (the connection dropped, or Redis disconnected a slow subscriber), every call waiting for a
-reply fails at once with ``RedisUnavailableError`` (retryable) instead of waiting out its timeout.
+is lost (the connection dropped, a health check found it dead, or Redis disconnected a slow
+subscriber), every call waiting for a reply fails at once with ``RedisUnavailableError``
+(``operation="reply"``, retryable) instead of waiting out its timeout. A call made while the reply
+channel is being subscribed again waits for it (up to ``health_check_timeout``, within its own
+deadline) and then fails the same way rather than sending a request whose reply could not arrive.
+``listening`` says whether replies can arrive (router replicas report it in ``/readyz``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import os
 import time
 from typing import Any
 
@@ -75,7 +79,8 @@ from .protocol import (
 from .pubsub import PubSubHub
 from .registry import ResourceRegistry
 from .settings import DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RouterSettings
-from .tracing import get_logger, new_trace_id
+from .signing import Signer
+from .tracing import LogThrottle, get_logger, new_trace_id
 
 logger = get_logger(__name__)
 
@@ -87,6 +92,10 @@ DEFAULT_OWNER_CACHE_TTL = 5.0
 _CACHE_LIMIT = 100_000
 #: Services whose ownership events one client follows (beyond it, the oldest is dropped).
 _EVENT_SERVICES_LIMIT = 1024
+#: Reasons of a ``ResourceReleased`` event that mean the instance itself is gone.
+_INSTANCE_GONE = frozenset(("deregistered", "instance_offline"))
+#: Cached metric children of call outcomes (beyond it, the cache starts over).
+_OUTCOME_CACHE_LIMIT = 4096
 #: Seconds a service's list of placement volunteers is kept (events drop it sooner).
 _VOLUNTEERS_MAX_AGE = 1.0
 #: Sends of one resource call before it gives up (redirects, re-resolutions, volunteers tried).
@@ -175,8 +184,10 @@ class ServiceClient:
         self._start_lock = asyncio.Lock()
         self._closed = False
         self._pending: dict[str, asyncio.Future[Reply]] = {}
-        self._counter = itertools.count(1)
+        self._reply_heard = asyncio.Event()  # set while the reply channel is subscribed
+        self._drop_log = LogThrottle()
         self._id_prefix = self.client_id + ":"
+        self._signer = Signer.from_settings(self._registry.settings)  # None: signing off
         self._service_keys: dict[str, ServiceKeys] = {}
         self._owner_cache: dict[tuple[str, str], tuple[str, float]] = {}
         #: service -> True while its events subscription is heard (owners are cached only then)
@@ -198,6 +209,12 @@ class ServiceClient:
     @property
     def namespace(self) -> str:
         return self._registry.namespace
+
+    @property
+    def listening(self) -> bool:
+        """True while Redis has confirmed the reply channel on a live connection (replies can arrive)."""
+        hub = self._hub
+        return hub is not None and hub.heard(self.reply_channel)
 
     async def __aenter__(self) -> ServiceClient:
         await self.start()
@@ -221,6 +238,8 @@ class ServiceClient:
                     await hub.release()
                     raise
                 self._hub = hub
+                if hub.heard(self.reply_channel):
+                    self._reply_heard.set()
 
     async def aclose(self) -> None:
         if self._closed:
@@ -313,6 +332,8 @@ class ServiceClient:
         child = self._outcomes.get((service_name, outcome))
         if child is None:
             child = self._metrics.route_calls.labels(service_name, outcome)
+            if len(self._outcomes) >= _OUTCOME_CACHE_LIMIT:
+                self._outcomes.clear()  # callers may send any service name: the cache stays bounded
             self._outcomes[(service_name, outcome)] = child
         return child
 
@@ -349,6 +370,7 @@ class ServiceClient:
                     reply = await bounded(lambda: self._call_resource(call, resource_id), seconds)
             except TimeoutError:
                 raise call.timeout_error() from None
+            self._metrics.labels.learn_service(service_name)  # an instance answered: a metric label
             if reply.status != STATUS_OK:
                 raise error_from_dict(reply.error or {})
         except ResourceRouterError as exc:
@@ -426,7 +448,8 @@ class ServiceClient:
         remaining = call.deadline - loop.time()
         if remaining <= 0:
             raise call.timeout_error()
-        request_id = f"{self._id_prefix}{next(self._counter)}"
+        request_id = f"{self._id_prefix}{os.urandom(12).hex()}"  # unguessable: replies cannot be forged blind
+        channel = call.sk.rpc_channel(instance_id)
         data = encode_request(
             request_id=request_id,
             reply_channel=self.reply_channel,
@@ -437,13 +460,17 @@ class ServiceClient:
             deadline=call.wall_deadline,
             trace_id=call.trace_id,
             max_bytes=self._max_payload,
-            sent_at=time.time(),
+            sent_at=None if self._signer is not None else time.time(),  # a seal carries its own ``ts``
             activate=activate,
         )
+        if self._signer is not None:
+            data = self._signer.seal(channel, data)
+        if not self._reply_heard.is_set():
+            await self._wait_for_reply_channel(min(remaining, self._registry.settings.health_check_timeout))
         fut: asyncio.Future[Reply] = loop.create_future()
         self._pending[request_id] = fut
         try:
-            if not await hub.publish(call.sk.rpc_channel(instance_id), data):
+            if not await hub.publish(channel, data):
                 return None
             return await fut  # the call's one deadline (``bounded`` in ``_route``) ends this wait
         finally:
@@ -727,6 +754,8 @@ class ServiceClient:
             return
         if event.type == "InstanceRegistered":
             return
+        if event.type == "ResourceReleased" and event.reason in _INSTANCE_GONE and event.instance_id:
+            self._metrics.forget_instance(service_name, event.instance_id)  # its gauges, if this process has any
         if not event.resource_ids and event.type == "ResourceReleased":
             self.forget_owner(service_name)  # a whole instance went: drop the service's entries
             self._volunteers.forget(service_name)
@@ -735,9 +764,23 @@ class ServiceClient:
             cache.pop((service_name, rid), None)
 
     # -- replies ---------------------------------------------------------------------------------
+    async def _wait_for_reply_channel(self, seconds: float) -> None:
+        """Wait for the reply channel to be subscribed again; ``RedisUnavailableError`` after ``seconds``."""
+        try:
+            await asyncio.wait_for(self._reply_heard.wait(), seconds)
+        except TimeoutError:
+            raise RedisUnavailableError(
+                "the reply channel is not subscribed (its connection is being re-established): retry",
+                operation="reply",
+            ) from None
+
     def _on_reply_state(self, heard: bool) -> None:
         """The reply subscription dropped: no reply can arrive for calls in flight; fail them now."""
-        if heard or not self._pending:
+        if heard:
+            self._reply_heard.set()
+            return
+        self._reply_heard.clear()
+        if not self._pending:
             return
         pending = [fut for fut in self._pending.values() if not fut.done()]
         logger.warning("route.reply_channel_lost", client_id=self.client_id, failed_calls=len(pending))
@@ -750,12 +793,24 @@ class ServiceClient:
                 )
             )
 
+    def _reply_dropped(self, reason: str, error: str) -> None:
+        self._metrics.dropped_messages.labels(reason).inc()
+        suppressed = self._drop_log.allow()  # rate-limited: anyone may publish garbage on the channel
+        if suppressed is not None:
+            logger.warning(
+                "route.reply_dropped", reason=reason, error=error, client_id=self.client_id, suppressed=suppressed
+            )
+
     def _on_reply(self, data: bytes) -> None:
+        if self._signer is not None:
+            verdict = self._signer.verify(self.reply_channel, data, replay=False)
+            if isinstance(verdict, str):  # never accepted, whatever it claims
+                self._reply_dropped(verdict, "the reply is not authenticated")
+                return
         try:
             reply = decode_reply(data)
         except ProtocolError as exc:
-            self._metrics.dropped_messages.labels(exc.reason).inc()
-            logger.warning("route.reply_dropped", reason=exc.reason, error=exc.message, client_id=self.client_id)
+            self._reply_dropped(exc.reason, exc.message)
             fut = self._pending.get(exc.request_id) if exc.request_id else None
             if fut is not None and not fut.done():
                 fut.set_exception(ResourceRouterError(f"malformed reply: {exc.message}"))

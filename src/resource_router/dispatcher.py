@@ -59,7 +59,8 @@ from .protocol import (
     encode_ok_reply,
     handler_error,
 )
-from .tracing import Logger
+from .signing import SEAL_OVERHEAD, Signer
+from .tracing import Logger, LogThrottle
 
 __all__ = ["Claim", "Dispatcher", "Handler"]
 
@@ -93,6 +94,8 @@ class Dispatcher:
         reply_prefix: str,
         publish: Callable[[str, bytes], None],
         owners: Callable[[list[str]], Awaitable[dict[str, str | None]]],
+        signer: Signer | None = None,
+        channel: str = "",
         on_stale: Callable[[list[str]], None],
         log: Logger,
         max_concurrency: int = 256,
@@ -107,6 +110,12 @@ class Dispatcher:
         self._handlers = handlers
         self._metrics = metrics
         self._max_payload = max_payload
+        # Signing: requests are verified before anything else, replies sealed with the caller's key.
+        self._signer = signer
+        self._channel = channel
+        self._max_request = max_payload + (0 if signer is None else SEAL_OVERHEAD)
+        self._reply_keys: dict[str, int] = {}  # reply channel -> number of the key its caller signs with
+        self._drop_log = LogThrottle()
         self._reply_prefix = reply_prefix
         self._publish = publish
         self._owners = owners
@@ -197,15 +206,23 @@ class Dispatcher:
     # -- receiving -------------------------------------------------------------------------------
     def on_message(self, data: bytes) -> None:
         """The hub's callback for the instance's channel (called in arrival order; never blocks)."""
+        key = 0
+        if self._signer is not None:  # authenticated first: an unauthenticated envelope is never answered
+            verdict = self._signer.verify(self._channel, data, replay=True)
+            if isinstance(verdict, str):
+                self._dropped(verdict, "the envelope is not authenticated")
+                return
+            key = verdict
         try:
-            req = decode_request(data, max_bytes=self._max_payload)
+            req = decode_request(data, max_bytes=self._max_request)
         except ProtocolError as exc:
-            self._undecodable(exc)
+            self._undecodable(exc, key)
             return
         if not req.reply_channel.startswith(self._reply_prefix):
-            self._metrics.dropped_messages.labels("foreign").inc()
-            self._log.warning("route.dropped", reason="foreign", error="reply channel outside the namespace")
+            self._dropped("foreign", "reply channel outside the namespace")
             return
+        if key or self._reply_keys:
+            self._note_reply_key(req.reply_channel, key)
         if req.service_name != self._service:
             self._outcome["invalid"].inc()
             error = InvalidRequestError(
@@ -504,18 +521,37 @@ class Dispatcher:
 
     # -- answers ---------------------------------------------------------------------------------
     def _reply(self, channel: str, data: bytes) -> None:
+        if self._signer is not None:  # answered with the key the caller signed with
+            data = self._signer.seal(channel, data, key=self._reply_keys.get(channel, 0))
         self._publish(channel, data)
 
-    def _undecodable(self, exc: ProtocolError) -> None:
-        self._metrics.dropped_messages.labels(exc.reason).inc()
+    def _note_reply_key(self, channel: str, key: int) -> None:
+        """Remember which of this instance's keys the (authenticated) caller behind ``channel`` signs
+        with, to answer with it; only keys other than the first are kept (during a rotation)."""
+        if key:
+            if len(self._reply_keys) >= 10_000:
+                self._reply_keys.clear()
+            self._reply_keys[channel] = key
+        else:
+            self._reply_keys.pop(channel, None)
+
+    def _dropped(self, reason: str, error: str, **fields: Any) -> None:
+        """Count a dropped message; log it (rate-limited: anyone may publish garbage on the channel)."""
+        self._metrics.dropped_messages.labels(reason).inc()
+        suppressed = self._drop_log.allow()
+        if suppressed is not None:
+            self._log.warning("route.dropped", reason=reason, error=error, suppressed=suppressed, **fields)
+
+    def _undecodable(self, exc: ProtocolError, key: int) -> None:
         answer = (
             exc.reason != "foreign"
             and exc.request_id is not None
             and exc.reply_channel is not None
             and exc.reply_channel.startswith(self._reply_prefix)
         )
-        self._log.warning("route.dropped", reason=exc.reason, error=exc.message, answered=answer, trace_id=exc.trace_id)
+        self._dropped(exc.reason, exc.message, answered=answer, trace_id=exc.trace_id)
         if answer and exc.request_id is not None and exc.reply_channel is not None:
+            self._note_reply_key(exc.reply_channel, key)
             self._outcome["invalid"].inc()
             self._reply(
                 exc.reply_channel,

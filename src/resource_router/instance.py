@@ -62,6 +62,7 @@ from .settings import (
     MIN_TTL,
     RouterSettings,
 )
+from .signing import Signer
 from .sweeper import Sweeper
 from .tracing import get_logger
 from .volunteer import Volunteering
@@ -150,6 +151,7 @@ class ServiceInstance:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._sweeper: Sweeper | None = None
 
+        self._metrics.labels.learn_service(self._keys.service_name, own=True)  # metric labels: see metrics.py
         self._view = OwnershipView(self.ttl, log=self._log)
         self._view.on_resource_lost = on_resource_lost
         self._keeper = LeaseKeeper(
@@ -174,6 +176,8 @@ class ServiceInstance:
             max_payload=self._settings.max_payload_bytes,
             reply_prefix=self._registry.keys.reply_prefix,
             publish=self._publish,
+            signer=Signer.from_settings(self._settings),
+            channel=self._channel,
             owners=functools.partial(self._registry.get_owner_ids, self._keys.service_name),
             on_stale=self._keeper.stale,
             log=self._log,
@@ -402,17 +406,17 @@ class ServiceInstance:
                     self._log.warning("instance.deregister_failed", error=str(exc))
                 self._view.clear(REASON_STOPPED, involuntary=False)
                 self._view.expire()
-        hub, self._hub = self._hub, None
+        hub = self._hub
         if hub is not None:
             for channel, callback, listener in (
                 (self._channel, self._dispatcher.on_message, self._on_channel_state),
                 *((events, self._on_event, self._keeper.on_events_state) for events in self._keys.events_channels),
             ):
                 with contextlib.suppress(ResourceRouterError):
-                    await hub.unsubscribe(channel, callback, listener)
+                    await hub.unsubscribe(channel, callback, listener)  # requests until then: "not owner"
+            self._hub = None
             await hub.release()
-        with contextlib.suppress(KeyError):
-            self._metrics.instance_listening.remove(self.service_name, self._instance_id)
+        self._metrics.forget_instance(self.service_name, self._instance_id)  # its gauges go with it
         await self._view.aclose()
         for task in list(self._background):
             task.cancel()

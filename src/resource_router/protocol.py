@@ -11,9 +11,14 @@ reply    ``{"v": 1, "k": "rep", "id", "s", "r" | "e", "iid", "ft", "tr", "to", "
 it does not own the resource, or its lease may have run out; the caller re-resolves the owner, or
 follows ``to`` when the refusal names where the resource is; ``why`` says why when it matters).
 
-Optional fields (protocol v1 receivers ignore them): ``ts`` is the caller's send time (UNIX seconds;
-instances confirm ownership in Redis for requests that waited too long); ``act`` asks a placement
-volunteer to activate (claim) the resource if nobody owns it.
+Optional fields (protocol v1 receivers ignore them): ``ts`` is the caller's send time (UNIX
+milliseconds; a sealed envelope carries the seal's, which is the same thing: unsigned callers add
+their own); instances confirm ownership in Redis for requests that waited too long. ``act`` asks a
+placement volunteer to activate (claim) the resource if nobody owns it.
+
+With signing keys, both end with two more entries, ``"ts"`` and ``"sg"`` (a timestamp and an
+HMAC over the envelope and its channel), appended and checked by ``signing.Signer`` around these
+functions; the decoders here ignore ``sg`` like any unknown key and read ``ts`` as the send time.
 
 Version rule: ``v`` changes only for incompatible changes. Receivers ignore keys they do not know, so
 optional fields can be added within a version. A request with another ``v`` is answered with an
@@ -175,7 +180,7 @@ def encode_request(
     if fencing_token is not None:
         message["ft"] = fencing_token
     if sent_at is not None:
-        message["ts"] = sent_at
+        message["ts"] = int(sent_at * 1000)  # milliseconds, as the seal's ``ts`` (signing.py)
     if activate:
         message["act"] = True
     try:
@@ -246,7 +251,7 @@ def decode_request(data: bytes, *, max_bytes: int) -> Request:
             raise ValueError("field 'tr' must be a string or nil")
         sent_at = message.get("ts")
         if sent_at is not None and (isinstance(sent_at, bool) or not isinstance(sent_at, int | float)):
-            raise ValueError("field 'ts' must be a number (UNIX time in seconds) or nil")
+            raise ValueError("field 'ts' must be a number (UNIX time in milliseconds) or nil")
         activate = message.get("act")
         if activate is not None and not isinstance(activate, bool):
             raise ValueError("field 'act' must be a boolean or nil")
@@ -264,7 +269,7 @@ def decode_request(data: bytes, *, max_bytes: int) -> Request:
         deadline=None if deadline is None else float(deadline),
         trace_id=trace_id,
         fencing_token=token,
-        sent_at=None if sent_at is None else float(sent_at),
+        sent_at=None if sent_at is None else sent_at / 1000.0,
         activate=bool(activate),
     )
 

@@ -136,10 +136,18 @@ class PubSubHub:
         return True
 
     async def unsubscribe(self, channel: str, callback: MessageCallback, on_state: StateListener | None = None) -> None:
-        """Remove ``callback``; the last one unsubscribes the channel."""
+        """Remove ``callback``; the last one unsubscribes the channel. Until Redis confirms, messages
+        still reach the callback: they were published to a subscriber, and their senders wait for
+        an answer (an instance that stops answers "not owner" rather than dropping them)."""
         name = channel.encode()
-        if self._remove(name, callback, on_state):
+        if self._callbacks.get(name) != (callback,):
+            self._remove(name, callback, on_state)
+            return
+        try:
             await self.transport.unsubscribe(name)
+        finally:
+            if not self._remove(name, callback, on_state) and name in self._callbacks and not self._closed:
+                await self.transport.subscribe(name)  # someone subscribed meanwhile: keep it heard
 
     def heard(self, channel: str) -> bool:
         """True while the channel's subscription is confirmed on a live connection."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from redis.exceptions import AskError, RedisClusterException, RedisError, SlotNotCoveredError
+from redis.exceptions import AskError, NoPermissionError, RedisClusterException, RedisError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -43,6 +43,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, Redis
 #: Reply prefixes of a cluster whose slot is unavailable for now (a retry may succeed).
 _CLUSTER_TRANSIENT = ("CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "LOADING")
 _REDIRECTS = ("MOVED ", "ASK ")
+#: How Redis refuses a command that an ACL user may not run inside a script.
+_SCRIPT_NOPERM = "The user executing the script can't run this command"
 
 CLUSTER_HINT = (
     "this Redis is a node of a Redis Cluster: connect with "
@@ -78,7 +80,7 @@ def map_redis_error(operation: str, exc: BaseException, tail: str | None = None)
         return InvalidRequestError(
             f"{CLUSTER_HINT} (Redis redirected {operation} to another node: {text})", field="redis"
         )
-    if text.startswith("NOPERM"):
+    if text.startswith("NOPERM") or isinstance(exc, NoPermissionError) or _SCRIPT_NOPERM in text:
         return ResourceRouterError(f"Redis refused {operation}: the user lacks a permission ({text})")
     return ResourceRouterError(f"Redis error during {operation}: {type(exc).__name__}: {text}")
 

@@ -158,8 +158,15 @@ class RouterSettings(SettingsBase):
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
     #: Largest resource metadata (JSON bytes) stored per grant.
     max_metadata_bytes: int = Field(default=4096, ge=64)
-    #: Keys that authenticate envelopes (env: comma-separated); the first signs, all verify.
+    #: Keys that authenticate envelopes (env: comma-separated); the first signs, all verify. Each at
+    #: least 16 bytes (use 32 random bytes: ``openssl rand -base64 32``). See docs/security.md.
     signing_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    #: Seconds a signed envelope stays acceptable after (and before) its timestamp: clocks of callers
+    #: and instances must agree within it; instances remember the envelopes they saw for twice as long.
+    signing_window: float = Field(default=10.0, gt=0, le=3600)
+    #: Only while turning signing on (or off) across running processes: seal what is sent but also
+    #: accept envelopes that carry no seal at all (forged, stale and replayed ones are still refused).
+    signing_accept_unsigned: bool = False
     #: Partitions of a service's ownership (recorded per service in Redis).
     partitions: int = Field(default=1, ge=1, le=1024)
 
@@ -168,6 +175,13 @@ class RouterSettings(SettingsBase):
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("signing_keys")
+    @classmethod
+    def _long_enough(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(len(key.get_secret_value().encode()) < 16 for key in value):
+            raise ValueError("every signing key must be at least 16 bytes long (use 32 random bytes)")
         return value
 
     @field_serializer("redis_url", when_used="json")

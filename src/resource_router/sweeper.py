@@ -48,6 +48,9 @@ class Sweeper:
                 if swept:
                     result[name] = swept
         self.swept_instances += sum(len(v) for v in result.values())
+        for service_name, swept in result.items():
+            for instance_id in swept:
+                self.registry.metrics.forget_instance(service_name, instance_id)  # gone: so are its gauges
         return result
 
     async def _loop(self) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from .metrics import Metrics
 
-__all__ = ["ROOT_LOGGER", "Logger", "get_logger", "id_fields", "logger", "new_trace_id", "timed"]
+__all__ = ["ROOT_LOGGER", "LogThrottle", "Logger", "get_logger", "id_fields", "logger", "new_trace_id", "timed"]
 
 ROOT_LOGGER = "resource_router"
 
@@ -117,6 +117,34 @@ class Logger:
             self._logger.log(level, f"{event} %s", _Fields(fields), exc_info=exc_info, extra=extra, stacklevel=3)
         else:
             self._logger.log(level, event, exc_info=exc_info, extra=extra, stacklevel=3)
+
+
+class LogThrottle:
+    """Rate-limits one kind of event that outsiders can cause (garbage on a channel): at most
+    ``burst`` pass per ``interval`` seconds; the rest are only counted, and the next one that
+    passes says how many were left out (``allow()`` returns that count, None when suppressed).
+    Metrics still count every occurrence."""
+
+    __slots__ = ("_count", "_suppressed", "_window_end", "burst", "interval")
+
+    def __init__(self, burst: int = 10, interval: float = 10.0) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._count = 0
+        self._suppressed = 0
+        self._window_end = 0.0
+
+    def allow(self) -> int | None:
+        now = time.monotonic()
+        if now >= self._window_end:
+            self._window_end = now + self.interval
+            self._count = 0
+        if self._count < self.burst:
+            self._count += 1
+            suppressed, self._suppressed = self._suppressed, 0
+            return suppressed
+        self._suppressed += 1
+        return None
 
 
 def get_logger(name: str = ROOT_LOGGER) -> Logger:

@@ -98,7 +98,8 @@ class GatewayState:
             return self._client
 
     async def ready(self) -> None:
-        """Raise ``RedisUnavailableError`` unless Redis answers PING within ``ready_timeout``."""
+        """Raise ``RedisUnavailableError`` unless Redis answers PING within ``ready_timeout`` and the
+        routing client (once started) hears its reply channel."""
         try:
             async with asyncio.timeout(self.settings.ready_timeout):
                 await self.registry.ping()
@@ -106,6 +107,11 @@ class GatewayState:
             raise RedisUnavailableError(
                 f"Redis did not answer PING within {self.settings.ready_timeout}s", operation="ping"
             ) from exc
+        if self._client is not None and not self._client.listening:
+            raise RedisUnavailableError(
+                "the routing client's reply channel is not subscribed (its connection is being re-established)",
+                operation="reply",
+            )
 
     async def stop(self) -> None:
         """Stop the sweeper, close the client and the registry (after in-flight requests drained)."""
