@@ -51,6 +51,7 @@ __all__ = [
     "validate_resource_id",
     "validate_resource_ids",
     "validate_service_name",
+    "validate_text",
 ]
 
 MAX_SERVICE_NAME_LENGTH = 128
@@ -126,6 +127,21 @@ def validate_resource_id(value: object, field: str = "resource_id") -> str:
             "braces, glob characters, quotes and backslashes are not allowed",
             field=field,
         )
+    return value
+
+
+def validate_text(value: str, field: str) -> str:
+    """``value`` when it can be stored as UTF-8 text; ``InvalidRequestError`` naming ``field`` when it
+    holds a lone surrogate (``"\\ud800"`` decoded from JSON), which no Redis value or wire message can carry."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start]
+        raise InvalidRequestError(
+            f"{field} contains U+{ord(bad):04X}, a lone surrogate that is not valid Unicode text; "
+            "send characters, not halves of a UTF-16 pair",
+            field=field,
+        ) from None
     return value
 
 

@@ -43,6 +43,7 @@ from .keys import (
     validate_instance_id,
     validate_resource_id,
     validate_resource_ids,
+    validate_text,
 )
 from .metrics import get_metrics
 from .models import (
@@ -224,6 +225,7 @@ class ResourceRegistry:
             text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"{field} is not JSON-serialisable: {exc}", field=field) from exc
+        validate_text(text, field)
         if len(text.encode()) > self.settings.max_metadata_bytes:
             raise InvalidRequestError(
                 f"{field} is {len(text.encode())} bytes as JSON; the limit is {self.settings.max_metadata_bytes}",
@@ -422,7 +424,7 @@ class ResourceRegistry:
         validate_instance_id(instance_id)
         ids = validate_resource_ids(resource_ids, max_count=self.settings.max_batch_size)
         meta = self._metadata_json(metadata)
-        trace_id = trace_id or new_trace_id()
+        trace_id = validate_text(trace_id, "trace_id") if trace_id else new_trace_id()
         start = time.perf_counter()
         chunk = self.settings.register_chunk_size
         if chunk is not None and len(ids) > chunk:
@@ -580,7 +582,7 @@ class ResourceRegistry:
         sk = self._sk(service_name)
         validate_instance_id(instance_id)
         ids = validate_resource_ids(resource_ids, max_count=self.settings.max_batch_size)
-        trace_id = trace_id or new_trace_id()
+        trace_id = validate_text(trace_id, "trace_id") if trace_id else new_trace_id()
         start = time.perf_counter()
         reply = await self._release_step(sk, instance_id, ids, trace_id, "released")
         elapsed = time.perf_counter() - start
