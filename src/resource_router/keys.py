@@ -37,13 +37,17 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from .errors import InvalidRequestError
 
 __all__ = [
+    "INSTANCE_ID_SCHEMA",
     "MAX_INSTANCE_ID_LENGTH",
     "MAX_RESOURCE_ID_LENGTH",
     "MAX_SERVICE_NAME_LENGTH",
+    "RESOURCE_ID_SCHEMA",
+    "SERVICE_NAME_SCHEMA",
     "KeySpace",
     "ServiceKeys",
     "validate_instance_id",
@@ -67,6 +71,26 @@ _INSTANCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
 # braces would change the hash tag, '*?[]' are glob characters that make SCAN/KEYS patterns ambiguous.
 _RESOURCE_FORBIDDEN = frozenset('{}*?[]\\"')
 _PLAIN_FORBIDDEN_RE = re.compile(r'[ {}*?\[\]\\"]')
+
+# The same rules as JSON-schema keywords, for API schemas (OpenAPI) that tell clients what an id may be.
+# They describe; the validate_* functions below decide (and name the offending character).
+SERVICE_NAME_SCHEMA: dict[str, Any] = {
+    "pattern": f"^{_NAME_RE.pattern}$",
+    "maxLength": MAX_SERVICE_NAME_LENGTH,
+    "description": "letters, digits, '.', '_' and '-'; the first a letter or digit",
+}
+INSTANCE_ID_SCHEMA: dict[str, Any] = {
+    "pattern": f"^{_INSTANCE_RE.pattern}$",
+    "maxLength": MAX_INSTANCE_ID_LENGTH,
+    "description": "letters, digits, '.', '_', ':', '@' and '-'; the first a letter or digit",
+}
+RESOURCE_ID_SCHEMA: dict[str, Any] = {
+    # ASCII part of the rule; other Unicode whitespace, control and format characters are refused too.
+    "pattern": r'^[^\s{}*?\[\]\\"\u0000-\u001f\u007f]+$',
+    "maxLength": MAX_RESOURCE_ID_LENGTH,
+    "description": "any printable Unicode text except whitespace, control and format characters, "
+    "braces, glob characters (*?[]), double quotes and backslashes",
+}
 
 
 def _check_type_and_length(value: object, field: str, max_length: int) -> str:
