@@ -41,6 +41,9 @@ class GatewaySettings(BaseModel):
     shutdown_timeout: float = Field(default=30.0, ge=0)
     #: Seconds ``/readyz`` waits for Redis to answer PING.
     ready_timeout: float = Field(default=2.0, gt=0)
+    #: Requests (HTTP and NATS) one process serves at once; above it the answer is 503 with ``Retry-After``.
+    #: Probes (``/healthz``, ``/readyz``) and ``/metrics`` are always answered.
+    max_in_flight: int = Field(default=1024, ge=1, le=1_000_000)
 
     @property
     def redis_url(self) -> str:
