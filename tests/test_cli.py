@@ -455,7 +455,12 @@ def test_serve_builds_settings_from_options_and_env(monkeypatch: pytest.MonkeyPa
     import resource_router.gateway as gateway
 
     seen: list[GatewaySettings] = []
-    monkeypatch.setattr(gateway, "run", seen.append)
+
+    def fake_run(settings: GatewaySettings, *, setup_logging: object = None) -> None:
+        assert setup_logging is cli.configure_logging  # workers configure their logging with it
+        seen.append(settings)
+
+    monkeypatch.setattr(gateway, "run", fake_run)
     result = invoke(
         "serve",
         "--port",
@@ -468,7 +473,19 @@ def test_serve_builds_settings_from_options_and_env(monkeypatch: pytest.MonkeyPa
         "0",
         "--max-resources-per-instance",
         "7",
-        env={"RESOURCE_ROUTER_REDIS_URL": "redis://example:6379/2", "RESOURCE_ROUTER_HOST": "0.0.0.0"},
+        "--workers",
+        "3",
+        "--max-in-flight",
+        "50",
+        "--nats",
+        "nats://example:4222",
+        "--nats-prefix",
+        "seed.ipc",
+        env={
+            "RESOURCE_ROUTER_REDIS_URL": "redis://example:6379/2",
+            "RESOURCE_ROUTER_HOST": "0.0.0.0",
+            "RESOURCE_ROUTER_NATS_QUEUE": "replicas-blue",
+        },
     )
     assert result.exit_code == 0, result.output
     (settings,) = seen
@@ -479,6 +496,11 @@ def test_serve_builds_settings_from_options_and_env(monkeypatch: pytest.MonkeyPa
         log_format="console",
         max_body_bytes=2048,
         sweep_interval=0,
+        workers=3,
+        max_in_flight=50,
+        nats_url="nats://example:4222",
+        nats_subject_prefix="seed.ipc",
+        nats_queue="replicas-blue",
     )
     seen.clear()
     assert invoke("serve", env={"RESOURCE_ROUTER_PORT": "8123", "RESOURCE_ROUTER_NAMESPACE": "blue"}).exit_code == 0

@@ -454,6 +454,35 @@ def serve(
             help="per-instance limit applied to registrations (default 1000)",
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(envvar="RESOURCE_ROUTER_WORKERS", help="replica processes sharing the port (default 1)"),
+    ] = None,
+    max_in_flight: Annotated[
+        int | None,
+        typer.Option(
+            envvar="RESOURCE_ROUTER_MAX_IN_FLIGHT",
+            help="requests one process serves at once; above it 503 with Retry-After (default 1024)",
+        ),
+    ] = None,
+    nats: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RESOURCE_ROUTER_NATS_URL",
+            help="also answer the NATS subjects (ipc.route, ipc.resource.*) on this server, e.g. nats://host:4222",
+        ),
+    ] = None,
+    nats_prefix: Annotated[
+        str | None,
+        typer.Option(envvar="RESOURCE_ROUTER_NATS_SUBJECT_PREFIX", help="NATS subject prefix (default ipc)"),
+    ] = None,
+    nats_queue: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RESOURCE_ROUTER_NATS_QUEUE",
+            help="NATS queue group shared by the replicas (default resource-router)",
+        ),
+    ] = None,
 ) -> None:
     """Run a stateless HTTP router replica (FastAPI on uvicorn). Run as many as you like."""
     try:
@@ -472,9 +501,14 @@ def serve(
             sweep_interval=sweep_interval,
             shutdown_timeout=shutdown_timeout,
             max_resources_per_instance=max_resources_per_instance,
+            workers=workers,
+            max_in_flight=max_in_flight,
+            nats_url=nats,
+            nats_subject_prefix=nats_prefix,
+            nats_queue=nats_queue,
         )
         configure_logging(settings.log_format, settings.log_level)
-        run(settings)
+        run(settings, setup_logging=configure_logging)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         _fail(f"invalid settings: {problems}", EXIT_INVALID)

@@ -49,7 +49,8 @@ def create_app(
 ) -> ReplicaApp:
     """Build a replica's app. ``settings`` defaults to ``GatewaySettings.from_env()``; the library's
     and the replica's metrics go to ``metrics_registry`` (the default Prometheus registry when None),
-    which ``/metrics`` serves."""
+    which ``/metrics`` serves. With ``settings.nats_url`` the app also answers the NATS subjects while
+    it runs (``nats_bridge``)."""
     settings = settings or GatewaySettings.from_env()
     state = GatewayState(settings, metrics_registry=metrics_registry)
 
@@ -58,6 +59,12 @@ def create_app(
         async with AsyncExitStack() as stack:
             await state.start()
             stack.push_async_callback(state.stop)
+            if settings.nats_url:
+                from .nats_bridge import NatsBridge
+
+                bridge = NatsBridge(state, metrics_registry=metrics_registry)
+                await bridge.start()
+                stack.push_async_callback(bridge.stop)  # stops before the state it uses
             yield
 
     app = ReplicaApp(
