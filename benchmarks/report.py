@@ -41,7 +41,7 @@ class Goal:
         return f"{self.value:,.0f} {self.unit}"
 
     def target(self) -> str:
-        if self.limit == float("inf"):
+        if self.limit in (float("inf"), float("-inf")):
             return "(no target)"
         op = "<=" if self.kind == "max" else ">="
         return f"{op} {self.limit:g}x" if self.unit == "x" else f"{op} {self.limit:,.0f} {self.unit}"
@@ -96,6 +96,16 @@ def _absolute(rows: dict[str, Row], text: str, rid: str, attr: str, limit: float
     return Goal(text, value, limit, "max", unit="us", detail=f"{rid} {attr}")
 
 
+def _replica_cpu(rows: dict[str, Row], text: str, rid: str, limit: float, phase: str = "seq") -> Goal:
+    """CPU microseconds per op of the helper process (the replica) in one phase of a row."""
+    row = _get(rows, rid)
+    measured = getattr(row, phase) if row else None
+    value = measured.cpu_us.get("helper") if measured is not None else None
+    if value is None:
+        return Goal(text, None, limit, "max", unit="us", missing=_why(rows, rid))
+    return Goal(text, value, limit, "max", unit="us", detail=f"{rid} cpu 'helper' in the {phase} phase")
+
+
 def evaluate_goals(row_list: list[Row], scales: tuple[int, ...], scale_label: Any) -> tuple[list[Goal], list[Goal]]:
     """(goals, informational ratios)."""
     rows = {r.id: r for r in row_list}
@@ -117,6 +127,16 @@ def evaluate_goals(row_list: list[Row], scales: tuple[int, ...], scale_label: An
             1.0,
             attr="conc64_ops_per_s",
         ),
+        _replica_cpu(rows, "replica CPU per routed call (POST /v1/route) <= 100 us", "gateway_route", 100),
+        _ratio(rows, "POST /v1/route via a replica p50 <= 1.5x the direct call", "gateway_route", "routed_call", 1.5),
+        _ratio(
+            rows,
+            "one replica's 64-concurrent throughput >= 0.4x the direct call's",
+            "gateway_route",
+            "routed_call",
+            0.4,
+            attr="conc64_ops_per_s",
+        ),
     ]
     if len(scales) > 1:
         lo, hi = scale_label(scales[0]), scale_label(scales[-1])
@@ -135,12 +155,38 @@ def evaluate_goals(row_list: list[Row], scales: tuple[int, ...], scale_label: An
             rows, "register_chunk_size=100: 1000-id registration <= 8 ms", "register_1000_chunked", "p50_us", 8000
         ),
         _ratio(rows, "lookup_owner_id p50 / raw GET p50 (<= 1.15x)", "lookup_owner_id", "raw_get", 1.15),
+        _replica_cpu(
+            rows, "replica CPU per routed call in the 64-concurrent phase", "gateway_route", float("inf"), "conc"
+        ),
         _ratio(
             rows,
-            "POST /v1/route via a replica p50 / direct ServiceClient.call p50 (the HTTP hop)",
+            "replica with 2 workers / 1 process: 64-concurrent throughput",
+            "gateway_route_workers2",
             "gateway_route",
+            float("-inf"),
+            attr="conc64_ops_per_s",
+        ),
+        _ratio(
+            rows,
+            "ipc.route over NATS via a replica p50 / POST /v1/route p50",
+            "nats_bridge_route",
+            "gateway_route",
+            float("inf"),
+        ),
+        _ratio(
+            rows,
+            "ipc.route over NATS via a replica p50 / the direct call p50",
+            "nats_bridge_route",
             "routed_call",
             float("inf"),
+        ),
+        _ratio(
+            rows,
+            "ipc.route over NATS via a replica / the direct call: 64-concurrent throughput",
+            "nats_bridge_route",
+            "routed_call",
+            float("-inf"),
+            attr="conc64_ops_per_s",
         ),
         _ratio(rows, "lookup 64-conc throughput / raw GET (>= 1.0x)", "lookup", "raw_get", 1.0, "conc64_ops_per_s"),
         _ratio(rows, "register+release vs aioredlock p50 (<= 1.0x)", "register_release", "aioredlock", 1.0),

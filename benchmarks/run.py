@@ -64,6 +64,8 @@ ROW_IDS = (
     "raw_pubsub_rpc",
     "nats_request_reply",
     "gateway_route",
+    "gateway_route_workers2",
+    "nats_bridge_route",
     "scale",
 )
 

@@ -5,7 +5,10 @@ subject prefix, load shedding, and a NATS server that comes up after the replica
 from __future__ import annotations
 
 import asyncio
+import re
+import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -19,6 +22,8 @@ from tests.nats_server import NatsServer, nats_server_binary
 from tests.test_gateway import SVC, Gateway, _open_gateway
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed (pip install 'resource-router[nats]')")
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "gateway.md"
 
 pytestmark = pytest.mark.skipif(nats_server_binary() is None, reason="nats-server is not on PATH")
 
@@ -293,3 +298,28 @@ def test_nats_settings_from_the_environment_and_checked() -> None:
     for bad in ("ipc.*", "ipc.>", "a..b", "has space", ""):
         with pytest.raises(ValueError, match="nats_subject_prefix"):
             GatewaySettings(nats_subject_prefix=bad)
+
+
+async def test_the_documented_nats_example_runs(
+    redis_url: str, namespace: str, metrics_registry: CollectorRegistry, nats_url: str
+) -> None:
+    """docs/gateway.md's nats-py example, as written, against a replica and an ``echo`` instance."""
+    doc = DOC.read_text()
+    (example,) = [b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "ipc.route" in b]
+    assert "nats://localhost:4222" in example
+    example = example.replace("nats://localhost:4222", nats_url)
+    inst = ServiceInstance(redis_url, "echo", "echo-1", ttl=5, namespace=namespace, metrics_registry=metrics_registry)
+
+    @inst.handler("echo")
+    async def echo(request: RouteRequest) -> Any:
+        return {"echo": request.params}
+
+    async for _ in _open_gateway(redis_url, namespace, metrics_registry, nats_url=nats_url):
+        async with inst:
+            await inst.register_resource(["user-1"])
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", example, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().splitlines() == ["echo-1 {'echo': {'hello': 'world'}}", "echo-1"]
