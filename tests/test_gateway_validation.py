@@ -157,3 +157,10 @@ def test_schema_patterns_agree_with_the_validators(value: str) -> None:
             assert matches, (schema["pattern"], value)
         if value.isascii():
             assert matches == accepted, (schema["pattern"], value)
+
+
+async def test_methods_of_the_schema_and_docs_paths(gw: Gateway) -> None:
+    docs = await gw.http.options("/openapi.json")
+    assert (docs.status_code, docs.headers["allow"]) == (204, "GET, HEAD, OPTIONS")
+    wrong = await gw.http.post("/openapi.json")
+    assert (wrong.status_code, wrong.headers["allow"]) == (405, "GET, HEAD")

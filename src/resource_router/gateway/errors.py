@@ -216,7 +216,9 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
         if exc.status_code == 405:
             # Starlette names the methods of the first route whose path matches; a path can match
             # several (``/v1/resources/register``: POST register, GET the resources of a service).
-            allowed = allowed_methods(routes, request.scope)
+            allowed = allowed_methods(routes, request.scope) or sorted(
+                m.strip() for m in headers.get("Allow", "").split(",") if m.strip()
+            )  # paths outside the API (the docs): Starlette's answer
             if request.method == "OPTIONS":
                 return Response(status_code=204, headers={"Allow": ", ".join([*allowed, "OPTIONS"])})
             headers["Allow"] = ", ".join(allowed)

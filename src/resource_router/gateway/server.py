@@ -7,6 +7,7 @@ extra installs them).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -61,4 +62,9 @@ def run(settings: GatewaySettings, *, setup_logging: LoggingSetup | None = None)
     from uvicorn.supervisors import Multiprocess
 
     config = uvicorn.Config(_AppFactory(settings, setup_logging), factory=True, workers=settings.workers, **options)
-    Multiprocess(config, sockets=[config.bind_socket()]).run()
+    sockets = [config.bind_socket()]
+    supervisor: Any = Multiprocess  # its signature changed across uvicorn versions
+    if "target" in inspect.signature(supervisor).parameters:  # older uvicorn: each worker runs this server
+        supervisor(config, target=uvicorn.Server(config).run, sockets=sockets).run()
+    else:
+        supervisor(config, sockets=sockets).run()
