@@ -367,6 +367,14 @@ redis-server (process CPU, including network I/O), the Redis command time report
 * Request-reply: every responder runs in its own process (`benchmarks/responder.py`): a
   `ServiceInstance` with an `echo` handler, a naive `listen()` loop, or a nats-py subscription;
   ~100-byte msgpack bodies as in the anchors.
+* Router replicas (`benchmarks/cases_gateway.py`): `resource-router serve --log-level warning` in its
+  own process routes to the same instance process as `routed_call`, in the same alternating blocks.
+  `gateway_route`: `POST /v1/route` with a JSON body over keep-alive HTTP/1.1 (a lean client, one
+  connection per caller); `gateway_route_workers2`: the same against `--workers 2` (its cpu 'helper'
+  sums both workers and the supervisor); `nats_bridge_route`: a nats-py request on `<prefix>.route`
+  (msgpack `RouteRequest` -> `RouteResponse`) through the replica started with `--nats`. The replica
+  goals compare with `routed_call` measured in the same blocks; "replica CPU" is the cpu 'helper'
+  column (the replica process) per call.
 * Scale: each size has its own Redis database filled (bench-only Lua filler) with an owner key and
   an owned-hash grant record per resource in the library's key format, 1000 resources per instance;
   lookups of random stored ids and registrations of one fresh id are interleaved across sizes in
