@@ -4,7 +4,6 @@ for successes and for every error, against the real Redis and a live instance.""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,9 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from resource_router import RouteRequest
 from resource_router.gateway.fastpath import FastPathMiddleware
 from resource_router.instance import ServiceInstance
+from tests import test_gateway_route
 from tests.test_gateway import SVC, Gateway, _open_gateway
 
 
@@ -39,6 +38,9 @@ def fast_path_of(gw: Gateway) -> FastPathMiddleware:
     return layer
 
 
+instance = test_gateway_route.instance  # the fixture: an instance of SVC owning user-1 (echo, sleep, fail)
+
+
 @pytest.fixture
 async def gw(redis_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[Gateway]:
     async for g in _open_gateway(redis_url, namespace, metrics_registry, max_body_bytes=2048):
@@ -53,32 +55,6 @@ async def handed_over(gw: Gateway) -> Counting:
     return counting
 
 
-@pytest.fixture
-async def instance(
-    redis_url: str, namespace: str, metrics_registry: CollectorRegistry
-) -> AsyncIterator[ServiceInstance]:
-    inst = ServiceInstance(
-        redis_url, SVC, "echo-1", ttl=5, namespace=namespace, metrics_registry=metrics_registry, sweep_interval=0
-    )
-
-    @inst.handler("echo")
-    async def echo(request: RouteRequest) -> dict[str, Any]:
-        return {"params": request.params, "resource_id": request.resource_id, "token": request.fencing_token}
-
-    @inst.handler("fail")
-    async def fail(request: RouteRequest) -> None:
-        raise ValueError("no good")
-
-    @inst.handler("sleep")
-    async def sleep(request: RouteRequest) -> str:
-        await asyncio.sleep(1.0)
-        return "slept"
-
-    async with inst:
-        await inst.register_resource(["user-1", "dir/x"])
-        yield inst
-
-
 # (body, served by the fast path): bodies that do not validate as a RouteCall go to FastAPI, which
 # words the 400; every other answer (200 and library errors) comes from the fast path.
 ROUTE_BODIES: list[tuple[dict[str, Any], bool]] = [
@@ -88,7 +64,7 @@ ROUTE_BODIES: list[tuple[dict[str, Any], bool]] = [
     ({"service_name": SVC, "resource_id": "nobody", "method": "echo"}, True),
     ({"service_name": SVC, "resource_id": "user-1", "method": "nope"}, True),
     ({"service_name": SVC, "resource_id": "user-1", "method": "fail"}, True),
-    ({"service_name": SVC, "resource_id": "user-1", "method": "sleep", "timeout": 0.2}, True),
+    ({"service_name": SVC, "resource_id": "user-1", "method": "sleep", "params": {"seconds": 1}, "timeout": 0.2}, True),
     ({"service_name": "empty-svc", "method": "echo"}, True),
     ({"service_name": SVC, "resource_id": "a b", "method": "echo"}, True),
     ({"service_name": "-bad", "method": "echo"}, True),
@@ -110,6 +86,7 @@ def _comparable(r: httpx.Response) -> tuple[int, Any, dict[str, str]]:
 async def test_route_answers_like_the_fastapi_route(
     gw: Gateway, instance: ServiceInstance, handed_over: Counting, body: dict[str, Any], fast: bool
 ) -> None:
+    await instance.register_resource(["dir/x"])
     content = json.dumps(body).encode()
     first = await gw.http.post(
         "/v1/route", content=content, headers={"content-type": "application/json", "X-Trace-Id": "t-1"}

@@ -17,11 +17,15 @@ from prometheus_client import CollectorRegistry
 
 from resource_router import RouteRequest
 from resource_router.instance import ServiceInstance
+from tests import test_gateway_route
 from tests.conftest import sample
 from tests.nats_server import NatsServer, nats_server_binary
 from tests.test_gateway import SVC, Gateway, _open_gateway
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed (pip install 'resource-router[nats]')")
+
+
+instance = test_gateway_route.instance  # the fixture: an instance of SVC owning user-1 (echo, sleep, fail)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "gateway.md"
 
@@ -54,28 +58,6 @@ async def nc(nats_url: str) -> AsyncIterator[Any]:
         yield client
     finally:
         await client.close()
-
-
-@pytest.fixture
-async def instance(
-    redis_url: str, namespace: str, metrics_registry: CollectorRegistry
-) -> AsyncIterator[ServiceInstance]:
-    inst = ServiceInstance(
-        redis_url, SVC, "echo-1", ttl=5, namespace=namespace, metrics_registry=metrics_registry, sweep_interval=0
-    )
-
-    @inst.handler("echo")
-    async def echo(request: RouteRequest) -> dict[str, Any]:
-        return {"params": request.params, "resource_id": request.resource_id, "token": request.fencing_token}
-
-    @inst.handler("sleep")
-    async def sleep(request: RouteRequest) -> str:
-        await asyncio.sleep(float(request.params))
-        return "slept"
-
-    async with inst:
-        await inst.register_resource(["user-1"])
-        yield inst
 
 
 async def ask(nc: Any, subject: str, body: Any, **kwargs: Any) -> Any:
@@ -239,7 +221,11 @@ async def test_overloaded_replica_sheds_nats_requests(
         redis_url, namespace, registry, nats_url=nats_url, nats_subject_prefix=prefix, max_in_flight=1
     ):
         slow = asyncio.ensure_future(
-            ask(nc, f"{prefix}.route", {"service_name": SVC, "resource_id": "user-1", "method": "sleep", "params": 0.5})
+            ask(
+                nc,
+                f"{prefix}.route",
+                {"service_name": SVC, "resource_id": "user-1", "method": "sleep", "params": {"seconds": 0.5}},
+            )
         )
         in_flight = gw.app.state.gateway.in_flight
         for _ in range(200):

@@ -92,6 +92,16 @@ class PayloadTooLargeError(InvalidRequestError):
     def details(self) -> dict[str, Any]:
         return {**super().details(), "limit": self.limit}
 
+    @classmethod
+    def of(cls, size: int | None, limit: int) -> PayloadTooLargeError:
+        """For a body of ``size`` bytes (None: a chunked body that passed the limit)."""
+        shown = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        return cls(
+            f"request body is {shown}; this replica accepts at most {limit} bytes "
+            "(resource-router serve --max-body-bytes)",
+            limit=limit,
+        )
+
 
 class ReplicaOverloadedError(ResourceRouterError):
     """The process already serves its limit of requests at once (``--max-in-flight``): try again later,

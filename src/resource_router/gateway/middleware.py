@@ -224,12 +224,7 @@ async def read_body(scope: Scope, receive: Receive, send: Send, max_bytes: int) 
 
 
 async def _too_large(scope: Scope, receive: Receive, send: Send, max_bytes: int, size: int | None) -> None:
-    shown = f"{size} bytes" if size is not None else f"more than {max_bytes} bytes"
-    err = PayloadTooLargeError(
-        f"request body is {shown}; this replica accepts at most {max_bytes} bytes "
-        "(resource-router serve --max-body-bytes)",
-        limit=max_bytes,
-    )
+    err = PayloadTooLargeError.of(size, max_bytes)
     trace_id = scope.get("state", {}).get("trace_id")
     response = error_response(err, trace_id if isinstance(trace_id, str) else None, headers={"Connection": "close"})
     await response(scope, receive, send)

@@ -45,10 +45,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
-__all__ = ["SUBJECTS", "NatsBridge"]
-
-#: Subjects below the prefix.
-SUBJECTS = ("resource.register", "resource.release", "resource.query", "route")
+__all__ = ["NatsBridge"]
 #: Seconds between attempts while the NATS server cannot be reached.
 RECONNECT_WAIT = 2.0
 #: Seconds a replica's start waits for NATS before it starts without (and keeps connecting).
@@ -104,10 +101,6 @@ class NatsBridge:
         self._tasks: set[asyncio.Task[None]] = set()
         self._shutdown_timeout = settings.shutdown_timeout
         self._failing = False
-
-    @property
-    def connected(self) -> bool:
-        return self._nc is not None and self._nc.is_connected
 
     async def start(self) -> None:
         """Connect and subscribe. When the NATS server cannot be reached within ``STARTUP_WAIT``
@@ -239,11 +232,7 @@ class NatsBridge:
 
     def _decode(self, data: bytes) -> Any:
         if len(data) > self.max_body_bytes:
-            raise PayloadTooLargeError(
-                f"request body is {len(data)} bytes; this replica accepts at most {self.max_body_bytes} bytes "
-                "(resource-router serve --max-body-bytes)",
-                limit=self.max_body_bytes,
-            )
+            raise PayloadTooLargeError.of(len(data), self.max_body_bytes)
         try:
             return msgpack.unpackb(data)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
