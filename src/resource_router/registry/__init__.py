@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from resource_router.connection import RedisLike, close_client, connect
 from resource_router.errors import InvalidRequestError, ResourceRouterError
 from resource_router.events import EventLog
-from resource_router.keys import KeySpace, ServiceKeys, validate_resource_id, validate_resource_ids
+from resource_router.keys import KeySpace, ServiceKeys, validate_resource_id, validate_resource_ids, validate_text
 from resource_router.metrics import get_metrics
 from resource_router.models import (
     HeartbeatResult,
@@ -132,6 +132,7 @@ class ResourceRegistry:
             encoded = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"{field} is not JSON-serialisable: {exc}", field=field) from exc
+        validate_text(encoded, field)
         if len(encoded.encode()) > self.settings.max_metadata_bytes:
             raise InvalidRequestError(
                 f"{field} is {len(encoded.encode())} bytes as JSON; the limit is {self.settings.max_metadata_bytes}",
