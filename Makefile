@@ -31,13 +31,13 @@ help:
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
-	$(BIN)/python -m pip install --quiet -e ".[cli,gateway,memory]" --group dev --group bench
+	$(BIN)/python -m pip install --quiet -e ".[cli,gateway,memory,nats,otel]" --group dev --group bench
 	touch $(STAMP)
 
 $(OLDEST_STAMP): pyproject.toml
 	test -x $(OLDEST_BIN)/python || $(PYTHON) -m venv $(OLDEST)
 	$(OLDEST_BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
-	$(OLDEST_BIN)/python -m pip install --quiet -e ".[cli,gateway,memory]" --group dev --group bench "$(OLDEST_REDIS)"
+	$(OLDEST_BIN)/python -m pip install --quiet -e ".[cli,gateway,memory,nats,otel]" --group dev --group bench "$(OLDEST_REDIS)"
 	touch $(OLDEST_STAMP)
 
 demo: $(STAMP)

@@ -20,9 +20,10 @@ from prometheus_client import CollectorRegistry
 from resource_router import ResourceRegistry, ServiceClient
 
 from . import responder as rsp
-from .cases_rpc import PAD_PARAMS, responder
+from .cases_rpc import responder
 from .common import NAMESPACE, Ctx
 from .harness import Op, Row
+from .responder import PAD_PARAMS
 
 __all__ = ["run_cluster"]
 

@@ -1,23 +1,26 @@
-"""Request-reply: the library's routed call, naive redis-py pub/sub, NATS; every responder in another process."""
+"""Request-reply: the library's routed call, naive redis-py pub/sub, NATS, and the router replicas'
+rows (``cases_gateway``), measured side by side; every responder in another process."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from pathlib import Path
 from typing import Any
 
 import msgpack
 from prometheus_client import CollectorRegistry
 
 from . import responder as rsp
+from .cases_gateway import LABELS as GATEWAY_LABELS
+from .cases_gateway import NOTES as GATEWAY_NOTES
+from .cases_gateway import gateway_cpu, gateway_ops
 from .common import NAMESPACE, REPO_ROOT, Ctx, child_env
 from .harness import Op, Row
-from .servers import find_pid, free_port, nats_reachable
+from .responder import PAD_NATS, PAD_PARAMS, PAD_PUBSUB
+from .servers import find_pid, nats_reachable
 
 __all__ = ["run_rpc"]
 
@@ -25,16 +28,6 @@ HELPER_ROLE = {
     "routed_call_uncached": "routed_call",
     "cached_lookup": "routed_call",
 }  # rows served by another row's process
-
-
-def _pad(base: dict[str, Any], size: int) -> bytes:
-    """Padding that brings ``base`` to about ``size`` bytes of msgpack (the anchors' ~100-byte bodies)."""
-    return b"x" * max(0, size - len(msgpack.packb({**base, "b": b""})) - 1)
-
-
-PAD_PUBSUB = _pad({"id": 123456, "r": "bench:reply:caller-7f3a9c21", "m": "route", "res": "res:0000123456"}, 100)
-PAD_NATS = _pad({"id": 123456, "m": "route", "res": "res:0000123456"}, 100)
-PAD_PARAMS = PAD_NATS  # routed_call: the same user payload; the library adds its own envelope
 
 
 @asynccontextmanager
@@ -72,7 +65,6 @@ LABELS = {
     "routed_call_signed": "ServiceClient.call as routed_call, with signed envelopes (signing_keys)",
     "raw_pubsub_rpc": "naive redis-py pub/sub request-reply (responder in another process)",
     "nats_request_reply": "nats-py request-reply (responder in another process)",
-    "gateway_route": "POST /v1/route through a router replica (resource-router serve) to the same instance",
 }
 
 
@@ -96,12 +88,12 @@ async def run_rpc(ctx: Ctx) -> list[Row]:
                 rows.append(Row("routed_call_signed", LABELS["routed_call_signed"], "rpc", skipped=signed))
             else:
                 ops["routed_call_signed"] = signed
-        if ctx.want("gateway_route"):
-            gw = await _gateway(ctx, stack, need_instance=not ctx.want("routed_call", "routed_call_uncached"))
-            if isinstance(gw, str):
-                rows.append(Row("gateway_route", LABELS["gateway_route"], "rpc", skipped=gw))
-            else:
-                ops["gateway_route"] = gw
+        if ctx.want(*GATEWAY_LABELS):
+            if not ctx.want("routed_call", "routed_call_uncached"):  # the replicas route to that instance
+                await stack.enter_async_context(responder(ctx, "instance", "routed_call"))
+            gateway = await gateway_ops(ctx, stack)
+            ops.update(gateway.ops)
+            rows.extend(gateway.skipped)
         if ctx.want("raw_pubsub_rpc"):
             ops["raw_pubsub_rpc"] = await _raw_pubsub(ctx, stack)
         if ctx.want("nats_request_reply"):
@@ -113,6 +105,11 @@ async def run_rpc(ctx: Ctx) -> list[Row]:
         got = await ctx.compare(ops) if ops else {}
     for k in ops:
         seq, conc = got[k]
+        if k in GATEWAY_LABELS:
+            for phase in (seq, conc):
+                gateway_cpu(k, phase)
+            rows.append(Row(k, GATEWAY_LABELS[k], "rpc", seq, conc, note=GATEWAY_NOTES[k]))
+            continue
         for phase in (seq, conc):
             own = phase.cpu_us.pop(f"helper:{HELPER_ROLE.get(k, k)}", None)
             for role in [r for r in phase.cpu_us if r.startswith("helper:")]:
@@ -122,13 +119,11 @@ async def run_rpc(ctx: Ctx) -> list[Row]:
             if k != "nats_request_reply":
                 phase.cpu_us.pop("nats", None)
         note = "cpu 'helper' = the instance process" if k.startswith("routed") else "cpu 'helper' = responder"
-        if k == "gateway_route":
-            note = "keep-alive HTTP/1.1, one connection per caller; cpu 'helper' = the replica"
         if k == "cached_lookup":
             note = "a dict read; the concurrent phase runs in threads"
         rows.append(Row(k, LABELS[k], "rpc", seq, conc, note=note))
     await ctx.flush()
-    order = list(LABELS)
+    order = list(LABELS) + list(GATEWAY_LABELS)
     return sorted(rows, key=lambda row: order.index(row.id))
 
 
@@ -176,85 +171,6 @@ async def _routed_call_signed(ctx: Ctx, stack: AsyncExitStack) -> Op | str:
         await client.call(rsp.SIGNED_SERVICE, "echo", params, resource_id=rsp.RESOURCE, timeout=5.0)
 
     return Op(call)
-
-
-class _Http:
-    """A lean keep-alive HTTP/1.1 client (one connection per concurrent caller), so that the row
-    measures the replica rather than an HTTP client library."""
-
-    def __init__(self, port: int, body: bytes) -> None:
-        self.port = port
-        self.request = (
-            b"POST /v1/route HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            + b"Content-Length: %d\r\n\r\n" % len(body)
-            + body
-        )
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self.all: list[asyncio.StreamWriter] = []
-
-    async def call(self) -> None:
-        if self.idle:
-            reader, writer = self.idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            self.all.append(writer)
-        writer.write(self.request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            status_line = head.split(b"\r\n", 1)[0]
-            raise RuntimeError(f"replica answered {status_line!r}")
-        length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
-        await reader.readexactly(length)
-        self.idle.append((reader, writer))
-
-    async def close(self) -> None:
-        for writer in self.all:
-            writer.close()
-
-
-async def _gateway(ctx: Ctx, stack: AsyncExitStack, *, need_instance: bool) -> Op | str:
-    exe = Path(sys.executable).with_name("resource-router")
-    if not exe.exists():
-        return "resource-router console script not installed"
-    if need_instance:
-        await stack.enter_async_context(responder(ctx, "instance", "routed_call"))
-    port = free_port()
-    cmd = [str(exe), "serve", "--redis", ctx.url, "--namespace", NAMESPACE, "--port", str(port)]
-    cmd += ["--log-level", "warning", "--sweep-interval", "0"]
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, cwd=REPO_ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=child_env()
-    )
-
-    async def stop() -> None:
-        ctx.cpu.pids.pop("helper:gateway_route", None)
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-    stack.push_async_callback(stop)
-    for _ in range(300):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        break
-    else:
-        return "the replica did not start"
-    ctx.cpu.pids["helper:gateway_route"] = proc.pid
-    params = {"b": PAD_PARAMS.decode("latin-1") if isinstance(PAD_PARAMS, bytes) else PAD_PARAMS}
-    body = json.dumps(
-        {"service_name": rsp.SERVICE, "resource_id": rsp.RESOURCE, "method": "echo", "params": params}
-    ).encode()
-    http = _Http(port, body)
-    stack.push_async_callback(http.close)
-    await http.call()  # routes end to end once before measuring
-    return Op(http.call)
 
 
 async def _raw_pubsub(ctx: Ctx, stack: AsyncExitStack) -> Op:

@@ -41,7 +41,7 @@ class Goal:
         return f"{self.value:,.0f} {self.unit}"
 
     def target(self) -> str:
-        if self.limit == float("inf"):
+        if self.limit in (float("inf"), float("-inf")):
             return "(no target)"
         op = "<=" if self.kind == "max" else ">="
         return f"{op} {self.limit:g}x" if self.unit == "x" else f"{op} {self.limit:,.0f} {self.unit}"
@@ -139,6 +139,16 @@ def _normalized(rows: dict[str, Row], text: str, attr: str, reference: float) ->
     return Goal(text, value, 0.95, "min", detail=f"today {ratio:.2f}x NATS; the first wave {reference:.2f}x")
 
 
+def _replica_cpu(rows: dict[str, Row], text: str, rid: str, limit: float, phase: str = "seq") -> Goal:
+    """CPU microseconds per op of the helper process (the replica) in one phase of a row."""
+    row = _get(rows, rid)
+    measured = getattr(row, phase) if row else None
+    value = measured.cpu_us.get("helper") if measured is not None else None
+    if value is None:
+        return Goal(text, None, limit, "max", unit="us", missing=_why(rows, rid))
+    return Goal(text, value, limit, "max", unit="us", detail=f"{rid} cpu 'helper' in the {phase} phase")
+
+
 def evaluate_goals(row_list: list[Row], scales: tuple[int, ...], scale_label: Any) -> tuple[list[Goal], list[Goal]]:
     """(goals, informational ratios)."""
     rows = {r.id: r for r in row_list}
@@ -182,6 +192,16 @@ def evaluate_goals(row_list: list[Row], scales: tuple[int, ...], scale_label: An
         _ratio(rows, "register+release p50 <= 0.9x redis-py Lock p50", "register_release", "redispy_lock", 0.9),
         _spread(rows),
         _absolute(rows, "1000-id registration p50 <= 8 ms", "register_1000", "p50_us", 8000),
+        _replica_cpu(rows, "replica CPU per routed call (POST /v1/route) <= 100 us", "gateway_route", 100),
+        _ratio(rows, "POST /v1/route via a replica p50 <= 1.5x the direct call", "gateway_route", "routed_call", 1.5),
+        _ratio(
+            rows,
+            "one replica's 64-concurrent throughput >= 0.4x the direct call's",
+            "gateway_route",
+            "routed_call",
+            0.4,
+            attr="conc64_ops_per_s",
+        ),
     ]
     memory = _memory(rows, scales, scale_label)
     if memory is not None:
@@ -213,12 +233,38 @@ def evaluate_goals(row_list: list[Row], scales: tuple[int, ...], scale_label: An
             rows, "1000-id registration p50 / pipeline p50 (<= 0.35x)", "register_1000", "pipeline_setnx_1000", 0.35
         ),
         _ratio(rows, "lookup_owner_id p50 / raw GET p50 (<= 1.15x)", "lookup_owner_id", "raw_get", 1.15),
+        _replica_cpu(
+            rows, "replica CPU per routed call in the 64-concurrent phase", "gateway_route", float("inf"), "conc"
+        ),
         _ratio(
             rows,
-            "POST /v1/route via a replica p50 / direct ServiceClient.call p50 (the HTTP hop)",
+            "replica with 2 workers / 1 process: 64-concurrent throughput",
+            "gateway_route_workers2",
             "gateway_route",
+            float("-inf"),
+            attr="conc64_ops_per_s",
+        ),
+        _ratio(
+            rows,
+            "ipc.route over NATS via a replica p50 / POST /v1/route p50",
+            "nats_bridge_route",
+            "gateway_route",
+            float("inf"),
+        ),
+        _ratio(
+            rows,
+            "ipc.route over NATS via a replica p50 / the direct call p50",
+            "nats_bridge_route",
             "routed_call",
             float("inf"),
+        ),
+        _ratio(
+            rows,
+            "ipc.route over NATS via a replica / the direct call: 64-concurrent throughput",
+            "nats_bridge_route",
+            "routed_call",
+            float("-inf"),
+            attr="conc64_ops_per_s",
         ),
         _ratio(rows, "lookup 64-conc throughput / raw GET (>= 1.0x)", "lookup", "raw_get", 1.0, "conc64_ops_per_s"),
         _ratio(rows, "register+release vs aioredlock p50 (<= 1.0x)", "register_release", "aioredlock", 1.0),
@@ -408,6 +454,14 @@ redis-server (process CPU, including network I/O), the Redis command time report
 * Request-reply: every responder runs in its own process (`benchmarks/responder.py`): a
   `ServiceInstance` with an `echo` handler, a naive `listen()` loop, or a nats-py subscription;
   ~100-byte msgpack bodies as in the anchors.
+* Router replicas (`benchmarks/cases_gateway.py`): `resource-router serve --log-level warning` in its
+  own process routes to the same instance process as `routed_call`, in the same alternating blocks.
+  `gateway_route`: `POST /v1/route` with a JSON body over keep-alive HTTP/1.1 (a lean client, one
+  connection per caller); `gateway_route_workers2`: the same against `--workers 2` (its cpu 'helper'
+  sums both workers and the supervisor); `nats_bridge_route`: a nats-py request on `<prefix>.route`
+  (msgpack `RouteRequest` -> `RouteResponse`) through the replica started with `--nats`. The replica
+  goals compare with `routed_call` measured in the same blocks; "replica CPU" is the cpu 'helper'
+  column (the replica process) per call.
 * Scale: each size has its own Redis database filled (bench-only Lua filler) with an owner key and
   an owned-hash grant record per resource in the library's key format, 1000 resources per instance;
   lookups of random stored ids and registrations of one fresh id are interleaved across sizes in

@@ -29,6 +29,16 @@ PUBSUB_CHANNEL = "bench:rpc:inst-rpc"
 NATS_SUBJECT = "bench.rpc.inst-rpc"
 
 
+def _pad(base: dict[str, Any], size: int) -> bytes:
+    """Padding that brings ``base`` to about ``size`` bytes of msgpack (the anchors' ~100-byte bodies)."""
+    return b"x" * max(0, size - len(msgpack.packb({**base, "b": b""})) - 1)
+
+
+PAD_PUBSUB = _pad({"id": 123456, "r": "bench:reply:caller-7f3a9c21", "m": "route", "res": "res:0000123456"}, 100)
+PAD_NATS = _pad({"id": 123456, "m": "route", "res": "res:0000123456"}, 100)
+PAD_PARAMS = PAD_NATS  # routed_call: the same user payload; the library adds its own envelope
+
+
 def reply_body(request_id: Any, pad: bytes) -> bytes:
     return msgpack.packb({"id": request_id, "ok": True, "owner": INSTANCE, "b": pad})
 

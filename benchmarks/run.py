@@ -77,6 +77,8 @@ ROW_IDS = (
     "routed_call_cluster",
     "lookup_cluster",
     "cluster_spread",
+    "gateway_route_workers2",
+    "nats_bridge_route",
     "scale",
 )
 

@@ -41,6 +41,8 @@ REQUIRED = {
     "routed_call_cluster",
     "lookup_cluster",
     "cluster_spread",
+    "gateway_route",
+    "gateway_route_workers2",
     "lookup_at_1e3",
     "register_at_1e3",
     "memory_at_1e3",
@@ -48,6 +50,7 @@ REQUIRED = {
 #: Rows that may be skipped, and the reasons that are acceptable.
 MAY_SKIP = {
     "nats_request_reply": ("NATS not reachable", "nats-py not installed"),
+    "nats_bridge_route": ("NATS not reachable",),
     "aioredlock": ("not installed",),
     "python_redis_lock": ("not installed",),
     "routed_call@redis-py-5.2.1": ("no .venv-oldest",),
@@ -106,6 +109,8 @@ def test_goals_and_metadata_are_reported(smoke_run: tuple[dict, Path, str]) -> N
     assert any(t.startswith("lookup p50") for t in texts)
     assert any(t.startswith("heartbeat p50, 100,000 owned") for t in texts)
     assert any(t.startswith("cluster routed call p50") for t in texts)
+    assert any(t.startswith("replica CPU per routed call") for t in texts)
+    assert any(t.startswith("POST /v1/route via a replica p50") for t in texts)
     for goal in doc["goals"]:
         assert goal["met"] in (True, False, None)
         assert goal["met"] is not None or goal.get("missing")

@@ -476,7 +476,12 @@ def test_serve_builds_settings_from_options_and_env(monkeypatch: pytest.MonkeyPa
     import resource_router.gateway as gateway
 
     seen: list[GatewaySettings] = []
-    monkeypatch.setattr(gateway, "run", seen.append)
+
+    def fake_run(settings: GatewaySettings, *, setup_logging: object = None) -> None:
+        assert setup_logging is cli.configure_logging  # workers configure their logging with it
+        seen.append(settings)
+
+    monkeypatch.setattr(gateway, "run", fake_run)
     result = invoke(
         "serve",
         "--port",
@@ -489,7 +494,19 @@ def test_serve_builds_settings_from_options_and_env(monkeypatch: pytest.MonkeyPa
         "0",
         "--max-resources-per-instance",
         "7",
-        env={"RESOURCE_ROUTER_REDIS_URL": "redis://example:6379/2", "RESOURCE_ROUTER_HOST": "0.0.0.0"},
+        "--workers",
+        "3",
+        "--max-in-flight",
+        "50",
+        "--nats",
+        "nats://example:4222",
+        "--nats-prefix",
+        "seed.ipc",
+        env={
+            "RESOURCE_ROUTER_REDIS_URL": "redis://example:6379/2",
+            "RESOURCE_ROUTER_HOST": "0.0.0.0",
+            "RESOURCE_ROUTER_NATS_QUEUE": "replicas-blue",
+        },
     )
     assert result.exit_code == 0, result.output
     (settings,) = seen
@@ -500,6 +517,11 @@ def test_serve_builds_settings_from_options_and_env(monkeypatch: pytest.MonkeyPa
         log_format="console",
         max_body_bytes=2048,
         sweep_interval=0,
+        workers=3,
+        max_in_flight=50,
+        nats_url="nats://example:4222",
+        nats_subject_prefix="seed.ipc",
+        nats_queue="replicas-blue",
     )
     seen.clear()
     env = {"RESOURCE_ROUTER_PORT": "8123", "RESOURCE_ROUTER_NAMESPACE": "blue", "RESOURCE_ROUTER_EMBEDDED": "1"}
@@ -599,7 +621,7 @@ def test_a_taken_port_has_its_own_message_and_exit_code(redis_url: str, monkeypa
 
     import resource_router.gateway as gateway
 
-    monkeypatch.setattr(gateway, "run", lambda settings: pytest.fail("the replica must not start"))
+    monkeypatch.setattr(gateway, "run", lambda settings, **kw: pytest.fail("the replica must not start"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -618,7 +640,7 @@ def test_a_replica_that_fails_to_start_is_not_reported_as_redis_down(
 ) -> None:
     import resource_router.gateway as gateway
 
-    def startup_failure(settings: GatewaySettings) -> None:
+    def startup_failure(settings: GatewaySettings, **kw: object) -> None:
         raise SystemExit(3)  # what uvicorn does when its startup fails
 
     monkeypatch.setattr(gateway, "run", startup_failure)
@@ -631,7 +653,7 @@ def test_serve_needs_a_redis_url_unless_embedded(monkeypatch: pytest.MonkeyPatch
     import resource_router.gateway as gateway
 
     seen: list[GatewaySettings] = []
-    monkeypatch.setattr(gateway, "run", seen.append)
+    monkeypatch.setattr(gateway, "run", lambda settings, **kw: seen.append(settings))
     refused = invoke("serve", "--port", str(free_port()))
     assert refused.exit_code == EXIT_INVALID
     assert refused.stderr.startswith("error: invalid settings: a replica needs a Redis URL: pass --redis URL or set")

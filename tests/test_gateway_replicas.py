@@ -5,6 +5,7 @@ other, SIGKILL a replica, SIGTERM one during a slow call (it drains), kill an in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -19,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgpack
 import pytest
 
 from resource_router import ResourceRegistry
+from tests.nats_server import NatsServer, nats_server_binary
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -382,3 +385,73 @@ def test_instance_stops_cleanly_and_releases(cluster: Cluster) -> None:
     gone = httpx.get(f"{cluster.b.url}/v1/resources/{SVC}/l-1")
     assert gone.status_code == 404
     assert gone.json()["error"]["type"] == "ResourceNotFoundError"
+
+
+def _children(pid: int) -> list[int]:
+    """Worker processes of a replica (spawned children running uvicorn), by pid."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"spawn_main" in cmdline:
+            found.append(int(child))
+    return sorted(found)
+
+
+def test_two_workers_share_one_port_and_answer_nats(cluster: Cluster) -> None:
+    """``serve --workers 2 --nats URL``: two whole replicas behind one port, each answering HTTP and
+    the NATS subjects in the queue group; SIGTERM stops them all."""
+    if nats_server_binary() is None:
+        pytest.skip("nats-server is not on PATH")
+    import nats
+
+    with NatsServer() as nats_server:
+        workers = start_replica(
+            cluster.redis_url,
+            cluster.namespace,
+            cluster.logdir,
+            "workers",
+            "--workers",
+            "2",
+            "--nats",
+            nats_server.url,
+            "--nats-prefix",
+            "w",
+        )
+        pids: list[int] = []
+        try:
+            wait_replica(workers)
+            deadline = time.monotonic() + 20.0
+            while time.monotonic() < deadline:
+                events = [json.loads(line) for line in workers.text().splitlines() if line.startswith("{")]
+                if sum(e["event"] == "gateway.nats_connected" for e in events) == 2:
+                    break
+                time.sleep(0.05)
+            assert sum(e["event"] == "gateway.start" for e in events) == 2, workers.text()
+            pids = _children(workers.popen.pid)
+            assert len(pids) == 2
+
+            async def calls() -> tuple[list[int], Any]:
+                async with httpx.AsyncClient(base_url=workers.url, timeout=10.0) as http:
+                    body = {"service_name": SVC, "resource_id": "user-1", "method": "echo"}
+                    answers = await asyncio.gather(*(http.post("/v1/route", json=body) for _ in range(40)))
+                nc = await nats.connect(nats_server.url)
+                try:
+                    reply = await nc.request("w.route", msgpack.packb({**body, "params": "over nats"}), timeout=5.0)
+                finally:
+                    await nc.close()
+                return [a.status_code for a in answers], msgpack.unpackb(reply.data)
+
+            statuses, over_nats = asyncio.run(calls())
+            assert statuses == [200] * 40
+            assert over_nats["instance_id"] == "echo-1"
+            assert over_nats["result"]["echo"] == "over nats"
+
+            assert workers.stop(signal.SIGTERM) == 0
+            assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+            stopped = [json.loads(line) for line in workers.text().splitlines() if line.startswith("{")]
+            assert sum(e["event"] == "gateway.stop" for e in stopped) == 2
+        finally:
+            workers.stop(signal.SIGKILL)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

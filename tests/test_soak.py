@@ -145,7 +145,9 @@ async def churn(client: ServiceClient, model: Model, url: str, stop: asyncio.Eve
         step += 1
         ids = list(model.procs)
         a, b = rng.sample(ids, 2)
-        if step % 40 == 0:  # a restart: stop a, start a new incarnation that claims a's resources again
+        if (
+            step % 40 == 3
+        ):  # a restart (early, then every 40 steps): stop a, start a new incarnation that claims a's resources again
             generation += 1
             old = model.procs.pop(a)
             mine = model.owned_by(a)

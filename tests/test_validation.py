@@ -87,6 +87,9 @@ async def test_bad_resource_ids_are_rejected_before_redis(registry: ResourceRegi
         ({"metadata": {"x": object()}}, "metadata"),
         ({"metadata": {"big": "x" * 5000}}, "metadata"),
         ({"metadata": {"nan": float("nan")}}, "metadata"),
+        ({"metadata": {"k": "\ud800"}}, "metadata"),
+        ({"metadata": {"\udfff": 1}}, "metadata"),
+        ({"trace_id": "t-\ud800"}, "trace_id"),
     ],
 )
 async def test_bad_registration_arguments_name_the_field(
@@ -101,6 +104,25 @@ async def test_bad_registration_arguments_name_the_field(
         )
     assert err.value.field == field
     assert err.value.to_dict()["field"] == field
+    assert await keyspace(registry.redis, namespace) == before
+
+
+async def test_lone_surrogates_name_the_field_wherever_text_reaches_redis(
+    registry: ResourceRegistry, namespace: str
+) -> None:
+    """Text that cannot be encoded as UTF-8 is refused with 400 naming the field, never UnicodeEncodeError."""
+    await registry.register_instance(SVC, "i1", ttl=5)
+    await registry.register_resource(SVC, "i1", ["a"])
+    before = await keyspace(registry.redis, namespace)
+    calls = {
+        "trace_id": registry.release_resource(SVC, "i1", ["a"], trace_id="\ud800"),
+        "metadata": registry.register_instance(SVC, "i2", ttl=5, metadata={"zone": "\ud83d"}),
+    }
+    for field, call in calls.items():
+        with pytest.raises(InvalidRequestError) as err:
+            await call
+        assert (err.value.code, err.value.field) == (400, field)
+        assert "lone surrogate" in err.value.message
     assert await keyspace(registry.redis, namespace) == before
 
 

@@ -592,6 +592,35 @@ def serve(
             help="without a Redis URL, serve a private in-process memory:// store (trying it out only)",
         ),
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(envvar="RESOURCE_ROUTER_WORKERS", help="replica processes sharing the port (default 1)"),
+    ] = None,
+    max_in_flight: Annotated[
+        int | None,
+        typer.Option(
+            envvar="RESOURCE_ROUTER_MAX_IN_FLIGHT",
+            help="requests one process serves at once; above it 503 with Retry-After (default 1024)",
+        ),
+    ] = None,
+    nats: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RESOURCE_ROUTER_NATS_URL",
+            help="also answer the NATS subjects (ipc.route, ipc.resource.*) on this server, e.g. nats://host:4222",
+        ),
+    ] = None,
+    nats_prefix: Annotated[
+        str | None,
+        typer.Option(envvar="RESOURCE_ROUTER_NATS_SUBJECT_PREFIX", help="NATS subject prefix (default ipc)"),
+    ] = None,
+    nats_queue: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RESOURCE_ROUTER_NATS_QUEUE",
+            help="NATS queue group shared by the replicas (default resource-router)",
+        ),
+    ] = None,
 ) -> None:
     """Run a stateless HTTP router replica (FastAPI on uvicorn).
 
@@ -614,10 +643,15 @@ def serve(
             shutdown_timeout=shutdown_timeout,
             max_resources_per_instance=max_resources_per_instance,
             embedded=embedded or None,
+            workers=workers,
+            max_in_flight=max_in_flight,
+            nats_url=nats,
+            nats_subject_prefix=nats_prefix,
+            nats_queue=nats_queue,
         )
         _check_address(settings.host, settings.port)
         configure_logging(settings.log_format, settings.log_level)
-        run(settings)
+        run(settings, setup_logging=configure_logging)
     except ValidationError as exc:
         _fail(f"invalid settings: {_problems(exc)}", EXIT_INVALID)
     except InvalidRequestError as exc:

@@ -90,8 +90,10 @@ MAX_TIMEOUT = 3600.0
 #: The owner cache's backstop TTL: entries are dropped by ownership events long before it.
 DEFAULT_OWNER_CACHE_TTL = 5.0
 _CACHE_LIMIT = 100_000
-#: Services whose ownership events one client follows (beyond it, the oldest is dropped).
+#: Services whose ownership events one client follows (only services with owners; beyond it, none).
 _EVENT_SERVICES_LIMIT = 1024
+#: Services whose partition count one client remembers as checked.
+_SERVICES_LIMIT = 4096
 #: Reasons of a ``ResourceReleased`` event that mean the instance itself is gone.
 _INSTANCE_GONE = frozenset(("deregistered", "instance_offline"))
 #: Cached metric children of call outcomes (beyond it, the cache starts over).
@@ -197,7 +199,7 @@ class ServiceClient:
         self._outcomes: dict[tuple[str, str], Any] = {}
         self._event_handlers: dict[str, tuple[Any, Any]] = {}
         self._ready: set[str] = set()
-        self._preparing: dict[str, asyncio.Task[bool]] = {}
+        self._preparing: dict[str, asyncio.Task[None]] = {}
         self._duration = self._metrics.operation_duration.labels("route")
         self._volunteers = VolunteerDirectory(self._registry, max_age=min(self.owner_cache_ttl, _VOLUNTEERS_MAX_AGE))
 
@@ -497,7 +499,7 @@ class ServiceClient:
         activate the resource on a volunteer when nobody owns it; see the module docstring."""
         key = (call.sk.service_name, resource_id)
         if key[0] not in self._ready:
-            await self._prepare(key[0])
+            await self._once(key[0], "partitions", self._check_partitions)
         owner = self._cached_owner(key)
         fresh = owner is None  # the owner came from Redis (not from the cache)
         activate = False
@@ -509,6 +511,9 @@ class ServiceClient:
                 try:
                     owner = await self._lookup(call, resource_id)
                     activate = False
+                    if key[0] not in self._following and self.owner_cache_ttl > 0:
+                        # A service that has owners: hear its ownership events before caching any of them.
+                        await self._once(key[0], "events", self._follow)
                 except ResourceNotFoundError as exc:
                     owner, why = await self._volunteer_for(call, resource_id, skipped, exc)
                     activate = True
@@ -669,30 +674,25 @@ class ServiceClient:
                 self._live_cache.pop(name, None)
 
     # -- ownership events: the owner cache's invalidation ------------------------------------------
-    async def _prepare(self, service_name: str) -> None:
-        """Once per service, shared by concurrent first calls: check its partition count, and hear its
-        ownership events (the owner cache's invalidation) before anything is cached."""
-        task = self._preparing.get(service_name)
+    async def _once(self, service_name: str, stage: str, step: Any) -> None:
+        """Run ``step(service_name)`` once per service and stage, shared by concurrent first calls
+        (each waits for it within its own deadline). A step that failed runs again next time."""
+        key = f"{stage}:{service_name}"
+        task = self._preparing.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._prepare_once(service_name))
+            task = asyncio.get_running_loop().create_task(step(service_name))
             task.add_done_callback(_retrieve)  # its callers may all have given up (deadline) by then
-            self._preparing[service_name] = task
+            self._preparing[key] = task
         try:
             await asyncio.shield(task)
         finally:
-            if task.done() and self._preparing.get(service_name) is task:
-                del self._preparing[service_name]
-                if not task.cancelled() and task.exception() is None and task.result():
-                    self._ready.add(service_name)
+            if task.done() and self._preparing.get(key) is task:
+                del self._preparing[key]
 
-    async def _prepare_once(self, service_name: str) -> bool:
-        """True when the service is ready for good (else the next call tries to follow it again)."""
+    async def _check_partitions(self, service_name: str) -> None:
         await self._registry.service(service_name, operation="lookup")
-        if self.owner_cache_ttl <= 0 or len(self._ready) >= _EVENT_SERVICES_LIMIT:
-            return True
-        if service_name not in self._following:
-            await self._follow(service_name)
-        return service_name in self._following
+        if len(self._ready) < _SERVICES_LIMIT:
+            self._ready.add(service_name)
 
     async def _follow(self, service_name: str) -> None:
         """Hear the service's ownership events; owners are cached only while they are heard. Without

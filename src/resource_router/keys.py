@@ -54,14 +54,18 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from .errors import InvalidRequestError
 from .settings import DEFAULT_NAMESPACE
 
 __all__ = [
+    "INSTANCE_ID_SCHEMA",
     "MAX_INSTANCE_ID_LENGTH",
     "MAX_RESOURCE_ID_LENGTH",
     "MAX_SERVICE_NAME_LENGTH",
+    "RESOURCE_ID_SCHEMA",
+    "SERVICE_NAME_SCHEMA",
     "KeySpace",
     "PartitionKeys",
     "ServiceKeys",
@@ -72,6 +76,7 @@ __all__ = [
     "validate_resource_id",
     "validate_resource_ids",
     "validate_service_name",
+    "validate_text",
 ]
 
 MAX_SERVICE_NAME_LENGTH = 128
@@ -88,6 +93,26 @@ _INSTANCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
 # braces would change the hash tag, '*?[]' are glob characters that make SCAN/KEYS patterns ambiguous.
 _RESOURCE_FORBIDDEN = frozenset('{}*?[]\\"')
 _PLAIN_FORBIDDEN_RE = re.compile(r'[ {}*?\[\]\\"]')
+
+# The same rules as JSON-schema keywords, for API schemas (OpenAPI) that tell clients what an id may be.
+# They describe; the validate_* functions below decide (and name the offending character).
+SERVICE_NAME_SCHEMA: dict[str, Any] = {
+    "pattern": f"^{_NAME_RE.pattern}$",
+    "maxLength": MAX_SERVICE_NAME_LENGTH,
+    "description": "letters, digits, '.', '_' and '-'; the first a letter or digit",
+}
+INSTANCE_ID_SCHEMA: dict[str, Any] = {
+    "pattern": f"^{_INSTANCE_RE.pattern}$",
+    "maxLength": MAX_INSTANCE_ID_LENGTH,
+    "description": "letters, digits, '.', '_', ':', '@' and '-'; the first a letter or digit",
+}
+RESOURCE_ID_SCHEMA: dict[str, Any] = {
+    # ASCII part of the rule; other Unicode whitespace, control and format characters are refused too.
+    "pattern": r'^[^\s{}*?\[\]\\"\u0000-\u001f\u007f]+$',
+    "maxLength": MAX_RESOURCE_ID_LENGTH,
+    "description": "any printable Unicode text except whitespace, control and format characters, "
+    "braces, glob characters (*?[]), double quotes and backslashes",
+}
 
 
 def _check_type_and_length(value: object, field: str, max_length: int) -> str:
@@ -148,6 +173,21 @@ def validate_resource_id(value: object, field: str = "resource_id") -> str:
             "braces, glob characters, quotes and backslashes are not allowed",
             field=field,
         )
+    return value
+
+
+def validate_text(value: str, field: str) -> str:
+    """``value`` when it can be stored as UTF-8 text; ``InvalidRequestError`` naming ``field`` when it
+    holds a lone surrogate (``"\\ud800"`` decoded from JSON), which no Redis value or wire message can carry."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start]
+        raise InvalidRequestError(
+            f"{field} contains U+{ord(bad):04X}, a lone surrogate that is not valid Unicode text; "
+            "send characters, not halves of a UTF-16 pair",
+            field=field,
+        ) from None
     return value
 
 

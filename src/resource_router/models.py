@@ -8,6 +8,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ResourceConflictError
+from .keys import INSTANCE_ID_SCHEMA, RESOURCE_ID_SCHEMA, SERVICE_NAME_SCHEMA
 
 __all__ = [
     "ErrorResponse",
@@ -52,6 +53,10 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
+# Request fields carry the id rules in their JSON schema (OpenAPI); validation is keys.py's.
+_RESOURCE_IDS_SCHEMA: dict[str, Any] = {"items": {"type": "string", **RESOURCE_ID_SCHEMA}, "minItems": 1}
+
+
 class Resource(_Model):
     resource_id: str
     owner_instance_id: str
@@ -80,9 +85,9 @@ class HeartbeatResult(_Model):
 
 
 class ResourceRegistrationRequest(_Model):
-    service_name: str
-    instance_id: str
-    resource_ids: list[str]
+    service_name: str = Field(json_schema_extra=SERVICE_NAME_SCHEMA)
+    instance_id: str = Field(json_schema_extra=INSTANCE_ID_SCHEMA)
+    resource_ids: list[str] = Field(json_schema_extra=_RESOURCE_IDS_SCHEMA)
     force: bool = False
     metadata: dict[str, Any] | None = None
     trace_id: str | None = None
@@ -110,9 +115,9 @@ class ResourceRegistrationResponse(_Model):
 
 
 class ResourceReleaseRequest(_Model):
-    service_name: str
-    instance_id: str
-    resource_ids: list[str]
+    service_name: str = Field(json_schema_extra=SERVICE_NAME_SCHEMA)
+    instance_id: str = Field(json_schema_extra=INSTANCE_ID_SCHEMA)
+    resource_ids: list[str] = Field(json_schema_extra=_RESOURCE_IDS_SCHEMA)
     trace_id: str | None = None
 
 

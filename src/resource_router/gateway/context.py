@@ -12,41 +12,44 @@ from typing import Any
 
 import structlog
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from resource_router.tracing import new_trace_id
 
-__all__ = ["TRACE_HEADER", "current_trace_id", "pick_trace_id", "set_trace_id"]
+__all__ = ["TRACE_HEADER", "adopt_trace_id", "current_trace_id", "pick_trace_id", "set_trace_id", "usable"]
 
 TRACE_HEADER = "X-Trace-Id"
 _TRACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}")
 
 
+def usable(candidate: str | None) -> bool:
+    """A usable trace id: printable ASCII, no spaces, at most 128 characters."""
+    return candidate is not None and _TRACE_RE.fullmatch(candidate) is not None
+
+
 def pick_trace_id(candidate: str | None) -> str:
-    """``candidate`` when it is a usable trace id (printable, no spaces, at most 128 chars), else a new one."""
-    if candidate and _TRACE_RE.fullmatch(candidate):
-        return candidate
-    return new_trace_id()
-
-
-def _state(scope: Any) -> dict[str, Any]:
-    state: dict[str, Any] = scope.setdefault("state", {})
-    return state
+    """``candidate`` when it is a usable trace id, else a new one."""
+    return candidate if candidate is not None and usable(candidate) else new_trace_id()
 
 
 def current_trace_id(conn: HTTPConnection) -> str:
     """The request's trace id (set by the trace middleware; generated here if it did not run)."""
-    state = _state(conn.scope)
-    trace_id = state.get("trace_id")
-    if not isinstance(trace_id, str):
-        trace_id = new_trace_id()
-        state["trace_id"] = trace_id
-    return trace_id
+    return adopt_trace_id(conn.scope, None)
 
 
 def set_trace_id(conn: HTTPConnection, trace_id: str | None) -> str:
     """Adopt a body's ``trace_id`` (when given and usable) as the request's trace id; return the id in force."""
-    if trace_id and _TRACE_RE.fullmatch(trace_id):
-        _state(conn.scope)["trace_id"] = trace_id
+    return adopt_trace_id(conn.scope, trace_id)
+
+
+def adopt_trace_id(scope: Scope, trace_id: str | None) -> str:
+    """``set_trace_id`` on an ASGI scope: the body's id when usable, else the one in force (or a new one)."""
+    state: dict[str, Any] = scope.setdefault("state", {})
+    current = state.get("trace_id")
+    if trace_id and trace_id != current and usable(trace_id):
+        state["trace_id"] = trace_id
         structlog.contextvars.bind_contextvars(trace_id=trace_id)
         return trace_id
-    return current_trace_id(conn)
+    if not isinstance(current, str):
+        current = state["trace_id"] = new_trace_id()
+    return current

@@ -17,6 +17,8 @@ _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 class GatewayMetrics:
     requests: Counter
     duration: Histogram
+    shed: Counter
+    nats_requests: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> GatewayMetrics:
@@ -32,6 +34,18 @@ class GatewayMetrics:
                 "HTTP request duration by path template",
                 ["route"],
                 buckets=_BUCKETS,
+                registry=registry,
+            ),
+            shed=Counter(
+                "ipc_gateway_shed_total",
+                "Requests answered 503 at once because the process served its max_in_flight already",
+                ["transport"],
+                registry=registry,
+            ),
+            nats_requests=Counter(
+                "ipc_gateway_nats_requests_total",
+                "Requests served on the NATS subjects (subject without its prefix, status as in HTTP)",
+                ["subject", "status"],
                 registry=registry,
             ),
         )

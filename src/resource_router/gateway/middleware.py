@@ -1,5 +1,5 @@
-"""Pure ASGI middleware: trace ids, access logs and HTTP metrics, the body-size limit, and the last
-line of defence that turns an unexpected exception into the 500 error body.
+"""Pure ASGI middleware: trace ids, access logs and HTTP metrics, load shedding, the body-size limit, and
+the last line of defence that turns an unexpected exception into the 500 error body.
 
 Pure ASGI (not ``BaseHTTPMiddleware``): the endpoint runs in the request's own task, so context
 variables (the structlog binding of ``trace_id``) reach every log line the request produces.
@@ -14,27 +14,34 @@ import structlog
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from resource_router.errors import ResourceRouterError
 from resource_router.tracing import get_logger
 
 from .context import TRACE_HEADER, pick_trace_id
-from .errors import PayloadTooLargeError, error_response
+from .errors import PayloadTooLargeError, ReplicaOverloadedError, error_response, internal_error
 from .metrics import GatewayMetrics, get_gateway_metrics
+from .state import InFlight
 
 logger = get_logger(__name__)
 
-__all__ = ["BodyLimitMiddleware", "TraceMiddleware"]
+__all__ = [
+    "BodyLimitMiddleware",
+    "InternalErrorMiddleware",
+    "LoadShedMiddleware",
+    "TraceMiddleware",
+    "answer_internal_error",
+    "read_body",
+    "replay",
+]
 
 _TRACE_HEADER_BYTES = TRACE_HEADER.lower().encode("latin-1")
+#: Probes and scrapes: no log line each, and answered even when the replica sheds load.
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
-            try:
-                return str(value.decode("latin-1"))
-            except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-                return None
+            return str(value.decode("latin-1"))
     return None
 
 
@@ -45,12 +52,30 @@ def _route_label(scope: Scope) -> str:
 
 
 class TraceMiddleware:
-    """Give every request a trace id, log one ``http.request`` line, count it, and answer 500 with
-    the error body (instead of a bare text page) when something unexpected escapes the app."""
+    """Give every request a trace id (sent back in ``X-Trace-Id``), log one ``http.request`` line when
+    ``access_log`` (the replica's log level includes info), count it, and answer 500 with the error
+    body (instead of a bare text page) when something unexpected escapes the app."""
 
-    def __init__(self, app: ASGIApp, metrics_registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics_registry: CollectorRegistry | None = None, *, access_log: bool = True
+    ) -> None:
         self.app = app
         self.metrics: GatewayMetrics = get_gateway_metrics(metrics_registry)
+        self.access_log = access_log
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def _observe(self, method: str, route: str, status: int, elapsed: float) -> None:
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.metrics.requests.labels(method, route, str(status)),
+                self.metrics.duration.labels(route),
+            )
+            if len(self._children) < 1024:
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(elapsed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,99 +91,156 @@ class TraceMiddleware:
             nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
-                status = int(message["status"])
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != _TRACE_HEADER_BYTES]
-                headers.append((_TRACE_HEADER_BYTES, str(state["trace_id"]).encode("latin-1")))
+                status = message["status"]
+                headers = [*message.get("headers", ()), (_TRACE_HEADER_BYTES, state["trace_id"].encode("latin-1"))]
                 message = {**message, "headers": headers}
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(trace_id=state["trace_id"]):
-            try:
-                await self.app(scope, receive, send_wrapper)
-            except Exception as exc:
-                logger.exception("http.internal_error", path=scope.get("path"), error_type=type(exc).__name__)
-                if started:
-                    raise  # the response is half sent: let the server close the connection
-                err = ResourceRouterError(
-                    f"internal error ({type(exc).__name__}); the replica's log has the details "
-                    f"under trace_id {state['trace_id']}"
+        tokens = structlog.contextvars.bind_contextvars(trace_id=state["trace_id"])
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started:
+                raise  # the response is half sent: let the server close the connection
+            await answer_internal_error(exc, scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = _route_label(scope)
+            self._observe(scope["method"], route, status, elapsed)
+            if self.access_log and scope["path"] not in _QUIET_PATHS:
+                logger.info(
+                    "http.request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    operation="http",
+                    duration_ms=round(elapsed * 1000.0, 3),
                 )
-                await error_response(err, str(state["trace_id"]))(scope, receive, send_wrapper)
-            finally:
-                elapsed = time.perf_counter() - start
-                route = _route_label(scope)
-                self.metrics.requests.labels(scope.get("method", ""), route, str(status)).inc()
-                self.metrics.duration.labels(route).observe(elapsed)
-                if route not in _QUIET_ROUTES:
-                    logger.info(
-                        "http.request",
-                        method=scope.get("method"),
-                        path=scope.get("path"),
-                        status=status,
-                        operation="http",
-                        duration_ms=round(elapsed * 1000.0, 3),
-                    )
+            structlog.contextvars.reset_contextvars(**tokens)
 
 
-#: Probes and scrapes are not worth a log line each.
-_QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+async def answer_internal_error(exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
+    """Log an unexpected exception with its traceback and answer the 500 error body that leaks nothing."""
+    logger.exception("http.internal_error", path=scope.get("path"), error_type=type(exc).__name__)
+    trace_id = scope.get("state", {}).get("trace_id")
+    trace_id = trace_id if isinstance(trace_id, str) else None
+    await error_response(internal_error(exc, trace_id), trace_id)(scope, receive, send)
+
+
+class InternalErrorMiddleware:
+    """Inside FastAPI: answer an unexpected exception of an endpoint with the JSON 500 (Starlette's
+    outermost middleware would send a plain-text page first)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started:
+                raise
+            await answer_internal_error(exc, scope, receive, send)
+
+
+class LoadShedMiddleware:
+    """At most ``in_flight.limit`` requests at once in this process; above it, 503 with ``Retry-After``
+    at once (nothing read, nothing started), so that an overloaded replica stays responsive and
+    callers or the load balancer move on. Probes and ``/metrics`` are always served."""
+
+    def __init__(self, app: ASGIApp, in_flight: InFlight, metrics_registry: CollectorRegistry | None = None) -> None:
+        self.app = app
+        self.in_flight = in_flight
+        self.shed = get_gateway_metrics(metrics_registry).shed.labels("http")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _QUIET_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if not self.in_flight.try_enter():
+            self.shed.inc()
+            trace_id = scope.get("state", {}).get("trace_id")
+            err = ReplicaOverloadedError(self.in_flight.limit)
+            await error_response(err, trace_id if isinstance(trace_id, str) else None)(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight.leave()
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies larger than ``max_bytes`` with 413 and the error body.
-
-    A ``Content-Length`` above the limit is refused before anything is read; a chunked body is read
-    up to the limit (never further) and replayed to the app when it fits.
-    """
+    """Refuse request bodies larger than ``max_bytes`` with 413 and the error body (``read_body``);
+    a body that fits is replayed to the app in one message."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _too_large(self, scope: Scope, size: int | None) -> Any:
-        shown = f"{size} bytes" if size is not None else f"more than {self.max_bytes} bytes"
-        err = PayloadTooLargeError(
-            f"request body is {shown}; this replica accepts at most {self.max_bytes} bytes "
-            "(resource-router serve --max-body-bytes)",
-            limit=self.max_bytes,
-        )
-        trace_id = scope.get("state", {}).get("trace_id")
-        return error_response(err, trace_id if isinstance(trace_id, str) else None, headers={"Connection": "close"})
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        declared = _header(scope, b"content-length")
-        if declared is not None:
-            try:
-                length = int(declared)
-            except ValueError:
-                length = -1
-            if length > self.max_bytes:
-                await self._too_large(scope, length)(scope, receive, send)
-                return
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away before sending its whole body: nobody to answer
-            body = message.get("body", b"")
-            total += len(body)
-            if total > self.max_bytes:
-                await self._too_large(scope, None)(scope, receive, send)
-                return
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
-        replayed = False
+        body = await read_body(scope, receive, send, self.max_bytes)
+        if body is not None:
+            await self.app(scope, replay(body, receive), send)
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
 
-        await self.app(scope, replay, send)
+async def read_body(scope: Scope, receive: Receive, send: Send, max_bytes: int) -> bytes | None:
+    """The whole request body, or None when it was not read: larger than ``max_bytes`` (answered 413
+    here: a ``Content-Length`` above the limit before anything is read, a chunked body once the limit
+    is passed, never reading further) or the client went away before sending all of it."""
+    declared = _header(scope, b"content-length")
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            length = -1
+        if length > max_bytes:
+            await _too_large(scope, receive, send, max_bytes, length)
+            return None
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None  # the client went away before sending its whole body: nobody to answer
+        chunk = message.get("body", b"")
+        total += len(chunk)
+        if total > max_bytes:
+            await _too_large(scope, receive, send, max_bytes, None)
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send, max_bytes: int, size: int | None) -> None:
+    err = PayloadTooLargeError.of(size, max_bytes)
+    trace_id = scope.get("state", {}).get("trace_id")
+    response = error_response(err, trace_id if isinstance(trace_id, str) else None, headers={"Connection": "close"})
+    await response(scope, receive, send)
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` (read already) as one message, then what the server sends."""
+    replayed = False
+
+    async def receive_again() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return receive_again

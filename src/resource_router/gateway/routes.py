@@ -1,19 +1,21 @@
-"""The HTTP endpoints of a replica (the contract's table), one thin function each over the library.
+"""The HTTP endpoints of a replica (the contract's table), one thin function each over ``operations``.
 
-Bodies and answers are the library's pydantic models; failures raise the library's exceptions and
-``errors.py`` turns them into the error body with the exception's ``code`` as status.
+Bodies and answers are pydantic models; failures raise the library's exceptions and ``errors.py``
+turns them into the error body with the exception's ``code`` as status. These functions define the
+API and its OpenAPI schema; ``fastpath.py`` serves the two hottest of them (``POST /v1/route`` and the
+owner lookup) without FastAPI's request machinery, and hands over to these whatever it does not take.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import Response
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
-from resource_router.errors import InvalidRequestError
+from resource_router.keys import INSTANCE_ID_SCHEMA, RESOURCE_ID_SCHEMA, SERVICE_NAME_SCHEMA
 from resource_router.models import (
     ErrorResponse,
     InstanceInfo,
@@ -22,15 +24,33 @@ from resource_router.models import (
     ResourceRegistrationResponse,
     ResourceReleaseRequest,
     ResourceReleaseResponse,
-    RouteRequest,
     RouteResponse,
 )
 
+from . import operations
+from .bodies import RouteCall
 from .context import current_trace_id, set_trace_id
-from .errors import RegistrationConflictError
+from .errors import JSONBody
 from .state import GatewayState
 
-__all__ = ["router"]
+__all__ = ["OWNER_PATH", "ROUTE_PATH", "router"]
+
+ROUTE_PATH = "/v1/route"
+OWNER_PATH = "/v1/resources/{service_name}/{resource_id:path}"
+
+
+# Path and query parameters state the id rules in the schema; the library validates (400, not 422).
+def _service() -> Any:
+    return Path(json_schema_extra=SERVICE_NAME_SCHEMA)
+
+
+def _resource() -> Any:
+    return Path(json_schema_extra=RESOURCE_ID_SCHEMA)
+
+
+def _instance() -> Any:
+    return Query(default=None, description="only the resources of this instance", json_schema_extra=INSTANCE_ID_SCHEMA)
+
 
 router = APIRouter()
 
@@ -57,38 +77,23 @@ def _gateway(request: Request) -> GatewayState:
     return state
 
 
-@router.post("/v1/route", response_model=RouteResponse, responses=_errors(404, 500, 503, 504), tags=["routing"])
-async def route(body: RouteRequest, request: Request) -> RouteResponse:
+@router.post(ROUTE_PATH, response_model=RouteResponse, responses=_errors(404, 500, 503, 504), tags=["routing"])
+async def route(body: RouteCall, request: Request) -> RouteResponse:
     """Call ``method`` on the instance that owns ``resource_id`` (or on any live instance of the service)."""
-    trace_id = set_trace_id(request, body.trace_id)
-    if body.fencing_token is not None:
-        raise InvalidRequestError(
-            "fencing_token is set by the owning instance for its handler; callers must not send it",
-            field="fencing_token",
-        )
-    client = await _gateway(request).client()
-    response: RouteResponse = await client.route(body.model_copy(update={"trace_id": trace_id, "request_id": None}))
-    if response.trace_id is None:
-        response = response.model_copy(update={"trace_id": trace_id})
-    return response
+    return await operations.route(_gateway(request), body, set_trace_id(request, body.trace_id))
 
 
-@router.get(
-    "/v1/resources/{service_name}/{resource_id:path}",
-    response_model=Resource,
-    responses=_errors(404, 503),
-    tags=["resources"],
-)
-async def get_resource_owner(service_name: str, resource_id: str, request: Request) -> Resource:
+@router.get(OWNER_PATH, response_model=Resource, responses=_errors(404, 503), tags=["resources"])
+async def get_resource_owner(
+    request: Request, service_name: str = _service(), resource_id: str = _resource()
+) -> Resource:
     """The owner of a resource, with its fencing token and metadata."""
-    return await _gateway(request).registry.get_resource_owner(service_name, resource_id)
+    return await operations.lookup(_gateway(request), service_name, resource_id)
 
 
 @router.get("/v1/resources/{service_name}", response_model=list[Resource], responses=_errors(503), tags=["resources"])
 async def list_resources(
-    service_name: str,
-    request: Request,
-    instance_id: str | None = Query(default=None, description="only the resources of this instance"),
+    request: Request, service_name: str = _service(), instance_id: str | None = _instance()
 ) -> list[Resource]:
     """Resources owned in the service (or by one instance), sorted by id."""
     return await _gateway(request).registry.list_resources(service_name, instance_id)
@@ -106,18 +111,7 @@ async def register_resources(body: ResourceRegistrationRequest, request: Request
     With conflicts the answer is 409: the free ids **were** registered (atomically, with the rest left
     untouched) and the body lists both ``conflicts`` and ``registered``.
     """
-    trace_id = set_trace_id(request, body.trace_id)
-    response = await _gateway(request).registry.register_resource(
-        body.service_name,
-        body.instance_id,
-        body.resource_ids,
-        force=body.force,
-        metadata=body.metadata,
-        trace_id=trace_id,
-    )
-    if response.conflicts:
-        raise RegistrationConflictError(response)
-    return response
+    return await operations.register(_gateway(request), body, set_trace_id(request, body.trace_id))
 
 
 @router.post(
@@ -128,16 +122,13 @@ async def register_resources(body: ResourceRegistrationRequest, request: Request
 )
 async def release_resources(body: ResourceReleaseRequest, request: Request) -> ResourceReleaseResponse:
     """Release ids owned by the instance; all-or-nothing when any id is owned by someone else (403)."""
-    trace_id = set_trace_id(request, body.trace_id)
-    return await _gateway(request).registry.release_resource(
-        body.service_name, body.instance_id, body.resource_ids, trace_id=trace_id
-    )
+    return await operations.release(_gateway(request), body, set_trace_id(request, body.trace_id))
 
 
 @router.get(
     "/v1/instances/{service_name}", response_model=list[InstanceInfo], responses=_errors(503), tags=["instances"]
 )
-async def list_instances(service_name: str, request: Request) -> list[InstanceInfo]:
+async def list_instances(request: Request, service_name: str = _service()) -> list[InstanceInfo]:
     """Live instances of the service, sorted by id."""
     return await _gateway(request).registry.list_instances(service_name)
 
@@ -149,10 +140,10 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", tags=["operations"], responses={503: {"model": ErrorResponse, "description": "Redis down"}})
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> JSONBody:
     """Readiness: Redis answers PING (503 with the error body when it does not)."""
     await _gateway(request).ready()
-    return JSONResponse({"status": "ready", "trace_id": current_trace_id(request)})
+    return JSONBody({"status": "ready", "trace_id": current_trace_id(request)})
 
 
 @router.get("/metrics", tags=["operations"], response_class=Response)

@@ -24,6 +24,9 @@ DEFAULT_MAX_BODY_BYTES = 1_048_576
 
 LogFormat = Literal["json", "console"]
 
+# NATS subject tokens: no spaces, no wildcards, no empty token.
+_SUBJECT_TOKENS = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+
 
 class GatewaySettings(SettingsBase):
     """Knobs of one stateless router replica. Nothing here is shared state: that all lives in Redis."""
@@ -41,6 +44,18 @@ class GatewaySettings(SettingsBase):
     shutdown_timeout: float = Field(default=30.0, ge=0)
     #: Seconds ``/readyz`` waits for Redis to answer PING.
     ready_timeout: float = Field(default=2.0, gt=0)
+    #: Replica processes sharing the port (``--workers``); each is a whole replica, as stateless as one.
+    workers: int = Field(default=1, ge=1, le=64)
+    #: Requests (HTTP and NATS) one process serves at once; above it the answer is 503 with ``Retry-After``.
+    #: Probes (``/healthz``, ``/readyz``) and ``/metrics`` are always answered.
+    max_in_flight: int = Field(default=1024, ge=1, le=1_000_000)
+    #: A NATS server to also answer the seed's subjects on (``--nats``); None: HTTP only.
+    nats_url: str | None = None
+    #: Subjects are ``<prefix>.resource.register``, ``<prefix>.resource.release``,
+    #: ``<prefix>.resource.query`` and ``<prefix>.route``.
+    nats_subject_prefix: str = Field(default="ipc", pattern=_SUBJECT_TOKENS)
+    #: The queue group every replica joins, so that each NATS request is answered by one replica.
+    nats_queue: str = Field(default="resource-router", pattern=_SUBJECT_TOKENS)
     #: Allow the embedded memory:// store (one process only: for trying the replica out).
     embedded: bool = False
 

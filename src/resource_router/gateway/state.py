@@ -25,7 +25,27 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-__all__ = ["GatewayState"]
+__all__ = ["GatewayState", "InFlight"]
+
+
+class InFlight:
+    """How many requests (HTTP and NATS) this process serves at once, bounded by ``limit``."""
+
+    __slots__ = ("count", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def try_enter(self) -> bool:
+        """Take a place; False when all ``limit`` places are taken (the caller answers 503)."""
+        if self.count >= self.limit:
+            return False
+        self.count += 1
+        return True
+
+    def leave(self) -> None:
+        self.count -= 1
 
 
 class GatewayState:
@@ -43,6 +63,7 @@ class GatewayState:
             metrics_registry=metrics_registry,
         )
         self.sweeper = Sweeper(self.registry, interval=settings.sweep_interval) if settings.sweep_interval > 0 else None
+        self.in_flight = InFlight(settings.max_in_flight)
         self._client: ServiceClient | None = None
         self._client_lock = asyncio.Lock()
         self._stack = contextlib.AsyncExitStack()

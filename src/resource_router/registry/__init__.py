@@ -38,6 +38,7 @@ from resource_router.keys import (
     validate_instance_id,
     validate_resource_id,
     validate_resource_ids,
+    validate_text,
 )
 from resource_router.metrics import get_metrics
 from resource_router.models import (
@@ -140,6 +141,7 @@ class ResourceRegistry:
             encoded = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"{field} is not JSON-serialisable: {exc}", field=field) from exc
+        validate_text(encoded, field)
         if len(encoded.encode()) > self.settings.max_metadata_bytes:
             raise InvalidRequestError(
                 f"{field} is {len(encoded.encode())} bytes as JSON; the limit is {self.settings.max_metadata_bytes}",

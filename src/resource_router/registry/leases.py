@@ -205,7 +205,7 @@ class Leases:
             )
         if released:
             store.child("releases", service_name, "deregistered").inc(len(released))
-        store.child("resources_per_instance", service_name, instance_id).set(0)
+        store.metrics.forget_instance(service_name, instance_id)
         logger.info(
             "instance.deregister", service_name=service_name, instance_id=instance_id, released=len(released), **info
         )
@@ -265,7 +265,7 @@ class Leases:
             "sweep", store.scripts.sweep_instance, service_keys, [instance_id, "finish", claim_ms], idempotent=True
         )
         store.child("releases", service_name, "instance_offline").inc(len(released))
-        store.child("resources_per_instance", service_name, instance_id).set(0)
+        store.metrics.forget_instance(service_name, instance_id)
         logger.info(
             "instance.swept",
             service_name=service_name,

@@ -43,6 +43,7 @@ from resource_router.keys import (
     validate_instance_id,
     validate_resource_id,
     validate_resource_ids,
+    validate_text,
 )
 from resource_router.models import (
     Resource,
@@ -133,7 +134,7 @@ class Ownership:
         sk = await store.service(service_name, "register_resource", record=True)
         validate_instance_id(instance_id)
         ids = validate_resource_ids(resource_ids, max_count=store.settings.max_batch_size)
-        trace_id = trace_id or new_trace_id()
+        trace_id = validate_text(trace_id, "trace_id") if trace_id else new_trace_id()
         start = time.perf_counter()
         chunk = store.settings.register_chunk_size
         if sk.partitions > 1:
@@ -363,7 +364,7 @@ class Ownership:
         sk = await store.service(service_name, "release_resource")
         validate_instance_id(instance_id)
         ids = validate_resource_ids(resource_ids, max_count=store.settings.max_batch_size)
-        trace_id = trace_id or new_trace_id()
+        trace_id = validate_text(trace_id, "trace_id") if trace_id else new_trace_id()
         start = time.perf_counter()
         if sk.partitions > 1:
             owners = await self._check_release(sk, instance_id, ids)

@@ -194,6 +194,6 @@ class Store:
         child = self._children.get(key)
         if child is None:
             child = getattr(self.metrics, metric).labels(*labels)
-            if len(self._children) < 65536:
+            if len(self._children) < 4096:  # label values are bounded by metrics.LabelSets anyway
                 self._children[key] = child
         return child
