@@ -48,6 +48,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from . import otel
 from .connection import RedisLike
 from .deadline import bounded, stop_task
 from .errors import (
@@ -121,7 +122,9 @@ class _Call:
         "resource_id",
         "seconds",
         "sk",
+        "span",
         "trace_id",
+        "traceparent",
         "wait_for_owner",
         "wall_deadline",
     )
@@ -146,6 +149,8 @@ class _Call:
         self.deadline = deadline  # loop time
         self.wall_deadline = time.time() + seconds  # sent to the instance (UNIX time)
         self.wait_for_owner = wait_for_owner  # keep resolving (and activating) until the deadline
+        self.span: Any = None  # the OpenTelemetry ``call`` span (None without the otel extra)
+        self.traceparent: str | None = None  # its W3C trace context, sent in the envelope
 
     def timeout_error(self) -> RouteTimeoutError:
         return RouteTimeoutError(f"no reply within {self.seconds:g}s", timeout=self.seconds)
@@ -355,13 +360,37 @@ class ServiceClient:
         if resource_id is not None:
             validate_resource_id(resource_id)
         seconds = self._check_timeout(seconds)
-        if trace_id is None:
-            trace_id = new_trace_id()
         if self._hub is None:
             await self.start()
+        with otel.call_span(service_name, method, resource_id) as span:
+            if trace_id is None:  # the span's trace id when there is one: logs and traces agree
+                trace_id = otel.current_trace_id() if span is not None else None
+                trace_id = trace_id or new_trace_id()
+            reply = await self._traced_route(sk, method, params, resource_id, seconds, trace_id, wait_for_owner, span)
+            if span is not None:
+                span.set_attribute("instance_id", reply.instance_id or "")
+                if reply.fencing_token is not None:
+                    span.set_attribute("fencing_token", reply.fencing_token)
+            return reply
+
+    async def _traced_route(
+        self,
+        sk: ServiceKeys,
+        method: str,
+        params: Any,
+        resource_id: str | None,
+        seconds: float,
+        trace_id: str,
+        wait_for_owner: bool,
+        span: Any,
+    ) -> Reply:
+        service_name = sk.service_name
         loop = asyncio.get_running_loop()
         started = loop.time()
         call = _Call(sk, method, params, resource_id, trace_id, seconds, started + seconds, wait_for_owner)
+        if span is not None:
+            call.span = span
+            call.traceparent = otel.span_traceparent(span)
         try:
             try:
                 # One bound for the whole call: lookups and publishes on a paused or partitioned
@@ -452,6 +481,9 @@ class ServiceClient:
             raise call.timeout_error()
         request_id = f"{self._id_prefix}{os.urandom(12).hex()}"  # unguessable: replies cannot be forged blind
         channel = call.sk.rpc_channel(instance_id)
+        if call.span is not None:
+            call.span.set_attribute("messaging.destination.name", channel)
+            call.span.set_attribute("messaging.message.id", request_id)
         data = encode_request(
             request_id=request_id,
             reply_channel=self.reply_channel,
@@ -464,6 +496,7 @@ class ServiceClient:
             max_bytes=self._max_payload,
             sent_at=None if self._signer is not None else time.time(),  # a seal carries its own ``ts``
             activate=activate,
+            traceparent=call.traceparent,
         )
         if self._signer is not None:
             data = self._signer.seal(channel, data)

@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, NamedTuple
 
+from . import otel
 from .errors import (
     InvalidRequestError,
     MethodNotFoundError,
@@ -434,10 +435,22 @@ class Dispatcher:
         )
         start = time.perf_counter()
         error_type: str | None = None
+        span_scope = otel.handle_span(
+            req.traceparent,
+            service_name=self._service,
+            method=req.method,
+            resource_id=req.resource_id,
+            instance_id=self._iid,
+            channel=self._channel,
+            request_id=req.request_id,
+        )
         try:
-            result = handler(request)
-            if inspect.isawaitable(result):
-                result = await result
+            with span_scope as span:
+                if span is not None and fencing_token is not None:
+                    span.set_attribute("fencing_token", fencing_token)
+                result = handler(request)
+                if inspect.isawaitable(result):
+                    result = await result
         except ResourceRouterError as exc:  # a library error raised on purpose: passed on as is
             outcome, error_type = "error", exc.type
             reply = encode_error_reply(

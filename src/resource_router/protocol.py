@@ -3,7 +3,7 @@
 A request goes to the owner's channel ``{ns}:rpc:{S}:{instance_id}``; the reply goes to the caller's
 channel ``{ns}:reply:{client_id}`` named in the request. Both are msgpack maps with short string keys:
 
-request  ``{"v": 1, "k": "req", "id", "rc", "svc", "m", "rid", "p", "dl", "tr", "ft", "ts", "act"}``
+request  ``{"v": 1, "k": "req", "id", "rc", "svc", "m", "rid", "p", "dl", "tr", "ft", "ts", "act", "tp"}``
 reply    ``{"v": 1, "k": "rep", "id", "s", "r" | "e", "iid", "ft", "tr", "to", "why"}``
 
 ``s`` (status) is ``"ok"`` (``r`` holds the result), ``"error"`` (``e`` holds an error map, the
@@ -14,7 +14,8 @@ follows ``to`` when the refusal names where the resource is; ``why`` says why wh
 Optional fields (protocol v1 receivers ignore them): ``ts`` is the caller's send time (UNIX
 milliseconds; a sealed envelope carries the seal's, which is the same thing: unsigned callers add
 their own); instances confirm ownership in Redis for requests that waited too long. ``act`` asks a
-placement volunteer to activate (claim) the resource if nobody owns it.
+placement volunteer to activate (claim) the resource if nobody owns it. ``tp`` is the W3C
+``traceparent`` of the caller's OpenTelemetry span (``otel.py``).
 
 With signing keys, both end with two more entries, ``"ts"`` and ``"sg"`` (a timestamp and an
 HMAC over the envelope and its channel), appended and checked by ``signing.Signer`` around these
@@ -117,6 +118,7 @@ class Request:
     fencing_token: int | None
     sent_at: float | None = None
     activate: bool = False
+    traceparent: str | None = None
 
 
 @dataclass(slots=True)
@@ -163,6 +165,7 @@ def encode_request(
     fencing_token: int | None = None,
     sent_at: float | None = None,
     activate: bool = False,
+    traceparent: str | None = None,
 ) -> bytes:
     """Encode a request; ``InvalidRequestError`` (field ``params``) when it cannot be sent."""
     message: dict[str, Any] = {
@@ -183,6 +186,8 @@ def encode_request(
         message["ts"] = int(sent_at * 1000)  # milliseconds, as the seal's ``ts`` (signing.py)
     if activate:
         message["act"] = True
+    if traceparent is not None:
+        message["tp"] = traceparent  # W3C trace context of the caller's span (OpenTelemetry)
     try:
         data = _pack(message)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -255,6 +260,9 @@ def decode_request(data: bytes, *, max_bytes: int) -> Request:
         activate = message.get("act")
         if activate is not None and not isinstance(activate, bool):
             raise ValueError("field 'act' must be a boolean or nil")
+        traceparent = message.get("tp")
+        if traceparent is not None and (not isinstance(traceparent, str) or len(traceparent) > 128):
+            raise ValueError("field 'tp' must be a W3C traceparent string or nil")
     except ValueError as exc:
         raise ProtocolError("malformed", f"invalid request: {exc}", **where) from None
     assert service_name is not None
@@ -271,6 +279,7 @@ def decode_request(data: bytes, *, max_bytes: int) -> Request:
         fencing_token=token,
         sent_at=None if sent_at is None else sent_at / 1000.0,
         activate=bool(activate),
+        traceparent=traceparent,
     )
 
 

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from . import otel
 from .metrics import Metrics
 
 __all__ = ["ROOT_LOGGER", "LogThrottle", "Logger", "get_logger", "id_fields", "logger", "new_trace_id", "timed"]
@@ -111,6 +112,9 @@ class Logger:
     def _emit(self, level: int, event: str, fields: dict[str, Any], exc_info: bool = False) -> None:
         if self._context:
             fields = {**self._context, **fields}
+        otel_trace_id = otel.current_trace_id()
+        if otel_trace_id is not None:  # an OpenTelemetry span is active: logs name its trace
+            fields = {**fields, "otel_trace_id": otel_trace_id}
         extra = {"event": event, "fields": fields}
         # stacklevel 3: the record names the library function that logged, not this class
         if fields:

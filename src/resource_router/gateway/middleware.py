@@ -14,6 +14,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from resource_router import otel
 from resource_router.tracing import get_logger
 
 from .context import TRACE_HEADER, pick_trace_id
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 _TRACE_HEADER_BYTES = TRACE_HEADER.lower().encode("latin-1")
+_TRACEPARENT_BYTES = b"traceparent"
 #: Probes and scrapes: no log line each, and answered even when the replica sheds load.
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -87,18 +89,27 @@ class TraceMiddleware:
         status = 500
         start = time.perf_counter()
 
+        span_scope = otel.server_span(scope["method"], scope["path"], _header(scope, _TRACEPARENT_BYTES))
+        traceparent: list[bytes] = []
+
         async def send_wrapper(message: Message) -> None:
             nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
                 headers = [*message.get("headers", ()), (_TRACE_HEADER_BYTES, state["trace_id"].encode("latin-1"))]
+                if traceparent:  # W3C trace context of the replica's span: the caller's trace goes on
+                    headers.append((_TRACEPARENT_BYTES, traceparent[0]))
                 message = {**message, "headers": headers}
             await send(message)
 
         tokens = structlog.contextvars.bind_contextvars(trace_id=state["trace_id"])
         try:
-            await self.app(scope, receive, send_wrapper)
+            with span_scope as span:
+                value = otel.span_traceparent(span)
+                if value is not None:
+                    traceparent.append(value.encode("latin-1"))
+                await self.app(scope, receive, send_wrapper)
         except Exception as exc:
             if started:
                 raise  # the response is half sent: let the server close the connection

@@ -29,6 +29,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from resource_router import otel
 from resource_router.connection import RedisLike, close_client, connect
 from resource_router.errors import InvalidRequestError, ResourceRouterError
 from resource_router.events import EventLog
@@ -160,26 +161,31 @@ class ResourceRegistry:
     ) -> InstanceInfo:
         """Create or refresh an instance's lease. A previous incarnation whose lease ran out is cleaned
         up first (its resources are released with reason ``instance_offline``)."""
-        meta = self._metadata_json(metadata)
-        facts, _swept = await self.leases.register_instance(service_name, instance_id, ttl=ttl, metadata=meta or "{}")
-        return InstanceInfo(
-            service_name=service_name,
-            instance_id=instance_id,
-            registered_at=ms_to_datetime(facts["registered_at"]),
-            last_heartbeat=ms_to_datetime(facts["now"]),
-            ttl=facts["ttl_ms"] / 1000.0,
-            metadata=metadata or {},
-            resource_count=None if facts["existed"] else 0,
-        )
+        with otel.operation_span("register_instance", service_name=service_name, instance_id=instance_id):
+            meta = self._metadata_json(metadata)
+            facts, _swept = await self.leases.register_instance(
+                service_name, instance_id, ttl=ttl, metadata=meta or "{}"
+            )
+            return InstanceInfo(
+                service_name=service_name,
+                instance_id=instance_id,
+                registered_at=ms_to_datetime(facts["registered_at"]),
+                last_heartbeat=ms_to_datetime(facts["now"]),
+                ttl=facts["ttl_ms"] / 1000.0,
+                metadata=metadata or {},
+                resource_count=None if facts["existed"] else 0,
+            )
 
     async def heartbeat(self, service_name: str, instance_id: str, *, ttl: float) -> HeartbeatResult:
         """Renew the instance's lease (one key per partition, in one round trip); report ids it lost.
         See ``Leases.heartbeat``."""
-        return await self.leases.heartbeat(service_name, instance_id, ttl=ttl)
+        with otel.operation_span("heartbeat", service_name=service_name, instance_id=instance_id):
+            return await self.leases.heartbeat(service_name, instance_id, ttl=ttl)
 
     async def deregister_instance(self, service_name: str, instance_id: str) -> list[str]:
         """Release everything the instance owns and remove it. Returns the released ids."""
-        return await self.leases.deregister_instance(service_name, instance_id)
+        with otel.operation_span("deregister_instance", service_name=service_name, instance_id=instance_id):
+            return await self.leases.deregister_instance(service_name, instance_id)
 
     async def list_instances(self, service_name: str) -> list[InstanceInfo]:
         """Live instances of the service (lease not expired), sorted by id."""
@@ -201,8 +207,9 @@ class ResourceRegistry:
         trace_id: str | None = None,
     ) -> ResourceRegistrationResponse:
         """Claim ``resource_ids`` for the instance (see the module docstring and ``ownership.py``)."""
-        meta = self._metadata_json(metadata)
-        return await self.ownership.register(service_name, instance_id, resource_ids, force, meta, trace_id)
+        with otel.operation_span("register_resource", service_name=service_name, instance_id=instance_id):
+            meta = self._metadata_json(metadata)
+            return await self.ownership.register(service_name, instance_id, resource_ids, force, meta, trace_id)
 
     async def release_resource(
         self,
@@ -213,11 +220,13 @@ class ResourceRegistry:
         trace_id: str | None = None,
     ) -> ResourceReleaseResponse:
         """Owner-checked, all-or-nothing release. Ids without an owner are reported in ``not_found``."""
-        return await self.ownership.release(service_name, instance_id, resource_ids, trace_id)
+        with otel.operation_span("release_resource", service_name=service_name, instance_id=instance_id):
+            return await self.ownership.release(service_name, instance_id, resource_ids, trace_id)
 
     async def get_resource_owner(self, service_name: str, resource_id: str) -> Resource:
         """The resource's owner, fencing token and metadata in one round trip."""
-        return await self.ownership.get_resource_owner(service_name, resource_id)
+        with otel.operation_span("lookup", service_name=service_name, resource_id=resource_id):
+            return await self.ownership.get_resource_owner(service_name, resource_id)
 
     async def get_owner_id(self, service_name: str, resource_id: str) -> str | None:
         """Just the owner's instance id, or None."""
@@ -251,7 +260,8 @@ class ResourceRegistry:
     async def sweep_instance(self, service_name: str, instance_id: str) -> list[str] | None:
         """Clean up one instance if its lease ran out. Returns the released ids, or None when there
         was nothing to do (alive, or another sweeper got there first)."""
-        return await self.leases.sweep_instance(service_name, instance_id)
+        with otel.operation_span("sweep", service_name=service_name, instance_id=instance_id):
+            return await self.leases.sweep_instance(service_name, instance_id)
 
     async def sweep(self, service_name: str) -> dict[str, list[str]]:
         """Clean up every instance of the service whose lease ran out. Safe to run concurrently in
