@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from typing import Any
 
@@ -81,7 +80,7 @@ from .pubsub import PubSubHub
 from .registry import ResourceRegistry
 from .settings import DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RouterSettings
 from .signing import Signer
-from .tracing import LogThrottle, get_logger, new_trace_id
+from .tracing import LogThrottle, RandomIds, get_logger, new_trace_id
 
 logger = get_logger(__name__)
 
@@ -194,6 +193,7 @@ class ServiceClient:
         self._reply_heard = asyncio.Event()  # set while the reply channel is subscribed
         self._drop_log = LogThrottle()
         self._id_prefix = self.client_id + ":"
+        self._random_ids = RandomIds()
         self._signer = Signer.from_settings(self._registry.settings)  # None: signing off
         self._service_keys: dict[str, ServiceKeys] = {}
         self._owner_cache: dict[tuple[str, str], tuple[str, float]] = {}
@@ -479,7 +479,7 @@ class ServiceClient:
         remaining = call.deadline - loop.time()
         if remaining <= 0:
             raise call.timeout_error()
-        request_id = f"{self._id_prefix}{os.urandom(12).hex()}"  # unguessable: replies cannot be forged blind
+        request_id = self._id_prefix + self._random_ids.next()  # unguessable: replies cannot be forged blind
         channel = call.sk.rpc_channel(instance_id)
         if call.span is not None:
             call.span.set_attribute("messaging.destination.name", channel)

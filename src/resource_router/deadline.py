@@ -50,6 +50,7 @@ class _Watchdog:
 
     TICK = 0.02
     _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watchdog] = weakref.WeakKeyDictionary()
+    _last: _Watchdog | None = None
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -61,9 +62,13 @@ class _Watchdog:
     @classmethod
     def for_running_loop(cls) -> _Watchdog:
         loop = asyncio.get_running_loop()
+        last = cls._last
+        if last is not None and last._loop is loop:  # the usual case: one loop per process
+            return last
         dog = cls._by_loop.get(loop)
         if dog is None:
             dog = cls._by_loop[loop] = cls(loop)
+        cls._last = dog
         return dog
 
     def enter(self, limit: float) -> tuple[asyncio.Task[Any] | None, int]:

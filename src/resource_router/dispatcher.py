@@ -45,7 +45,7 @@ from .errors import (
     ResourceRouterError,
 )
 from .metrics import Metrics
-from .models import RouteRequest
+from .models import RouteRequest, trusted
 from .ownership import NO_RESOURCE, REFUSE, ActivationError, OwnershipView
 from .protocol import (
     REASON_CONFLICT,
@@ -422,16 +422,19 @@ class Dispatcher:
             self._on_activation_failed(exc.resource_id)
 
     async def _call(self, req: Request, handler: Handler, fencing_token: int | None) -> None:
-        request = RouteRequest.model_construct(
-            service_name=req.service_name,
-            method=req.method,
-            params=req.params,
-            resource_id=req.resource_id,
-            timeout=None if req.deadline is None else max(req.deadline - time.time(), 0.001),
-            trace_id=req.trace_id,
-            fencing_token=fencing_token,
-            deadline=req.deadline,
-            request_id=req.request_id,
+        request = trusted(  # every field given, values the dispatcher checked: no validation again
+            RouteRequest,
+            {
+                "service_name": req.service_name,
+                "method": req.method,
+                "params": req.params,
+                "resource_id": req.resource_id,
+                "timeout": None if req.deadline is None else max(req.deadline - time.time(), 0.001),
+                "trace_id": req.trace_id,
+                "fencing_token": fencing_token,
+                "deadline": req.deadline,
+                "request_id": req.request_id,
+            },
         )
         start = time.perf_counter()
         error_type: str | None = None
