@@ -149,7 +149,7 @@ async def _run_all(
                 _print_row(r)
             meta.setdefault("wall_by_group_s", {})[name] = round(time.perf_counter() - t0, 1)
     finally:
-        await admin.flushdb()
+        await admin.flushdb(asynchronous=True)
         await admin.aclose()
     return rows
 

@@ -5,7 +5,9 @@ heartbeats whose cost does not grow with ownership. The registry suites also run
 
 from __future__ import annotations
 
+import asyncio
 import binascii
+import itertools
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -201,6 +203,49 @@ async def test_a_lookup_is_one_round_trip_and_o1(namespace: str) -> None:
                 assert delta["cmdstat_get"] == 1 and delta["cmdstat_exists"] == 1 and delta["cmdstat_hget"] == 1
         finally:
             await admin.aclose()
+
+
+async def test_a_large_batch_lets_other_clients_through_between_its_windows(namespace: str) -> None:
+    """On a single Redis, a 1000-id registration over 16 partitions runs in short pipelined windows:
+    a lookup from another client is served between them instead of waiting behind the whole batch."""
+    with RedisServer() as server:
+        async with (
+            reg(server.url, namespace, 16, max_resources_per_instance=2000) as registrar,
+            reg(server.url, namespace, 16) as reader,
+        ):
+            await registrar.register_instance(SVC, "i1", ttl=30)
+            await registrar.register_resource(SVC, "i1", ["warm"])  # scripts loaded, partition count checked
+            assert await reader.get_owner_id(SVC, "warm") == "i1"
+            register_sha = registrar.store.scripts.register_resources.sha.encode()
+            lookup_sha = reader.store.scripts.read_owners.sha.encode()
+            monitor_reader, monitor_writer = await asyncio.open_connection("127.0.0.1", server.port)
+            monitor_writer.write(b"MONITOR\r\n")
+            await monitor_writer.drain()
+            assert await monitor_reader.readline() == b"+OK\r\n"
+            done = asyncio.Event()
+
+            async def look() -> None:
+                while not done.is_set():
+                    await reader.get_owner_id(SVC, "x")
+
+            looking = asyncio.create_task(look())
+            await asyncio.sleep(0.01)
+            granted = await registrar.register_resource(SVC, "i1", [f"w{i}" for i in range(1000)])
+            done.set()
+            await looking
+            await registrar.get_owner_id(SVC, "end-of-test")  # a last command: the log is complete up to it
+            lines: list[bytes] = []
+            while b"end-of-test" not in (lines[-1] if lines else b""):
+                lines.append(await asyncio.wait_for(monitor_reader.readline(), 5.0))
+            monitor_writer.close()
+        assert len(granted.registered) == 1000
+        log = [line for line in lines if b" lua]" not in line]  # the clients' commands, not the scripts' own
+        steps = [i for i, line in enumerate(log) if register_sha in line]
+        assert len(steps) == 16  # one step per partition
+        served_between = sum(
+            1 for a, b in itertools.pairwise(steps) if any(lookup_sha in line for line in log[a + 1 : b])
+        )
+        assert served_between >= 8, served_between  # windows of at most INTERLEAVE_KEYS keys, not one pipeline
 
 
 # -- routing on partitions -------------------------------------------------------------------------------

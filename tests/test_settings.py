@@ -40,6 +40,34 @@ def test_arguments_beat_the_environment_which_beats_dotenv(monkeypatch: pytest.M
     assert GatewaySettings(embedded=True).namespace == "from-dotenv"
 
 
+async def test_entry_objects_take_namespace_limit_and_partitions_from_settings_unless_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RESOURCE_ROUTER_NAMESPACE", "from-env")
+    from_env = ResourceRegistry("memory://settings-env")
+    explicit = RouterSettings(namespace="team-a", max_resources_per_instance=5000, partitions=4)
+    from_settings = ResourceRegistry("memory://settings-explicit", settings=explicit)
+    given = ResourceRegistry(
+        "memory://settings-given", namespace="team-b", max_resources_per_instance=7, partitions=2, settings=explicit
+    )
+    instance = ServiceInstance("memory://settings-instance", "svc", "i1", settings=explicit)
+    client = ServiceClient("memory://settings-client", settings=explicit)
+    try:
+        assert from_env.namespace == "from-env" and from_env.settings.max_resources_per_instance == 1000
+        assert (from_settings.namespace, from_settings.settings.max_resources_per_instance) == ("team-a", 5000)
+        assert from_settings.settings.partitions == 4
+        assert (given.namespace, given.settings.max_resources_per_instance, given.settings.partitions) == (
+            "team-b",
+            7,
+            2,
+        )
+        assert instance.namespace == client.namespace == "team-a"
+    finally:
+        await instance.stop()
+        for entry in (from_env, from_settings, given, client):
+            await entry.aclose()
+
+
 def test_unknown_arguments_and_bad_values_fail(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError, match="namespce"):
         RouterSettings(namespce="x")  # type: ignore[call-arg]
@@ -104,8 +132,9 @@ def test_a_replica_needs_a_redis_url_unless_embedded(monkeypatch: pytest.MonkeyP
 def test_every_default_has_one_home() -> None:
     """The entry objects' signatures take their defaults from the settings module."""
     expected = {
-        "namespace": defaults.DEFAULT_NAMESPACE,
-        "max_resources_per_instance": defaults.DEFAULT_MAX_RESOURCES_PER_INSTANCE,
+        "namespace": None,  # None: RouterSettings decides (the argument, the environment, its default)
+        "max_resources_per_instance": None,
+        "partitions": None,
         "ttl": defaults.DEFAULT_TTL,
         "timeout": defaults.DEFAULT_TIMEOUT,
         "drain_timeout": defaults.DEFAULT_TIMEOUT,
@@ -116,7 +145,7 @@ def test_every_default_has_one_home() -> None:
             if name in expected:
                 assert param.default == expected[name], (fn.__qualname__, name)
                 seen += 1
-    assert seen >= 7
+    assert seen >= 10
     s = RouterSettings()
     assert (s.namespace, s.max_resources_per_instance, s.operation_timeout) == (
         defaults.DEFAULT_NAMESPACE,

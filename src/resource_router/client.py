@@ -78,7 +78,7 @@ from .protocol import (
 )
 from .pubsub import PubSubHub
 from .registry import ResourceRegistry
-from .settings import DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RouterSettings
+from .settings import DEFAULT_TIMEOUT, RouterSettings
 from .signing import Signer
 from .tracing import LogThrottle, RandomIds, get_logger, new_trace_id
 
@@ -166,7 +166,7 @@ class ServiceClient:
         self,
         redis: RedisLike,
         *,
-        namespace: str = DEFAULT_NAMESPACE,
+        namespace: str | None = None,
         client_id: str | None = None,
         owner_cache_ttl: float = DEFAULT_OWNER_CACHE_TTL,
         default_timeout: float = DEFAULT_TIMEOUT,
@@ -510,6 +510,8 @@ class ServiceClient:
             return await fut  # the call's one deadline (``bounded`` in ``_route``) ends this wait
         finally:
             del self._pending[request_id]
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # seen: a failure set while the call ended another way is not "unretrieved"
 
     def _cached_owner(self, key: tuple[str, str]) -> str | None:
         entry = self._owner_cache.get(key)

@@ -54,8 +54,6 @@ from .placement import DEFAULT_STRATEGY, VolunteerDirectory, validate_strategy
 from .pubsub import PubSubHub
 from .registry import ResourceRegistry
 from .settings import (
-    DEFAULT_MAX_RESOURCES_PER_INSTANCE,
-    DEFAULT_NAMESPACE,
     DEFAULT_TIMEOUT,
     DEFAULT_TTL,
     MAX_TTL,
@@ -96,8 +94,8 @@ class ServiceInstance:
         instance_id: str | None = None,
         *,
         ttl: float = DEFAULT_TTL,
-        namespace: str = DEFAULT_NAMESPACE,
-        max_resources_per_instance: int = DEFAULT_MAX_RESOURCES_PER_INSTANCE,
+        namespace: str | None = None,
+        max_resources_per_instance: int | None = None,
         partitions: int | None = None,
         on_resource_lost: ResourceLostCallback | None = None,
         max_concurrency: int = 256,

@@ -52,7 +52,7 @@ from resource_router.models import (
 )
 from resource_router.placement import Volunteer
 from resource_router.retry import call_redis
-from resource_router.settings import DEFAULT_MAX_RESOURCES_PER_INSTANCE, DEFAULT_NAMESPACE, RouterSettings
+from resource_router.settings import RouterSettings
 from resource_router.tracing import get_logger
 
 from .leases import Leases
@@ -77,23 +77,26 @@ class ResourceRegistry:
         self,
         redis: RedisLike,
         *,
-        namespace: str = DEFAULT_NAMESPACE,
-        max_resources_per_instance: int = DEFAULT_MAX_RESOURCES_PER_INSTANCE,
+        namespace: str | None = None,
+        max_resources_per_instance: int | None = None,
         partitions: int | None = None,
         settings: RouterSettings | None = None,
         metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         base = settings or RouterSettings()
-        update: dict[str, Any] = {"namespace": namespace, "max_resources_per_instance": max_resources_per_instance}
-        if partitions is not None:
-            update["partitions"] = partitions
+        given = {
+            "namespace": namespace,
+            "max_resources_per_instance": max_resources_per_instance,
+            "partitions": partitions,
+        }  # None: the settings' value (the argument, else RESOURCE_ROUTER_<FIELD>, else its default)
+        update: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
         self.settings = base.model_copy(update=update)
         try:
             RouterSettings.model_validate(self.settings.model_dump())  # re-check the overrides
         except ValidationError as exc:
             field = str(exc.errors()[0]["loc"][0]) if exc.errors() else None
             raise InvalidRequestError(f"invalid registry settings: {exc}", field=field) from exc
-        self.keys = KeySpace(namespace)
+        self.keys = KeySpace(self.settings.namespace)
         self.redis = connect(redis, self.settings)
         self._owns_client = self.redis is not redis
         self.metrics = get_metrics(metrics_registry)

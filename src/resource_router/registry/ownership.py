@@ -260,7 +260,7 @@ class Ownership:
                 for p in order
             ]
             try:
-                replies = await store.run_all("register_resource", calls, idempotent=True)
+                replies = await store.run_all("register_resource", calls, idempotent=True, interleave=True)
             except ResourceRouterError:
                 await self._settle(sk, instance_id, reservation, 0)  # what was granted is counted at reconcile
                 raise
@@ -442,6 +442,7 @@ class Ownership:
             "release_resource",
             [self._release_call(sk.parts[p], instance_id, groups[p], trace_id, reason, "2") for p in order],
             idempotent=False,
+            interleave=True,
         )
         flags: dict[str, int] = {}
         for p, reply in zip(order, replies, strict=True):
