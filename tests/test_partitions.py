@@ -26,7 +26,7 @@ from resource_router import (
     ServiceInstance,
 )
 from resource_router.connection import connect
-from resource_router.keys import partition_of
+from resource_router.keys import ServiceKeys, partition_of, partition_tag
 from tests.redis_server import RedisServer
 
 SVC = "parts"
@@ -51,8 +51,51 @@ async def test_for_a_power_of_two_it_is_the_cluster_keyslot_modulo_the_count(clu
         for rid in ("user-1", "room:42", "doc/7", "é", "x" * 200):
             slot = await client.cluster_keyslot(rid)
             assert partition_of(rid, 16) == int(slot) % 16, rid
+        for p in range(16):  # and the partitions' tags land on the slots computed for them
+            tag = partition_tag("user-service", p, 16)
+            assert int(await client.cluster_keyslot(f"rr:{{{tag}}}:owner:x")) == _slot(tag)
     finally:
         await client.aclose()
+
+
+# -- the partitions' hash tags ------------------------------------------------------------------------
+def _slot(tag: str) -> int:
+    return binascii.crc_hqx(tag.encode(), 0) % 16384
+
+
+def test_partition_tags_are_the_documented_ones() -> None:
+    # docs/protocol.md §10 quotes these: other languages check their implementation against them
+    assert partition_tag("user-service", 0, 1) == "user-service"
+    assert [partition_tag("user-service", p, 16) for p in range(3)] == [
+        "user-service:0.30",
+        "user-service:1.28",
+        "user-service:2.152",
+    ]
+    assert partition_tag("a", 1, 2) == "a:1.38"
+    tag = partition_tag("user-service", partition_of("user-1", 16), 16)
+    assert ServiceKeys("rr", "user-service", 16).owner("user-1") == f"rr:{{{tag}}}:owner:user-1"
+
+
+@pytest.mark.parametrize("partitions", [2, 3, 7, 16, 64, 100, 1024])
+def test_each_partition_tag_is_the_first_candidate_in_its_band(partitions: int) -> None:
+    for p in range(partitions):
+        tag = partition_tag("rooms", p, partitions)
+        band = (2 * p + 1) * 64 // (2 * partitions)
+        candidates = itertools.chain([f"rooms:{p}"], (f"rooms:{p}.{k}" for k in itertools.count(1)))
+        first = next(c for c in candidates if _slot(c) // 256 == band)
+        assert tag == first, (p, tag, first)
+
+
+@pytest.mark.parametrize("masters", [2, 3, 4, 5])
+def test_partitions_fall_evenly_on_masters_with_even_slot_ranges(masters: int) -> None:
+    bounds = [i * 16384 // masters for i in range(masters + 1)]
+    for partitions in range(masters, 65):
+        for service in ("user-service", "a", "game-room"):
+            slots = [_slot(partition_tag(service, p, partitions)) for p in range(partitions)]
+            per_master = Counter(next(m for m in range(masters) if bounds[m] <= s < bounds[m + 1]) for s in slots)
+            counts = [per_master[m] for m in range(masters)]
+            # each master within one partition of its even share, per boundary of its slot range
+            assert all(abs(n - partitions / masters) <= 2 for n in counts), (masters, partitions, service, counts)
 
 
 # -- the recorded count --------------------------------------------------------------------------------
@@ -154,7 +197,10 @@ async def test_owner_keys_spread_over_the_masters_of_a_cluster(cluster_url: str,
                 await direct.aclose()
         assert sum(per_node.values()) == 3000
         assert len(per_node) == 3
-        assert all(0.20 <= n / 3000 <= 0.47 for n in per_node.values()), per_node
+        # 16 partitions on 3 masters: 5, 5 and 6 of them, so each master holds about 1/3 of the ids
+        parts_per_node = Counter(client.get_node_from_key(f"{{{partition_tag(SVC, p, 16)}}}").name for p in range(16))
+        assert sorted(parts_per_node.values()) == [5, 5, 6], parts_per_node
+        assert all(0.25 <= n / 3000 <= 0.42 for n in per_node.values()), per_node
 
 
 # -- costs that do not grow --------------------------------------------------------------------------------
