@@ -631,6 +631,43 @@ async def test_ids_registered_for_it_elsewhere_are_adopted_at_the_next_heartbeat
         assert (await client.call(SVC, "echo", resource_id="z"))["token"] == granted.fencing_tokens["z"]
 
 
+async def test_an_id_released_while_it_is_being_adopted_is_never_served_without_its_token(
+    make: Any, backend_url: str, namespace: str
+) -> None:
+    """Ids registered for the instance elsewhere and released at once, over and over, while the
+    instance adopts them from the ownership events: the adoption reads owner and grant in one step,
+    so each id is served with the token of its grant or not at all (never with 0 or None)."""
+    async with make("a", ttl=30.0) as a:
+        registry = ResourceRegistry(backend_url, namespace=namespace, metrics_registry=CollectorRegistry())
+        granted: dict[str, int] = {}
+        seen: dict[str, set[int | None]] = {}
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            while not done.is_set():
+                for rid, token in a.fencing_tokens.items():
+                    seen.setdefault(rid, set()).add(token)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            for k in range(300):
+                rid = f"flip-{k}"
+                reply = await registry.register_resource(SVC, "a", [rid])
+                granted[rid] = reply.fencing_tokens[rid]
+                # released 0 to 3 ms later: before, during or after the adoption's read
+                await asyncio.sleep((k % 16) * 0.0002)
+                await registry.release_resource(SVC, "a", [rid])
+            await asyncio.sleep(0.3)
+        finally:
+            done.set()
+            await watcher
+            await registry.aclose()
+        wrong = {rid: tokens for rid, tokens in seen.items() if tokens != {granted[rid]}}
+        assert wrong == {}
+        assert seen, "no adoption happened: the race was not exercised"
+
+
 def test_constructor_checks_its_arguments(backend_url: str) -> None:
     with pytest.raises(InvalidRequestError):
         ServiceInstance(backend_url, SVC, "a", max_concurrency=0)
