@@ -2,8 +2,8 @@
 # (`python examples/echo_instance.py`). Build: docker build -t resource-router .
 #
 # Reproducible: the base image is pinned to a full version, and every dependency to the version in
-# docker/constraints.txt (`make constraints` re-pins it). The image holds the gateway extra only: no
-# fakeredis, so a replica serves a real Redis.
+# docker/constraints.txt (`make constraints` re-pins it). The image holds the gateway and nats extras
+# (`serve --nats`), and no fakeredis, so a replica serves a real Redis.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -16,7 +16,7 @@ COPY docker/constraints.txt ./docker/constraints.txt
 COPY src ./src
 COPY lua ./lua
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --constraint docker/constraints.txt ".[gateway]"
+    && /opt/venv/bin/pip install --constraint docker/constraints.txt ".[gateway,nats]"
 
 FROM ${PYTHON_IMAGE}
 

@@ -67,7 +67,7 @@ bench-quick: $(STAMP) $(OLDEST_STAMP)
 
 # What the Docker image installs, pinned: the gateway extra's dependencies as pip resolves them now.
 constraints: $(STAMP)
-	$(BIN)/python -m pip install --quiet --dry-run --ignore-installed --report $(VENV)/report.json ".[gateway]"
+	$(BIN)/python -m pip install --quiet --dry-run --ignore-installed --report $(VENV)/report.json ".[gateway,nats]"
 	$(BIN)/python docker/pin.py $(VENV)/report.json > docker/constraints.txt
 
 clean:

@@ -18,7 +18,7 @@ def main(report_path: str) -> None:
         if item["metadata"]["name"] != "resource-router"
     )
     print("# The Docker image's dependencies, pinned: `make constraints` rewrites this file from")
-    print("# pyproject.toml (the gateway extra). The image installs with `pip install -c` this file.")
+    print("# pyproject.toml (the gateway and nats extras). The image installs with `pip install -c` this file.")
     for name, version in sorted(pins, key=lambda p: p[0].lower()):
         print(f"{name}=={version}")
 

@@ -124,12 +124,12 @@ def test_files_the_compose_file_refers_to_exist() -> None:
     assert (ROOT / "examples" / "prometheus.yml").is_file()
 
 
-def test_dockerfile_installs_the_gateway_extra_and_serves() -> None:
+def test_dockerfile_installs_the_gateway_and_nats_extras_and_serves() -> None:
     text = (ROOT / "Dockerfile").read_text()
     lines = [line.strip() for line in text.splitlines()]
     assert lines[0].startswith("#")
     assert sum(1 for line in lines if line.startswith("FROM ${PYTHON_IMAGE}")) == 2
-    assert '/opt/venv/bin/pip install --constraint docker/constraints.txt ".[gateway]"' in text
+    assert '/opt/venv/bin/pip install --constraint docker/constraints.txt ".[gateway,nats]"' in text
     for copied in (
         "COPY pyproject.toml README.md LICENSE ./",
         "COPY docker/constraints.txt ./docker/constraints.txt",
@@ -173,7 +173,8 @@ def test_the_image_installs_pinned_dependencies_and_no_fakeredis() -> None:
     pins = {_name(line): line.split("==", 1)[1] for line in lines}
     assert all("==" in line for line in lines)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["gateway"]}
+    extras = project["optional-dependencies"]
+    wanted = {_name(r) for r in project["dependencies"] + extras["gateway"] + extras["nats"]}
     assert wanted <= set(pins), wanted - set(pins)
     (redis_req,) = [r for r in project["dependencies"] if _name(r) == "redis"]
     assert Requirement(redis_req).specifier.contains(pins["redis"])  # within the range users get

@@ -95,14 +95,14 @@ async def test_options_and_wrong_methods_list_every_method_of_the_path(gw: Gatew
     # "register" (GET)
     options = await gw.http.options("/v1/resources/register", headers={"X-Trace-Id": "t-opt"})
     assert options.status_code == 204
-    assert options.headers["allow"] == "GET, POST, OPTIONS"
+    assert options.headers["allow"] == "GET, HEAD, POST, OPTIONS"
     assert options.headers["x-trace-id"] == "t-opt"
     assert options.content == b""
     route = await gw.http.options("/v1/route")
     assert (route.status_code, route.headers["allow"]) == (204, "POST, OPTIONS")
     wrong = await gw.http.delete("/v1/resources/register", headers={"X-Trace-Id": "t-del"})
     _assert_error(wrong, 405, {"type": "HTTPError", "code": 405, "message": "Method Not Allowed"}, "t-del")
-    assert wrong.headers["allow"] == "GET, POST"
+    assert wrong.headers["allow"] == "GET, HEAD, POST"
     unknown = await gw.http.options("/v2/nothing")
     assert unknown.status_code == 404
 
@@ -157,6 +157,35 @@ def test_schema_patterns_agree_with_the_validators(value: str) -> None:
             assert matches, (schema["pattern"], value)
         if value.isascii():
             assert matches == accepted, (schema["pattern"], value)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        f"/v1/resources/{SVC}/nobody",
+        f"/v1/instances/{SVC}",
+        "/docs",
+        "/openapi.json",
+    ],
+)
+async def test_head_answers_as_get_without_a_body(gw: Gateway, path: str) -> None:
+    get = await gw.http.get(path, headers={"X-Trace-Id": "t-head"})
+    head = await gw.http.head(path, headers={"X-Trace-Id": "t-head"})
+    assert head.status_code == get.status_code
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    if path != "/metrics":  # the scrape itself changes the next one's length
+        assert int(head.headers["content-length"]) == len(get.content)
+    if path.startswith("/v1/"):
+        assert head.headers["x-trace-id"] == "t-head"
+
+
+async def test_head_of_a_post_only_path_is_a_405_naming_post(gw: Gateway) -> None:
+    head = await gw.http.head("/v1/route")
+    assert (head.status_code, head.headers["allow"], head.content) == (405, "POST", b"")
 
 
 async def test_methods_of_the_schema_and_docs_paths(gw: Gateway) -> None:

@@ -21,7 +21,13 @@ from resource_router import __version__
 from .docs import install_offline_docs
 from .errors import JSONBody, install_error_handlers
 from .fastpath import FastPathMiddleware
-from .middleware import BodyLimitMiddleware, InternalErrorMiddleware, LoadShedMiddleware, TraceMiddleware
+from .middleware import (
+    BodyLimitMiddleware,
+    HeadMiddleware,
+    InternalErrorMiddleware,
+    LoadShedMiddleware,
+    TraceMiddleware,
+)
 from .routes import router
 from .settings import GatewaySettings
 from .state import GatewayState
@@ -89,10 +95,12 @@ def create_app(
     app.include_router(router)
     # Inside FastAPI: unexpected errors get the JSON 500 before Starlette's plain-text one.
     app.add_middleware(InternalErrorMiddleware)
-    # The front, outermost first: trace id, load shedding, the fast path, the body limit, then FastAPI.
+    # The front, outermost first: trace id, HEAD as GET, load shedding, the fast path, the body limit,
+    # then FastAPI.
     front: ASGIApp = BodyLimitMiddleware(app.api, max_bytes=settings.max_body_bytes)
     front = FastPathMiddleware(front, state=state, routes=router.routes)
     front = LoadShedMiddleware(front, in_flight=state.in_flight, metrics_registry=metrics_registry)
+    front = HeadMiddleware(front)
     app.front = TraceMiddleware(front, metrics_registry=metrics_registry, access_log=_logs_info(settings.log_level))
     return app
 

@@ -199,12 +199,14 @@ class _ValidationFailed(InvalidRequestError):
 
 
 def allowed_methods(routes: Iterable[BaseRoute], scope: Scope) -> list[str]:
-    """Every method some route accepts for the scope's path, sorted."""
+    """Every method some route accepts for the scope's path (HEAD wherever GET), sorted."""
     methods: set[str] = set()
     for route in routes:
         match, _ = route.matches({**scope, "method": ""})  # no method matches: PARTIAL for every path match
         if match is not Match.NONE:
             methods.update(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")  # HeadMiddleware answers HEAD wherever GET is
     return sorted(methods)
 
 

@@ -1,5 +1,5 @@
-"""Pure ASGI middleware: trace ids, access logs and HTTP metrics, load shedding, the body-size limit, and
-the last line of defence that turns an unexpected exception into the 500 error body.
+"""Pure ASGI middleware: trace ids, access logs and HTTP metrics, load shedding, HEAD as GET without a
+body, the body-size limit, and the last line of defence that turns an unexpected exception into the 500 error body.
 
 Pure ASGI (not ``BaseHTTPMiddleware``): the endpoint runs in the request's own task, so context
 variables (the structlog binding of ``trace_id``) reach every log line the request produces.
@@ -26,6 +26,7 @@ logger = get_logger(__name__)
 
 __all__ = [
     "BodyLimitMiddleware",
+    "HeadMiddleware",
     "InternalErrorMiddleware",
     "LoadShedMiddleware",
     "TraceMiddleware",
@@ -188,6 +189,29 @@ class LoadShedMiddleware:
             await self.app(scope, receive, send)
         finally:
             self.in_flight.leave()
+
+
+class HeadMiddleware:
+    """Answer ``HEAD`` as the same ``GET`` without its body (RFC 9110 9.3.2): FastAPI's GET routes do
+    not take HEAD by themselves. Status and headers (``Content-Length`` included) are the GET's; the
+    layers outside this one (metrics, logs) still see ``HEAD``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_no_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_no_body)
 
 
 class BodyLimitMiddleware:
