@@ -109,6 +109,23 @@ async def test_drain_hands_every_resource_to_the_strategy_choice(
         assert len(b.owned_resources) + len(c.owned_resources) == 41
 
 
+async def test_a_drain_carries_each_resources_metadata_to_its_new_owner(make: Any, registry: ResourceRegistry) -> None:
+    async with make("a") as a, make("b", max_resources_per_instance=3), make("c"):
+        await a.register_resource(["blue-1", "blue-2"], metadata={"colour": "blue", "n": [1, 2]})
+        await a.register_resource(["red-1"], metadata={"colour": "red"})
+        await a.register_resource(["plain-1", "plain-2", "plain-3"])  # no metadata
+        before = {r.resource_id: r for r in await registry.list_resources(SVC, "a")}
+        report = await a.drain(timeout=5.0)
+        assert sorted(report.moved) == sorted(before)
+        after = {r.resource_id: r for r in await registry.list_resources(SVC)}
+        for rid, old in before.items():
+            assert after[rid].owner_instance_id == report.moved[rid] != "a"
+            assert after[rid].metadata == old.metadata, rid
+            assert after[rid].fencing_token > old.fencing_token
+        assert after["blue-1"].metadata == {"colour": "blue", "n": [1, 2]}
+        assert after["plain-1"].metadata == {}
+
+
 async def test_calls_made_during_a_drain_do_not_fail(make: Any, client: ServiceClient) -> None:
     async with make("a") as a, make("b"):
         rids = [f"room-{i}" for i in range(20)]

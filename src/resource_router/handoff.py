@@ -6,8 +6,8 @@ A **handoff** of a batch of resources from instance A to volunteers:
 2. requests already running for them finish (up to the grace time; then they are cancelled, so that no
    handler of a resource ever runs on two instances at once);
 3. ``on_deactivate(id, reason)`` runs for the ones A had activated (it may save state);
-4. A releases them in Redis (owner-checked, one atomic step);
-5. A registers each for the volunteer the strategy picks (not forced: if a caller activated it
+4. A reads their registration metadata, then releases them in Redis (owner-checked, one atomic step);
+5. A registers each, with its metadata, for the volunteer the strategy picks (not forced: if a caller activated it
    somewhere meanwhile, that owner stays), with that volunteer's own per-instance limit (a full or
    dead volunteer is skipped for the next one). The new grant carries a larger fencing token. The
    volunteer learns it from the ownership event and serves it; ``on_activate`` runs there before its
@@ -29,6 +29,7 @@ volunteer (the same one, under ``hash``). There is never a moment with two owner
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -146,6 +147,7 @@ class Mover:
                 await asyncio.wait_for(view.deactivate(leaving, reason), max(grace, 0.001))
             except TimeoutError:
                 self._log.warning("instance.deactivate_timeout", reason=reason, resources=len(leaving))
+            metadata = await self._metadata(leaving) if volunteers else {}
             done, taken = await self._release(leaving)
             report.moved.update(taken)
             if done is None:
@@ -153,7 +155,7 @@ class Mover:
                 return report
             released = done
             if volunteers:
-                report.moved.update(await self._hand_over(released, volunteers))
+                report.moved.update(await self._hand_over(released, volunteers, metadata))
             report.released = [rid for rid in released if rid not in report.moved]
             self._log.info(
                 "instance.moved",
@@ -187,8 +189,21 @@ class Mover:
             self._on_failure()
             return None, {}
 
-    async def _hand_over(self, ids: list[str], volunteers: list[Volunteer]) -> dict[str, str]:
-        """Register ``ids`` for the volunteers the strategy picks; returns id -> new owner."""
+    async def _metadata(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The registration metadata of ``ids`` (one read), to register them with it where they go;
+        empty when the read fails (they move without it, as a warning says)."""
+        try:
+            found = await self._registry.get_resources(self._service, ids)
+        except ResourceRouterError as exc:
+            self._log.warning("instance.handoff_metadata_unread", error=str(exc), resources=len(ids))
+            return {}
+        return {rid: r.metadata for rid, r in found.items() if r.metadata and r.owner_instance_id == self._iid}
+
+    async def _hand_over(
+        self, ids: list[str], volunteers: list[Volunteer], metadata: dict[str, dict[str, Any]]
+    ) -> dict[str, str]:
+        """Register ``ids`` for the volunteers the strategy picks, each with its ``metadata`` (one call
+        per target and distinct metadata); returns id -> new owner."""
         strategy = service_strategy(volunteers)
         candidates = [Volunteer(v.instance_id, v.placement, v.limit, v.owned) for v in volunteers]
         out: dict[str, str] = {}
@@ -202,18 +217,20 @@ class Mover:
             todo = []
             for target_id, rids in plan.items():
                 target = next(v for v in candidates if v.instance_id == target_id)
-                try:
-                    response = await self._registry_for(target.limit).register_resource(self._service, target_id, rids)
-                except (ResourceLimitExceededError, InstanceNotAliveError) as exc:
-                    self._log.info("instance.handoff_skipped", to=target_id, error=exc.type)
-                    candidates.remove(target)
-                    todo.extend(rids)
-                    continue
-                except ResourceRouterError as exc:
-                    self._log.warning("instance.handoff_failed", to=target_id, error=str(exc))
-                    continue
-                out.update(dict.fromkeys(response.registered, target_id))
-                out.update(response.conflicts)
+                registry = self._registry_for(target.limit)
+                for meta, group in _by_metadata(rids, metadata):
+                    try:
+                        response = await registry.register_resource(self._service, target_id, group, metadata=meta)
+                    except (ResourceLimitExceededError, InstanceNotAliveError) as exc:
+                        self._log.info("instance.handoff_skipped", to=target_id, error=exc.type)
+                        candidates.remove(target)
+                        todo.extend(rid for rid in rids if rid not in out)
+                        break
+                    except ResourceRouterError as exc:
+                        self._log.warning("instance.handoff_failed", to=target_id, error=str(exc))
+                        continue
+                    out.update(dict.fromkeys(response.registered, target_id))
+                    out.update(response.conflicts)
         return out
 
     def _registry_for(self, limit: int) -> ResourceRegistry:
@@ -290,3 +307,13 @@ class Mover:
             report = await self.move(ids[start : start + _BATCH], REASON_IDLE, None, grace=grace)
             released += len(report.released)
         return released
+
+
+def _by_metadata(ids: list[str], metadata: dict[str, dict[str, Any]]) -> list[tuple[dict[str, Any] | None, list[str]]]:
+    """``ids`` grouped by equal metadata, in first-seen order (ids without metadata: ``None``)."""
+    groups: dict[str, tuple[dict[str, Any] | None, list[str]]] = {}
+    for rid in ids:
+        meta = metadata.get(rid)
+        key = "" if meta is None else json.dumps(meta, sort_keys=True)
+        groups.setdefault(key, (meta, []))[1].append(rid)
+    return list(groups.values())
