@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from resource_router import ResourceNotFoundError, ResourceRegistry, RouteRequest, ServiceClient, ServiceInstance
 from resource_router.placement import Volunteer, rank
+from tests.conftest import sample
 
 SVC = "rooms"
 
@@ -154,16 +155,25 @@ async def test_calls_made_during_a_drain_do_not_fail(make: Any, client: ServiceC
     assert "a" in served and served[-1] == "b"
 
 
-async def test_drain_without_other_volunteers_releases(make: Any, client: ServiceClient) -> None:
+def moves(reg: CollectorRegistry, reason: str, result: str) -> float:
+    return sample(reg, "ipc_resource_moves_total", service_name=SVC, reason=reason, result=result)
+
+
+async def test_drain_without_other_volunteers_releases(
+    make: Any, client: ServiceClient, metrics_registry: CollectorRegistry
+) -> None:
     async with make("a") as a, make("plain", accept_placement=False):
         await client.call(SVC, "whoami", resource_id="room-1")
         report = await a.drain(timeout=2.0)
         assert report.released == ["room-1"]
+        assert (moves(metrics_registry, "drained", "released"), moves(metrics_registry, "drained", "moved")) == (1, 0)
         with pytest.raises(ResourceNotFoundError):  # no volunteer left to activate it on
             await client.call(SVC, "whoami", resource_id="room-1")
 
 
-async def test_drain_skips_a_full_volunteer(make: Any, client: ServiceClient) -> None:
+async def test_drain_skips_a_full_volunteer(
+    make: Any, client: ServiceClient, metrics_registry: CollectorRegistry
+) -> None:
     async with make("a") as a, make("b", max_resources_per_instance=2) as b, make("c") as c:
         rids = [f"r{i}" for i in range(10)]
         assert sum(hash_choice(rid, "b", "c") == "b" for rid in rids) == 5  # more than b can take
@@ -173,6 +183,7 @@ async def test_drain_skips_a_full_volunteer(make: Any, client: ServiceClient) ->
         assert sum(1 for owner in report.moved.values() if owner == "b") == 2
         await wait_for(lambda: len(b.owned_resources) + len(c.owned_resources) == 10)  # adopted from the event
         assert len(b.owned_resources) == 2
+        assert (moves(metrics_registry, "drained", "moved"), moves(metrics_registry, "drained", "released")) == (10, 0)
 
 
 # -- rebalance ---------------------------------------------------------------------------------------

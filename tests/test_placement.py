@@ -22,6 +22,7 @@ from resource_router import (
     ServiceInstance,
 )
 from resource_router.placement import Volunteer, rank, rendezvous_score, service_strategy
+from tests.conftest import sample
 
 SVC = "rooms"
 
@@ -141,7 +142,9 @@ async def test_random_placement_spreads_over_volunteers(make: Any, client: Servi
     assert sum(served.values()) == 40
 
 
-async def test_a_full_volunteer_is_skipped_and_all_full_is_429(make: Any, client: ServiceClient) -> None:
+async def test_a_full_volunteer_is_skipped_and_all_full_is_429(
+    make: Any, client: ServiceClient, metrics_registry: CollectorRegistry
+) -> None:
     async with (
         make("a", accept_placement=True, max_resources_per_instance=2) as a,
         make("b", accept_placement=True, max_resources_per_instance=3) as b,
@@ -152,6 +155,7 @@ async def test_a_full_volunteer_is_skipped_and_all_full_is_429(make: Any, client
             await client.call(SVC, "whoami", resource_id="r-one-too-many")
         assert info.value.code == 429
         assert len(a.owned_resources) + len(b.owned_resources) == 5
+        assert sample(metrics_registry, "ipc_placement_activations_total", service_name=SVC, outcome="activated") == 5
 
 
 async def test_concurrent_first_calls_activate_exactly_once(
@@ -176,6 +180,7 @@ async def test_concurrent_first_calls_activate_exactly_once(
     assert len(owners) == 1
     ((owner, _token),) = owners
     assert activations == [(owner, "the-room")]
+    assert sample(metrics_registry, "ipc_placement_activations_total", service_name=SVC, outcome="activated") == 1
 
 
 async def test_a_volunteer_that_stops_leaves_the_volunteers(

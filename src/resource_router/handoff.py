@@ -96,6 +96,7 @@ class Mover:
         self._iid = instance_id
         self._log = log
         self._metrics_registry = metrics_registry
+        self._moves = registry.metrics.moves
         self._on_failure = on_failure
         self._by_limit: dict[int, ResourceRegistry] = {}
 
@@ -167,6 +168,8 @@ class Mover:
         finally:
             view.end_leave(leaving, moved=report.moved, keep=report.kept)
             self._dispatcher.unpark(leaving)
+            for result, ids_ in (("moved", report.moved), ("released", report.released), ("kept", report.kept)):
+                self._moves.labels(self._service, reason, result).inc(len(ids_))
         return report
 
     async def _release(self, ids: list[str]) -> tuple[list[str] | None, dict[str, str]]:

@@ -180,6 +180,8 @@ class Metrics:
     route_requests: ServiceMetric
     dropped_messages: Counter
     instance_listening: InstanceGauge
+    activations: ServiceMetric
+    moves: ServiceMetric
 
     def forget_instance(self, service_name: str, instance_id: str) -> None:
         """Remove the gauges of an instance that stopped or was swept."""
@@ -278,6 +280,24 @@ class Metrics:
                     registry=registry,
                 ),
                 sets,
+            ),
+            activations=by_service(
+                Counter(
+                    "ipc_placement_activations_total",
+                    "Activation requests a placement volunteer received, by outcome (activated, "
+                    "owned_elsewhere, full, refused, error)",
+                    ["service_name", "outcome"],
+                    registry=registry,
+                )
+            ),
+            moves=by_service(
+                Counter(
+                    "ipc_resource_moves_total",
+                    "Resource ids an instance let go of by a drain, rebalance or idle release (reason), by "
+                    "result (moved: to a volunteer; released: nobody took it; kept: the release failed)",
+                    ["service_name", "reason", "result"],
+                    registry=registry,
+                )
             ),
         )
 

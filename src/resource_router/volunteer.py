@@ -70,6 +70,11 @@ class Volunteering:
         self._queue: list[str] = []
         self._claimer: asyncio.Task[None] | None = None
         self._wanted = asyncio.Event()
+        #: ids per claim outcome: activated (granted here), owned_elsewhere, full, refused, error
+        self._activations = {
+            name: registry.metrics.activations.labels(service_name, name)
+            for name in ("activated", "owned_elsewhere", "full", "refused", "error")
+        }
 
     # -- the volunteer hash ------------------------------------------------------------------------
     async def join(self) -> None:
@@ -119,6 +124,7 @@ class Volunteering:
                 try:
                     results = await self._claim_ids(ids)
                 except ResourceRouterError as exc:
+                    self._activations["error"].inc(len(ids))
                     for rid in ids:
                         fut = self._claims.pop(rid)
                         fut.set_exception(exc)
@@ -130,6 +136,13 @@ class Volunteering:
             self._claimer = None
 
     async def _claim_ids(self, ids: list[str]) -> dict[str, Claim]:
+        results = await self._grant(ids)
+        for claim in results.values():
+            if claim.token is None:
+                self._activations["owned_elsewhere" if claim.owner else "full" if claim.full else "refused"].inc()
+        return results
+
+    async def _grant(self, ids: list[str]) -> dict[str, Claim]:
         registry = self._registry
         results: dict[str, Claim] = {}
         async with self._lock:
@@ -155,6 +168,7 @@ class Volunteering:
         for rid, owner in response.conflicts.items():
             results[rid] = Claim(owner=owner)
         if response.registered:
+            self._activations["activated"].inc(len(response.registered))
             self._log.info("instance.activated", **id_fields(response.registered))
         return results
 
