@@ -713,9 +713,10 @@ async def test_a_request_that_waited_too_long_is_confirmed_in_redis(make: Any, p
 
 
 async def test_a_fresh_request_runs_on_the_local_view(make: Any, peer: RawPeer, backend_url: str) -> None:
-    """The bound of the check: a request sent just now is not confirmed (the lease covers it)."""
+    """The bound of the check: a request younger than ``confirm_after`` is not confirmed (the lease
+    covers it). A bound of 2 s: a loaded machine's loop stalls of 100 ms would rightly trigger the check."""
     calls: list[RouteRequest] = []
-    async with make("a", ttl=30.0) as a:
+    async with make("a", ttl=30.0, confirm_after=2.0) as a:
         echo(a, calls)
         await a.register_resource(["x"])
         await _steal_silently(backend_url, a, "x", "b")
