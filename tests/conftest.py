@@ -13,17 +13,19 @@ which one it will be, and the summary at the end which one it was.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import redis
 import redis.asyncio as aredis
 from prometheus_client import CollectorRegistry
 
-from resource_router import ResourceRegistry
+from resource_router import ResourceRegistry, ServiceClient
 from resource_router.settings import redact_url
 from tests.redis_cluster import RedisCluster3
 from tests.redis_server import RedisServer, redis_server_binary
@@ -84,6 +86,15 @@ def _testcontainers_url() -> tuple[str, object] | None:
 def sample(reg: CollectorRegistry, name: str, **labels: str) -> float:
     """The current value of a metric sample (0 when it was never set)."""
     return reg.get_sample_value(name, labels) or 0.0
+
+
+async def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> float:
+    """Seconds until ``check()`` is true, polled every 5 ms; fails after ``timeout``."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, "condition not met in time"
+        await asyncio.sleep(0.005)
+    return time.monotonic() - start
 
 
 @pytest.fixture(scope="session")
@@ -188,6 +199,12 @@ def backend_url(request: pytest.FixtureRequest, redis_url: str) -> str:
 @pytest.fixture
 def metrics_registry() -> CollectorRegistry:
     return CollectorRegistry()
+
+
+@pytest.fixture
+async def client(backend_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[ServiceClient]:
+    async with ServiceClient(backend_url, namespace=namespace, metrics_registry=metrics_registry) as c:
+        yield c
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from resource_router import (
     ServiceClient,
     ServiceInstance,
 )
-from tests.conftest import sample
+from tests.conftest import sample, wait_for
 from tests.logs import capture_logs
 from tests.procs.peer import RawPeer
 from tests.redis_server import RedisServer
@@ -78,14 +78,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0)
     while not await check():
         assert time.monotonic() < end, "condition not met in time"
         await asyncio.sleep(0.005)
-
-
-async def wait_for(check: Callable[[], bool], timeout: float) -> float:
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout, "condition not met in time"
-        await asyncio.sleep(0.005)
-    return time.monotonic() - start
 
 
 def listening(metrics: CollectorRegistry) -> float | None:

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from resource_router import ResourceNotFoundError, ResourceRegistry, RouteRequest, ServiceClient, ServiceInstance
 from resource_router.placement import Volunteer, rank
-from tests.conftest import sample
+from tests.conftest import sample, wait_for
 
 SVC = "rooms"
 
@@ -45,12 +45,6 @@ def make(backend_url: str, namespace: str, metrics_registry: CollectorRegistry, 
 
 
 @pytest.fixture
-async def client(backend_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[ServiceClient]:
-    async with ServiceClient(backend_url, namespace=namespace, metrics_registry=metrics_registry) as c:
-        yield c
-
-
-@pytest.fixture
 async def registry(backend_url: str, namespace: str) -> AsyncIterator[ResourceRegistry]:
     reg = ResourceRegistry(backend_url, namespace=namespace)
     try:
@@ -61,13 +55,6 @@ async def registry(backend_url: str, namespace: str) -> AsyncIterator[ResourceRe
 
 def hash_choice(rid: str, *volunteers: str) -> str:
     return rank("hash", rid, [Volunteer(v) for v in volunteers])[0].instance_id
-
-
-async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 # -- drain -----------------------------------------------------------------------------------------

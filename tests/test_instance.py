@@ -30,7 +30,7 @@ from resource_router import (
 )
 from resource_router.connection import connect
 from resource_router.instance import default_instance_id
-from tests.conftest import sample
+from tests.conftest import sample, wait_for
 from tests.logs import capture_logs
 from tests.procs.peer import RawPeer
 
@@ -49,12 +49,6 @@ def make(backend_url: str, namespace: str, metrics_registry: CollectorRegistry) 
 
 
 @pytest.fixture
-async def client(backend_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[ServiceClient]:
-    async with ServiceClient(backend_url, namespace=namespace, metrics_registry=metrics_registry) as c:
-        yield c
-
-
-@pytest.fixture
 async def peer(backend_url: str, namespace: str) -> AsyncIterator[RawPeer]:
     async with RawPeer(backend_url, namespace) as p:
         yield p
@@ -66,13 +60,6 @@ def echo(inst: ServiceInstance, seen: list[RouteRequest] | None = None) -> None:
         if seen is not None:
             seen.append(request)
         return {"iid": inst.instance_id, "token": request.fencing_token, "p": request.params}
-
-
-async def wait_for(predicate: Any, timeout: float = 3.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 # -- basics ------------------------------------------------------------------------------------------

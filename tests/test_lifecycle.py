@@ -20,6 +20,7 @@ from resource_router import (
     ServiceInstance,
 )
 from resource_router.connection import connect
+from tests.conftest import wait_for
 from tests.procs.peer import RawPeer
 
 SVC = "rooms"
@@ -37,22 +38,9 @@ def make(backend_url: str, namespace: str, metrics_registry: CollectorRegistry) 
 
 
 @pytest.fixture
-async def client(backend_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[ServiceClient]:
-    async with ServiceClient(backend_url, namespace=namespace, metrics_registry=metrics_registry) as c:
-        yield c
-
-
-@pytest.fixture
 async def peer(backend_url: str, namespace: str) -> AsyncIterator[RawPeer]:
     async with RawPeer(backend_url, namespace) as p:
         yield p
-
-
-async def wait_for(predicate: Any, timeout: float = 3.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 # -- hooks -----------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ import redis.asyncio as aredis
 from resource_router import RedisUnavailableError, RouterSettings
 from resource_router.connection import connect
 from resource_router.pubsub import PubSubHub
+from tests.conftest import wait_for
 from tests.logs import capture_logs
 from tests.redis_server import RedisServer
 from tests.tcp_proxy import TcpProxy
@@ -43,15 +44,6 @@ async def _hub(url: str, settings: RouterSettings) -> tuple[PubSubHub, Any]:
     return await PubSubHub.acquire(client, settings), client
 
 
-async def _wait_for(check: Callable[[], bool], timeout: float) -> float:
-    """Seconds until ``check()`` is true (fails after ``timeout``)."""
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout, "condition not met in time"
-        await asyncio.sleep(0.005)
-    return time.monotonic() - start
-
-
 @pytest.mark.chaos
 @pytest.mark.parametrize("close_upstream", [False, True], ids=["server-keeps-it", "server-forgot-it"])
 async def test_a_half_open_subscriber_is_noticed_within_the_bound_and_resubscribed(
@@ -64,21 +56,21 @@ async def test_a_half_open_subscriber_is_noticed_within_the_bound_and_resubscrib
     try:
         await hub.subscribe("ch", got.append, states.append)
         assert await admin.publish("ch", b"before") == 1
-        await _wait_for(lambda: got == [b"before"], 2)
+        await wait_for(lambda: got == [b"before"], 2)
         await asyncio.sleep(FAST.health_check_interval * 2)  # idle: the health check PINGs; nothing happens
         assert hub.heard("ch") and states == [True]  # confirmed once; the PINGs changed nothing
 
         with capture_logs() as logs:
             assert proxy.blackhole(close_upstream=close_upstream) == 2  # subscriber and command connections
-            detected = await _wait_for(lambda: not hub.heard("ch"), BOUND + 1)
-            back = await _wait_for(lambda: hub.heard("ch"), 5)
+            detected = await wait_for(lambda: not hub.heard("ch"), BOUND + 1)
+            back = await wait_for(lambda: hub.heard("ch"), 5)
         assert detected <= BOUND
         assert states == [True, False, True]
         events = [e["event"] for e in logs]
         assert "pubsub.connection_dead" in events and "pubsub.reconnected" in events
         # Re-subscribed on a new connection: messages arrive again (and only once).
         await admin.publish("ch", b"after")
-        await _wait_for(lambda: got == [b"before", b"after"], 2)
+        await wait_for(lambda: got == [b"before", b"after"], 2)
         await asyncio.sleep(0.1)
         assert got == [b"before", b"after"]
         assert back < 5
@@ -155,7 +147,7 @@ async def test_an_idle_half_open_command_connection_is_dropped_so_the_next_comma
         start = time.monotonic()
         assert await hub.get("k") is None
         assert time.monotonic() - start < 1.0
-        await _wait_for(lambda: hub.heard("ch"), 5)
+        await wait_for(lambda: hub.heard("ch"), 5)
         assert len(proxy.connections) == connections + 2
     finally:
         await hub.release()
@@ -173,7 +165,7 @@ async def test_detection_time_with_the_default_settings(proxy: TcpProxy) -> None
         proxy.blackhole()
         period = min(defaults.health_check_interval, defaults.health_check_timeout) / 4
         bound = defaults.health_check_interval + defaults.health_check_timeout + 2 * period
-        detected = await _wait_for(lambda: not hub.heard("ch"), bound + 2)
+        detected = await wait_for(lambda: not hub.heard("ch"), bound + 2)
         assert detected <= bound + 0.25
     finally:
         await hub.release()
@@ -199,8 +191,8 @@ async def test_a_dead_subscriber_takes_the_command_connection_with_it(
         # The command connection dies a moment later: on its own it would be noticed only after the
         # subscriber has been noticed and replaced.
         assert proxy.blackhole(lambda c: not c.saw(b"SUBSCRIBE"), close_upstream=True) == 1
-        await _wait_for(lambda: not hub.heard("ch"), BOUND + 1)
-        await _wait_for(lambda: hub.heard("ch"), 5)
+        await wait_for(lambda: not hub.heard("ch"), BOUND + 1)
+        await wait_for(lambda: hub.heard("ch"), 5)
         hub.publish_nowait("replies", b"answer")  # at once, as an instance answers its first request
         msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
         assert msg is not None and msg["data"] == b"answer"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -44,12 +43,6 @@ def make(backend_url: str, namespace: str, metrics_registry: CollectorRegistry) 
         return inst
 
     return factory
-
-
-@pytest.fixture
-async def client(backend_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[ServiceClient]:
-    async with ServiceClient(backend_url, namespace=namespace, metrics_registry=metrics_registry) as c:
-        yield c
 
 
 # -- strategies on their own -------------------------------------------------------------------------
