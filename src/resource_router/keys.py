@@ -357,10 +357,6 @@ class PartitionKeys:
     def events_channel(self) -> str:
         return self.prefix + "events"
 
-    def owner_pattern(self) -> str:
-        """A SCAN MATCH pattern for every owner key of the partition (ids cannot contain glob chars)."""
-        return self.owner_prefix + "*"
-
 
 @dataclass(frozen=True)
 class ServiceKeys:

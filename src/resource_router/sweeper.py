@@ -47,10 +47,7 @@ class Sweeper:
                 swept = await self.registry.sweep(name)
                 if swept:
                     result[name] = swept
-        self.swept_instances += sum(len(v) for v in result.values())
-        for service_name, swept in result.items():
-            for instance_id in swept:
-                self.registry.metrics.forget_instance(service_name, instance_id)  # gone: so are its gauges
+        self.swept_instances += sum(len(v) for v in result.values())  # their gauges went with the sweep
         return result
 
     async def _loop(self) -> None:

@@ -166,9 +166,7 @@ class ResourceRegistry:
         up first (its resources are released with reason ``instance_offline``)."""
         with otel.operation_span("register_instance", service_name=service_name, instance_id=instance_id):
             meta = self._metadata_json(metadata)
-            facts, _swept = await self.leases.register_instance(
-                service_name, instance_id, ttl=ttl, metadata=meta or "{}"
-            )
+            facts = await self.leases.register_instance(service_name, instance_id, ttl=ttl, metadata=meta or "{}")
             return InstanceInfo(
                 service_name=service_name,
                 instance_id=instance_id,
@@ -351,15 +349,9 @@ class ResourceRegistry:
                     except (ValueError, TypeError, AttributeError):
                         continue
             found.sort(key=lambda v: v.instance_id)
-            if found:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for volunteer in found:
-                        for part in sk.parts:
-                            pipe.hlen(part.owned(volunteer.instance_id))
-                    counts = await pipe.execute()
-                n = sk.partitions
-                for i, volunteer in enumerate(found):
-                    volunteer.owned = sum(int(c) for c in counts[i * n : (i + 1) * n])
+            counts = await self.store.owned_totals(sk, [v.instance_id for v in found])
+            for volunteer, owned in zip(found, counts, strict=True):
+                volunteer.owned = owned
             if gone:
                 await self.redis.hdel(sk.volunteers, *gone)  # type: ignore[misc,unused-ignore]
             return found

@@ -50,9 +50,9 @@ class Leases:
     # -- register ----------------------------------------------------------------------------------
     async def register_instance(
         self, service_name: str, instance_id: str, *, ttl: float, metadata: str
-    ) -> tuple[dict[str, Any], list[str]]:
-        """Create or refresh the record and open the leases; (record facts, ids swept from a previous
-        incarnation)."""
+    ) -> dict[str, Any]:
+        """Create or refresh the record and open the leases (ids left by a previous incarnation are
+        released, counted and logged); the record's facts."""
         store = self.store
         sk = await store.service(service_name, "register_instance", record=True)
         validate_instance_id(instance_id)
@@ -98,7 +98,7 @@ class Leases:
             swept=len(swept),
             **info,
         )
-        return {"registered_at": reply[1], "now": reply[2], "existed": existed, "ttl_ms": lease_ms}, swept
+        return {"registered_at": reply[1], "now": reply[2], "existed": existed, "ttl_ms": lease_ms}
 
     # -- heartbeat -----------------------------------------------------------------------------------
     async def heartbeat(self, service_name: str, instance_id: str, *, ttl: float) -> HeartbeatResult:
@@ -169,16 +169,10 @@ class Leases:
             settings=store.settings,
             idempotent=True,
         )
-
-        async def hlens() -> list[Any]:
-            async with store.redis.pipeline(transaction=False) as pipe:
-                for part in sk.parts:
-                    pipe.hlen(part.owned(instance_id))
-                result: list[Any] = await pipe.execute()
-                return result
-
-        counts = await call_redis("reconcile", hlens, settings=store.settings, idempotent=True)
-        return int(version or 0), sum(int(c) for c in counts)
+        (owned,) = await call_redis(
+            "reconcile", lambda: store.owned_totals(sk, [instance_id]), settings=store.settings, idempotent=True
+        )
+        return int(version or 0), owned
 
     async def reconcile(self, service_name: str, instance_id: str) -> None:
         """Bring the quota's owned count down to the truth now (after releases), when nothing races."""
@@ -195,7 +189,7 @@ class Leases:
         sk = store.service_keys(service_name)
         validate_instance_id(instance_id)
         with timed(store.metrics, "deregister_instance") as info:
-            released = await self._close(sk, instance_id, "deregister")
+            released = await self._close(sk, instance_id, "deregister") or []
             await store.run(
                 "deregister_instance",
                 store.scripts.deregister_instance,
@@ -211,7 +205,7 @@ class Leases:
         )
         return released
 
-    async def _close(self, sk: ServiceKeys, instance_id: str, mode: str) -> list[str]:
+    async def _close(self, sk: ServiceKeys, instance_id: str, mode: str) -> list[str] | None:
         """close_lease in every partition; the released ids (sweep: None when some lease still lives)."""
         store = self.store
         always = "1" if mode == "deregister" and sk.partitions == 1 else "0"
@@ -227,6 +221,8 @@ class Leases:
             ],
             idempotent=True,  # a second run finds nothing to do
         )
+        if any(reply[1] == 2 for reply in replies):  # a lease outlived the record by moments (sweep only)
+            return None
         return [text(rid) for reply in replies if reply[1] == 1 for rid in reply[2]]
 
     async def sweep_instance(self, service_name: str, instance_id: str) -> list[str] | None:
@@ -243,20 +239,8 @@ class Leases:
         )
         if not claimed[1]:
             return None
-        parts = await store.run_all(
-            "sweep",
-            [
-                (
-                    store.scripts.close_lease,
-                    [part.lease(instance_id), part.owned(instance_id), part.lost(instance_id), part.audit],
-                    [*store.part_common(part, instance_id, None), "sweep", part.owner_prefix, "0"],
-                )
-                for part in sk.parts
-            ],
-            idempotent=True,  # a second run finds nothing to do
-        )
-        released = [text(rid) for reply in parts if reply[1] == 1 for rid in reply[2]]
-        if any(reply[1] == 2 for reply in parts):  # a lease outlived the record by moments: next time
+        released = await self._close(sk, instance_id, "sweep")
+        if released is None:  # a lease outlived the record by moments: next time
             await store.run(
                 "sweep", store.scripts.sweep_instance, service_keys, [instance_id, "abandon", claim_ms], idempotent=True
             )
@@ -311,13 +295,8 @@ class Leases:
                 for iid in ids:
                     pipe.hgetall(sk.instance(iid))
                 records = await pipe.execute()
-            async with store.redis.pipeline(transaction=False) as pipe:
-                for iid in ids:
-                    for part in sk.parts:
-                        pipe.hlen(part.owned(iid))
-                counts = await pipe.execute()
-            n = sk.partitions
-            return [(iid, records[i], sum(counts[i * n : (i + 1) * n])) for i, iid in enumerate(ids)]
+            counts = await store.owned_totals(sk, ids)
+            return [(iid, records[i], counts[i]) for i, iid in enumerate(ids)]
 
         rows = await call_redis("list_instances", run, settings=store.settings, idempotent=True)
         out = []

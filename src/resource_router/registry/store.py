@@ -200,6 +200,19 @@ class Store:
             check_status(reply, operation)
         return replies
 
+    async def owned_totals(self, sk: ServiceKeys, instance_ids: Sequence[str]) -> list[int]:
+        """Resources owned by each instance, summed over the partitions (one pipeline of HLENs; raw
+        Redis errors: callers run it under ``call_redis``)."""
+        if not instance_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for iid in instance_ids:
+                for part in sk.parts:
+                    pipe.hlen(part.owned(iid))
+            counts = await pipe.execute()
+        n = sk.partitions
+        return [sum(int(c) for c in counts[i * n : (i + 1) * n]) for i in range(len(instance_ids))]
+
     async def _pipelined(self, calls: list[ScriptCall]) -> list[list[Any]]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for script, keys, args in calls:
