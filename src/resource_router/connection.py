@@ -48,6 +48,7 @@ __all__ = [
     "CLIENT_OPTIONS",
     "Client",
     "RedisLike",
+    "client_options",
     "close_client",
     "connect",
     "describe",
@@ -122,7 +123,8 @@ def _memory_name(url: str) -> str:
     return (parts.netloc + parts.path).strip("/")
 
 
-def _options(settings: RouterSettings) -> dict[str, Any]:
+def client_options(settings: RouterSettings) -> dict[str, Any]:
+    """What the library sets on every connection it makes (the list in the module docstring)."""
     options = dict(CLIENT_OPTIONS)
     options["socket_connect_timeout"] = settings.connect_timeout
     options["socket_keepalive_options"] = _keepalive_options(settings.keepalive_idle)
@@ -179,7 +181,7 @@ def connect(redis: RedisLike, settings: RouterSettings | None = None) -> Client:
 def _pool_options(settings: RouterSettings) -> dict[str, Any]:
     """A blocking pool: past ``max_connections``, callers wait (within their deadline) instead of
     failing (redis-py 8.x raises) or opening without bound (5.x)."""
-    return {**_options(settings), "max_connections": settings.max_connections, "timeout": None}
+    return {**client_options(settings), "max_connections": settings.max_connections, "timeout": None}
 
 
 def _memory_client(url: str) -> aredis.Redis:
@@ -238,7 +240,7 @@ def _cluster_from_url(url: str, settings: RouterSettings) -> aredis.RedisCluster
 def _make_cluster(
     nodes: list[tuple[str, int]], kwargs: dict[str, Any], settings: RouterSettings
 ) -> aredis.RedisCluster:
-    options = _options(settings)
+    options = client_options(settings)
     client = aredis.RedisCluster(  # type: ignore[abstract,unused-ignore]  # redis-py 5.x stubs
         startup_nodes=[ClusterNode(host, port) for host, port in nodes],
         require_full_coverage=False,

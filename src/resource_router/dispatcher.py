@@ -95,6 +95,7 @@ class Dispatcher:
         reply_prefix: str,
         publish: Callable[[str, bytes], None],
         owners: Callable[[list[str]], Awaitable[dict[str, str | None]]],
+        owners_batch: int = 5000,
         signer: Signer | None = None,
         channel: str = "",
         on_stale: Callable[[list[str]], None],
@@ -120,6 +121,7 @@ class Dispatcher:
         self._reply_prefix = reply_prefix
         self._publish = publish
         self._owners = owners
+        self._owners_batch = owners_batch
         self._on_stale = on_stale
         self._log = log
         self._serial = serial
@@ -143,8 +145,6 @@ class Dispatcher:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._confirming: dict[str, list[asyncio.Future[bool]]] = {}
         self._confirm_task: asyncio.Task[None] | None = None
-        self.stalls = 0
-        self.confirmed = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -160,7 +160,6 @@ class Dispatcher:
         now = time.monotonic()
         if now - self._last_tick > self._stall_limit:
             self._stalled_at = now
-            self.stalls += 1
             self._log.warning("instance.loop_stalled", stalled_ms=round((now - self._last_tick) * 1000.0, 1))
         self._last_tick = now
         self._tick_handle = asyncio.get_running_loop().call_later(self._tick, self._on_tick)
@@ -269,6 +268,7 @@ class Dispatcher:
             if self._serial:
                 self._start(req, handler, received)
                 return
+        # ``_start`` without the serial branch, inline: the hot path
         task = asyncio.get_running_loop().create_task(self._run(req, handler, received))
         self._inflight[task] = rid
         task.add_done_callback(self._done)
@@ -276,14 +276,21 @@ class Dispatcher:
     def _unowned(self, req: Request) -> None:
         rid = req.resource_id
         assert rid is not None
-        if rid in self._view.leaving or rid in self._view.adopting:
-            self._parked.setdefault(rid, []).append(req)
-        elif req.activate and self._claim is not None and req.fencing_token is None:
+        if self._parked_while_moving(req, rid):
+            return
+        if req.activate and self._claim is not None and req.fencing_token is None:
             handler = self._handler(req)
             if handler is not None:
                 self._start(req, handler, time.monotonic())
         else:
             self._not_owner(req)
+
+    def _parked_while_moving(self, req: Request, rid: str) -> bool:
+        """Park ``req`` when its resource is leaving or being adopted (answered once that ends)."""
+        if rid in self._view.leaving or rid in self._view.adopting:
+            self._parked.setdefault(rid, []).append(req)
+            return True
+        return False
 
     def _handler(self, req: Request) -> Handler | None:
         handler = self._handlers.get(req.method)
@@ -368,13 +375,11 @@ class Dispatcher:
                         return
             token = view.may_serve(rid, req.fencing_token)
             if token == REFUSE:
-                if rid is not None and (rid in view.leaving or rid in view.adopting):
-                    self._parked.setdefault(rid, []).append(req)
-                else:
+                if rid is None or not self._parked_while_moving(req, rid):
                     self._not_owner(req)
                 return
             if rid is not None:
-                if view.hooks and rid not in view.active:
+                if view.needs_activation(rid):
                     try:
                         await view.activate(rid)
                     except ActivationError as exc:
@@ -515,13 +520,13 @@ class Dispatcher:
                 ids = list(batch)
                 try:
                     owners: dict[str, str | None] = {}
-                    for start in range(0, len(ids), 5000):
-                        owners.update(await self._owners(ids[start : start + 5000]))
+                    step = self._owners_batch
+                    for start in range(0, len(ids), step):
+                        owners.update(await self._owners(ids[start : start + step]))
                 except ResourceRouterError as exc:
                     self._log.warning("instance.confirm_failed", error=str(exc), resources=len(ids))
                     owners = {}  # cannot confirm: refuse (the caller re-resolves)
-                stale = [rid for rid in ids if owners.get(rid) != self._iid]
-                self.confirmed += len(ids)
+                stale = {rid for rid in ids if owners.get(rid) != self._iid}
                 self._log.info("instance.ownership_confirmed", resources=len(ids), stale=len(stale))
                 for rid, futures in batch.items():
                     ok = rid not in stale
@@ -529,7 +534,7 @@ class Dispatcher:
                         if not fut.done():
                             fut.set_result(ok)
                 if owners:  # the read worked: ids another instance owns now leave the view
-                    taken = [rid for rid in stale if rid in self._view.owned]
+                    taken = [rid for rid in ids if rid in stale and rid in self._view.owned]
                     if taken:
                         self._on_stale(taken)
         finally:

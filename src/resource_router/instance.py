@@ -177,6 +177,7 @@ class ServiceInstance:
             signer=Signer.from_settings(self._settings),
             channel=self._channel,
             owners=functools.partial(self._registry.get_owner_ids, self._keys.service_name),
+            owners_batch=min(5000, self._registry.settings.max_batch_size),
             on_stale=self._keeper.stale,
             log=self._log,
             max_concurrency=max_concurrency,

@@ -8,8 +8,8 @@ top of a ``transport.Transport`` (single Redis, Redis Cluster or ``memory://``) 
   called from the read loop for every message (it must not block: decode and hand work to futures
   or tasks). ``on_state(heard)`` says when the channel stops being heard (the connection dropped:
   messages published meanwhile are lost) and when it is heard again (re-subscribed);
-* the hot path's commands: ``publish``, ``publish_nowait`` and ``execute`` (owner lookups), batched
-  per event-loop iteration by the transport's links.
+* the hot path's commands: ``publish``, ``publish_nowait``, ``get`` (owner lookups) and ``evalsha``,
+  batched per event-loop iteration by the transport's links.
 
 Pub/sub delivery is at most once. The first user's settings (health checks, timeouts) configure
 the hub's connections.
@@ -57,7 +57,6 @@ class PubSubHub:
         self._started = False
         self._closed = False
         self._start_lock = asyncio.Lock()
-        self.messages_received = 0
         self.transport: Transport = make_transport(client, settings, self._dispatch, self._on_state)
 
     # -- sharing ---------------------------------------------------------------------------------
@@ -154,7 +153,6 @@ class PubSubHub:
         return self.transport.heard(channel.encode())
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
-        self.messages_received += 1
         callbacks = self._callbacks.get(channel)
         if callbacks is None:
             return  # unsubscribed a moment ago
@@ -191,10 +189,6 @@ class PubSubHub:
             await self.transport.publish(name, data)
         except ResourceRouterError as exc:
             logger.warning("pubsub.publish_failed", channel=name.decode("utf-8", "replace"), error=str(exc))
-
-    async def execute(self, operation: str, key: str, *command: Any) -> Any:
-        """One command on the hot path, on the server holding ``key``. Raises library errors."""
-        return await self.transport.execute(operation, key.encode(), *command)
 
     async def evalsha(self, operation: str, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         """Run a registered script on the command connection of the server holding ``keys[0]``."""

@@ -32,6 +32,7 @@ from .errors import InvalidRequestError, RedisUnavailableError, ResourceRouterEr
 __all__ = [
     "CLUSTER_HINT",
     "TRANSIENT_ERRORS",
+    "is_redirect",
     "is_transient",
     "map_redis_error",
     "redis_errors",
@@ -63,6 +64,11 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, RedisError) and str(exc).startswith(_CLUSTER_TRANSIENT)
 
 
+def is_redirect(exc: BaseException) -> bool:
+    """True for a cluster's MOVED or ASK: the command did not run; its slot lives on another node."""
+    return isinstance(exc, AskError) or str(exc).startswith(_REDIRECTS)  # redis-py 8 parses MOVED/ASK; 5.x not
+
+
 def redis_unavailable(operation: str, exc: BaseException, tail: str | None = None) -> RedisUnavailableError:
     """The one wording of "Redis could not be reached"."""
     message = f"Redis is unreachable during {operation} ({type(exc).__name__}: {exc})"
@@ -76,7 +82,7 @@ def map_redis_error(operation: str, exc: BaseException, tail: str | None = None)
     if is_transient(exc):
         return redis_unavailable(operation, exc, tail)
     text = str(exc)
-    if isinstance(exc, AskError) or text.startswith(_REDIRECTS):  # redis-py 8 parses MOVED/ASK; 5.x not
+    if is_redirect(exc):
         return InvalidRequestError(
             f"{CLUSTER_HINT} (Redis redirected {operation} to another node: {text})", field="redis"
         )

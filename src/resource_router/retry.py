@@ -48,11 +48,11 @@ async def call_redis(
     except ResourceRouterError:
         raise
     except Exception as exc:
-        if not is_transient(exc) or not idempotent or settings.retry_attempts <= 1:
-            tail = None if not is_transient(exc) else ("not retried (not idempotent)" if not idempotent else None)
+        transient = is_transient(exc)
+        if not transient or not idempotent or settings.retry_attempts <= 1:
+            tail = "not retried (not idempotent)" if transient and not idempotent else None
             raise map_redis_error(operation, exc, tail) from exc
-        first_error: BaseException = exc
-    return await _retry(operation, fn, settings, first_error)
+    return await _retry(operation, fn, settings)
 
 
 async def _attempt(fn: Callable[[], Awaitable[T]], limit: float) -> T:
@@ -63,9 +63,7 @@ async def _attempt(fn: Callable[[], Awaitable[T]], limit: float) -> T:
         raise RedisTimeoutError(f"no reply within {limit}s (operation_timeout)") from exc
 
 
-async def _retry(
-    operation: str, fn: Callable[[], Awaitable[T]], settings: RouterSettings, first_error: BaseException
-) -> T:
+async def _retry(operation: str, fn: Callable[[], Awaitable[T]], settings: RouterSettings) -> T:
     """Attempts 2..n of an idempotent operation."""
     attempts = settings.retry_attempts
     try:
@@ -83,7 +81,7 @@ async def _retry(
         raise
     except Exception as exc:
         raise map_redis_error(operation, exc, f"gave up after {attempts} attempts") from exc
-    raise AssertionError("unreachable") from first_error  # pragma: no cover
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _sleep_first(delay: float) -> Callable[[RetryCallState], Awaitable[None]]:

@@ -26,13 +26,13 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import AskError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from .connection import CLIENT_OPTIONS, Client, describe, is_cluster, is_memory
+from .connection import Client, client_options, describe, is_cluster, is_memory
 from .deadline import stop_task
 from .errors import InvalidRequestError
 from .link import MessageHandler, NodeLink
-from .redis_errors import CLUSTER_HINT, map_redis_error, redis_errors
+from .redis_errors import CLUSTER_HINT, is_redirect, map_redis_error, redis_errors
 from .settings import RouterSettings
 from .tracing import get_logger
 from .wire import ConnectionWire
@@ -44,18 +44,12 @@ logger = get_logger(__name__)
 #: ``on_state(channels, heard)``: channels no longer heard (False) or heard again (True).
 StateCallback = Callable[[frozenset[bytes], bool], None]
 
-_REDIRECT = ("MOVED ", "ASK ")
-
 
 def _connection_factory(
     conn_class: type[AbstractConnection], kwargs: dict[str, Any], settings: RouterSettings
 ) -> Callable[[], AbstractConnection]:
-    """Connections of the library's own (see ``connection.CLIENT_OPTIONS``) to one server."""
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    options = {**kwargs, **CLIENT_OPTIONS, "retry": Retry(NoBackoff(), 0)}
-    options["socket_connect_timeout"] = settings.connect_timeout
+    """Connections of the library's own (``connection.client_options``) to one server."""
+    options = {**kwargs, **client_options(settings)}
     return lambda: conn_class(**options)
 
 
@@ -271,7 +265,7 @@ class ClusterTransport(Transport):
             try:
                 return await link.execute(*command)
             except (RedisError, OSError) as exc:
-                if attempt == 1 and (isinstance(exc, AskError) or str(exc).startswith(_REDIRECT)):
+                if attempt == 1 and is_redirect(exc):
                     await self._refresh()  # the slot moved: the command did not run; send it where it went
                     continue
                 if not isinstance(exc, ResponseError) or str(exc).startswith(("CLUSTERDOWN", "TRYAGAIN")):
