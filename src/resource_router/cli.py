@@ -284,10 +284,7 @@ def _resources_table(title: str, resources: Iterable[Resource]) -> Table:
     return _fit(table, rows)
 
 
-def _instances_table(
-    title: str, instances: Iterable[InstanceInfo], volunteers: dict[str, Volunteer] | None = None
-) -> Table:
-    volunteers = volunteers or {}
+def _instances_table(title: str, instances: Iterable[InstanceInfo], volunteers: dict[str, Volunteer]) -> Table:
     table = _table(
         title,
         {

@@ -125,9 +125,6 @@ class InstanceGauge(ServiceMetric):
     """A gauge labelled ``(service_name, instance_id)``: series of at most ``max_instances`` instances
     at once, removed by ``forget``. Setting it proves the service exists."""
 
-    def __init__(self, metric: Gauge, sets: LabelSets) -> None:
-        super().__init__(metric, sets, proof=lambda rest: True)
-
     def labels(self, service_name: str, *rest: str) -> ServiceChild:
         return _InstanceChild(self, service_name, rest, True)
 

@@ -19,19 +19,16 @@ Attributes follow the messaging semantic conventions (``messaging.system``,
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 __all__ = [
-    "attached",
     "call_span",
     "current_trace_id",
     "enabled",
     "handle_span",
     "operation_span",
-    "refresh",
     "server_span",
     "span_traceparent",
     "traceparent_context",
@@ -39,23 +36,12 @@ __all__ = [
 
 _trace: Any = None
 _propagate: Any = None
-_context: Any = None
 
-
-def _installed() -> bool:
-    try:
-        return importlib.util.find_spec("opentelemetry") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-if _installed():
-    try:
-        from opentelemetry import context as _context
-        from opentelemetry import propagate as _propagate
-        from opentelemetry import trace as _trace
-    except ImportError:  # pragma: no cover - a broken install: run without spans
-        _trace = _propagate = _context = None
+try:  # the otel extra; without it, nothing is imported and no span is made
+    from opentelemetry import propagate as _propagate
+    from opentelemetry import trace as _trace
+except ImportError:
+    _trace = _propagate = None
 
 _NULL = contextlib.nullcontext(None)
 _TRACER_NAME = "resource_router"
@@ -82,11 +68,6 @@ def enabled() -> bool:
 
 
 _tracer_cache: list[Any] = []
-
-
-def refresh() -> None:
-    """Look for a tracer provider at the next span (an application that set one just now)."""
-    _state["next_check"] = 0.0
 
 
 def _tracer() -> Any:
@@ -204,16 +185,3 @@ def current_trace_id() -> str | None:
         return None
     ctx = _trace.get_current_span().get_span_context()
     return f"{ctx.trace_id:032x}" if ctx.is_valid else None
-
-
-@contextlib.contextmanager
-def attached(context: Any) -> Iterator[None]:
-    """Make ``context`` (from ``traceparent_context``) the current one for the block."""
-    if _context is None or context is None:
-        yield
-        return
-    token = _context.attach(context)
-    try:
-        yield
-    finally:
-        _context.detach(token)

@@ -16,7 +16,16 @@ from starlette.types import Scope
 
 from resource_router.tracing import new_trace_id
 
-__all__ = ["TRACE_HEADER", "adopt_trace_id", "current_trace_id", "pick_trace_id", "set_trace_id", "usable"]
+__all__ = [
+    "TRACE_HEADER",
+    "adopt_trace_id",
+    "current_trace_id",
+    "pick_trace_id",
+    "scope_trace_id",
+    "set_trace_id",
+    "takes_over",
+    "usable",
+]
 
 TRACE_HEADER = "X-Trace-Id"
 _TRACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}")
@@ -30,6 +39,21 @@ def usable(candidate: str | None) -> bool:
 def pick_trace_id(candidate: str | None) -> str:
     """``candidate`` when it is a usable trace id, else a new one."""
     return candidate if candidate is not None and usable(candidate) else new_trace_id()
+
+
+def takes_over(current: object, candidate: str | None) -> bool:
+    """Whether a body's ``candidate`` trace id replaces ``current`` (given, different and usable); when
+    it does, it is bound into the log context here."""
+    if candidate and candidate != current and usable(candidate):
+        structlog.contextvars.bind_contextvars(trace_id=candidate)
+        return True
+    return False
+
+
+def scope_trace_id(scope: Scope) -> str | None:
+    """The trace id the trace middleware set on an ASGI scope, if it ran."""
+    trace_id = scope.get("state", {}).get("trace_id")
+    return trace_id if isinstance(trace_id, str) else None
 
 
 def current_trace_id(conn: HTTPConnection) -> str:
@@ -46,10 +70,9 @@ def adopt_trace_id(scope: Scope, trace_id: str | None) -> str:
     """``set_trace_id`` on an ASGI scope: the body's id when usable, else the one in force (or a new one)."""
     state: dict[str, Any] = scope.setdefault("state", {})
     current = state.get("trace_id")
-    if trace_id and trace_id != current and usable(trace_id):
+    if takes_over(current, trace_id):
         state["trace_id"] = trace_id
-        structlog.contextvars.bind_contextvars(trace_id=trace_id)
-        return trace_id
+        return str(trace_id)
     if not isinstance(current, str):
         current = state["trace_id"] = new_trace_id()
     return current

@@ -64,7 +64,7 @@ class JSONBody(JSONResponse):
         return json_bytes(content)
 
 
-async def send_json(send: Send, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+async def send_json(send: Send, status: int, body: bytes) -> None:
     """Answer with a JSON body straight through ASGI (the fast path's response)."""
     await send(
         {
@@ -73,7 +73,6 @@ async def send_json(send: Send, status: int, body: bytes, headers: Sequence[tupl
             "headers": [
                 (b"content-length", str(len(body)).encode("latin-1")),
                 (b"content-type", b"application/json"),
-                *headers,
             ],
         }
     )

@@ -91,8 +91,7 @@ class FastPathMiddleware:
         except ResourceRouterError as exc:
             await error_response(exc, trace_id)(scope, receive, send)
             return
-        answer = {"result": response.result, "trace_id": response.trace_id, "instance_id": response.instance_id}
-        await send_json(send, 200, json_bytes(answer))
+        await send_json(send, 200, json_bytes(operations.answer(response)))
 
     async def _lookup(self, scope: Scope, receive: Receive, send: Send, service_name: str, resource_id: str) -> None:
         scope["route"] = self.owner_route

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from resource_router import otel
 from resource_router.tracing import get_logger
 
-from .context import TRACE_HEADER, pick_trace_id
+from .context import TRACE_HEADER, pick_trace_id, scope_trace_id
 from .errors import PayloadTooLargeError, ReplicaOverloadedError, error_response, internal_error
 from .metrics import GatewayMetrics, get_gateway_metrics
 from .state import InFlight
@@ -43,7 +43,7 @@ _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
-        if key.lower() == name:
+        if key == name:  # ASGI header names are lower-case
             return str(value.decode("latin-1"))
     return None
 
@@ -90,7 +90,8 @@ class TraceMiddleware:
         status = 500
         start = time.perf_counter()
 
-        span_scope = otel.server_span(scope["method"], scope["path"], _header(scope, _TRACEPARENT_BYTES))
+        caller_tp = _header(scope, _TRACEPARENT_BYTES) if otel.enabled() else None
+        span_scope = otel.server_span(scope["method"], scope["path"], caller_tp)
         traceparent: list[bytes] = []
 
         async def send_wrapper(message: Message) -> None:
@@ -134,8 +135,7 @@ class TraceMiddleware:
 async def answer_internal_error(exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
     """Log an unexpected exception with its traceback and answer the 500 error body that leaks nothing."""
     logger.exception("http.internal_error", path=scope.get("path"), error_type=type(exc).__name__)
-    trace_id = scope.get("state", {}).get("trace_id")
-    trace_id = trace_id if isinstance(trace_id, str) else None
+    trace_id = scope_trace_id(scope)
     await error_response(internal_error(exc, trace_id), trace_id)(scope, receive, send)
 
 
@@ -181,9 +181,8 @@ class LoadShedMiddleware:
             return
         if not self.in_flight.try_enter():
             self.shed.inc()
-            trace_id = scope.get("state", {}).get("trace_id")
             err = ReplicaOverloadedError(self.in_flight.limit)
-            await error_response(err, trace_id if isinstance(trace_id, str) else None)(scope, receive, send)
+            await error_response(err, scope_trace_id(scope))(scope, receive, send)
             return
         try:
             await self.app(scope, receive, send)
@@ -262,8 +261,7 @@ async def read_body(scope: Scope, receive: Receive, send: Send, max_bytes: int) 
 
 async def _too_large(scope: Scope, receive: Receive, send: Send, max_bytes: int, size: int | None) -> None:
     err = PayloadTooLargeError.of(size, max_bytes)
-    trace_id = scope.get("state", {}).get("trace_id")
-    response = error_response(err, trace_id if isinstance(trace_id, str) else None, headers={"Connection": "close"})
+    response = error_response(err, scope_trace_id(scope), headers={"Connection": "close"})
     await response(scope, receive, send)
 
 

@@ -35,7 +35,7 @@ from resource_router.tracing import get_logger
 
 from . import operations
 from .bodies import ResourceQuery, RouteCall
-from .context import TRACE_HEADER, pick_trace_id, usable
+from .context import TRACE_HEADER, pick_trace_id, takes_over
 from .errors import PayloadTooLargeError, ReplicaOverloadedError, error_body, internal_error, validation_error
 from .metrics import get_gateway_metrics
 from .state import GatewayState
@@ -63,9 +63,8 @@ class _Request:
         self.trace_id = trace_id
 
     def adopt(self, candidate: str | None) -> str:
-        if candidate is not None and candidate != self.trace_id and usable(candidate):
-            self.trace_id = candidate
-            structlog.contextvars.bind_contextvars(trace_id=candidate)
+        if takes_over(self.trace_id, candidate):
+            self.trace_id = str(candidate)
         return self.trace_id
 
 
@@ -183,8 +182,8 @@ class NatsBridge:
         """nats-py awaits this per subscription in order: serve each request in its own task."""
         if not self.state.in_flight.try_enter():
             self._shed.inc()
-            request = _Request(pick_trace_id(_header(msg)))
-            await self._answer(msg, *error_body(ReplicaOverloadedError(self.state.in_flight.limit), request.trace_id))
+            trace_id = pick_trace_id(_header(msg))
+            await self._answer(msg, *error_body(ReplicaOverloadedError(self.state.in_flight.limit), trace_id))
             return
         task = asyncio.create_task(self._serve(msg))
         self._tasks.add(task)
@@ -257,8 +256,7 @@ class NatsBridge:
 
     async def _route(self, data: Any, request: _Request) -> Any:
         call = _validate(RouteCall, data)
-        response = await operations.route(self.state, call, request.adopt(call.trace_id))
-        return {"result": response.result, "trace_id": response.trace_id, "instance_id": response.instance_id}
+        return operations.answer(await operations.route(self.state, call, request.adopt(call.trace_id)))
 
 
 def _header(msg: Msg) -> str | None:

@@ -5,6 +5,8 @@ one place. Each takes the request's trace id already chosen by its face (header,
 
 from __future__ import annotations
 
+from typing import Any
+
 from resource_router.models import (
     Resource,
     ResourceRegistrationRequest,
@@ -20,7 +22,7 @@ from .bodies import RouteCall
 from .errors import RegistrationConflictError
 from .state import GatewayState
 
-__all__ = ["lookup", "register", "release", "route"]
+__all__ = ["answer", "lookup", "register", "release", "route"]
 
 
 async def route(state: GatewayState, call: RouteCall, trace_id: str) -> RouteResponse:
@@ -45,6 +47,11 @@ async def route(state: GatewayState, call: RouteCall, trace_id: str) -> RouteRes
     if response.trace_id is None:
         response.trace_id = trace_id
     return response
+
+
+def answer(response: RouteResponse) -> dict[str, Any]:
+    """The body of a routed call's answer, over HTTP (the fast path) and NATS alike."""
+    return {"result": response.result, "trace_id": response.trace_id, "instance_id": response.instance_id}
 
 
 async def lookup(state: GatewayState, service_name: str, resource_id: str) -> Resource:
