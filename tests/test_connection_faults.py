@@ -99,7 +99,8 @@ async def test_an_instance_on_a_half_open_connection_says_so_and_serves_again_wi
         assert await client.call(SVC, "echo", 1, resource_id="a") == 1
         assert inst.listening and listening(metrics) == 1.0
 
-        outcomes: list[str] = []
+        outcomes: list[tuple[str, bool]] = []  # (error, whether it came before the instance heard again)
+        heard_again = asyncio.Event()
         with capture_logs() as logs:
             proxy.blackhole(close_upstream=close_upstream)
             start = time.monotonic()
@@ -119,13 +120,14 @@ async def test_an_instance_on_a_half_open_connection_says_so_and_serves_again_wi
                         await client.call(SVC, "echo", 2, resource_id="a", timeout=0.3)
                         return time.monotonic() - start
                     except (RouteTimeoutError, OwnerUnavailableError) as exc:
-                        outcomes.append(type(exc).__name__)
+                        outcomes.append((type(exc).__name__, not heard_again.is_set()))
                         await asyncio.sleep(0.02)
 
             calls = asyncio.create_task(caller())
             detected = await wait_for(lambda: not inst.listening, BOUND + 1)
             assert listening(metrics) == 0.0
             await wait_for(lambda: inst.listening, 5)
+            heard_again.set()
             assert listening(metrics) == 1.0
             served_again = await asyncio.wait_for(calls, 5)
         assert detected <= BOUND
@@ -134,8 +136,11 @@ async def test_an_instance_on_a_half_open_connection_says_so_and_serves_again_wi
         assert events.count("instance.not_listening") == 1
         assert events.count("instance.listening") == 1
         if close_upstream:
-            # Redis forgot the subscription: callers are told at once that nobody listens.
-            assert outcomes and set(outcomes) == {"OwnerUnavailableError"}
+            # Redis forgot the subscription: until the instance hears again, callers are told at once
+            # that nobody listens. (A call delivered as it re-subscribes may still time out on a loaded
+            # machine: it ends after.)
+            while_deaf = [name for name, before in outcomes if before]
+            assert while_deaf and set(while_deaf) == {"OwnerUnavailableError"}
         # The lease held throughout (its heartbeats go through the registry's own connections).
         assert (await client.get_resource_owner(SVC, "a")).owner_instance_id == "i1"
     assert listening(metrics) is None  # the stopped instance's gauge is gone
