@@ -224,7 +224,7 @@ async def test_overloaded_replica_sheds_nats_requests(
             ask(
                 nc,
                 f"{prefix}.route",
-                {"service_name": SVC, "resource_id": "user-1", "method": "sleep", "params": {"seconds": 0.5}},
+                {"service_name": SVC, "resource_id": "user-1", "method": "sleep", "params": {"seconds": 2.0}},
             )
         )
         in_flight = gw.app.state.gateway.in_flight
@@ -232,6 +232,7 @@ async def test_overloaded_replica_sheds_nats_requests(
             if in_flight.count:
                 break
             await asyncio.sleep(0.01)
+        assert in_flight.count == 1  # the slow request holds the replica's one place (2 s, room for a loaded machine)
         shed = await ask(nc, f"{prefix}.resource.query", {"service_name": SVC, "resource_id": "user-1"})
         assert shed["error"] == {
             "type": "ReplicaOverloadedError",

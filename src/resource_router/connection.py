@@ -14,8 +14,10 @@ between 5.x and 8.x, so the library owns them instead of inheriting them):
 * ``socket_timeout=None``: no per-read timer inside redis-py. Every operation has the library's
   own deadline (``operation_timeout``, the caller's timeout), and cancelling a read never turns
   into a ``TimeoutError`` that a loop would mistake for a transient failure (redis-py 8.x sets 5 s);
-* ``retry`` with 0 retries: redis-py 8.x retries every command 10 times by default, including
-  non-idempotent script calls; the library retries only idempotent operations, under one policy;
+* ``retry`` with 0 retries (``redis.asyncio.retry.Retry``, the class asyncio clients take on every
+  redis-py version; 8.2 warns when given the synchronous one): redis-py 8.x retries every command
+  10 times by default, including non-idempotent script calls; the library retries only idempotent
+  operations, under one policy;
 * ``socket_connect_timeout`` from ``RouterSettings.connect_timeout``; TCP keepalive on, with
   probes after ``keepalive_idle`` seconds of silence (half-open connections fail within bounds).
 
@@ -23,7 +25,8 @@ between 5.x and 8.x, so the library owns them instead of inheriting them):
 same server with a twin of its own: same connection class, address, database, credentials, client
 name and TLS options, and the settings above. Pools that cannot be re-created from their connection
 arguments (Sentinel pools, custom pools, the embedded server's) are used as they are: then they
-should have no retries of their own for commands (``retry=Retry(NoBackoff(), 0)``) and RESP2.
+should have no retries of their own for commands (``retry=redis.asyncio.retry.Retry(NoBackoff(), 0)``)
+and RESP2.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ from urllib.parse import unquote, urlsplit
 import redis.asyncio as aredis
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool, SSLConnection
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from .errors import InvalidRequestError
 from .settings import RouterSettings, redact_url
