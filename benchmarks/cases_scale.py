@@ -14,7 +14,7 @@ import time
 
 import redis.asyncio as aredis
 
-from resource_router.keys import KeySpace
+from resource_router.ownership.keys import KeySpace
 
 from .common import LONG_TTL, NAMESPACE, Ctx, url_with_db
 from .harness import Phase, Row, a_seq

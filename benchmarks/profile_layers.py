@@ -21,7 +21,7 @@ import redis.asyncio as aredis
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from resource_router import ResourceRegistry
-from resource_router.scripts import script_source
+from resource_router.ownership.scripts import script_source
 
 from .common import configure_logging
 from .harness import percentile

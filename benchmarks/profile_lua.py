@@ -21,8 +21,8 @@ import redis.asyncio as aredis
 from prometheus_client import CollectorRegistry
 
 from resource_router import ResourceRegistry
-from resource_router.keys import KeySpace
-from resource_router.scripts import script_source
+from resource_router.ownership.keys import KeySpace
+from resource_router.ownership.scripts import script_source
 
 from .common import REPO_ROOT, configure_logging
 from .servers import RedisProcess

@@ -31,7 +31,7 @@ import sys
 from typing import Any
 
 from resource_router import RouteRequest, RouterSettings
-from resource_router.instance import ServiceInstance
+from resource_router.routing.instance import ServiceInstance
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -19,8 +19,17 @@ import pytest
 import structlog
 from typer.testing import CliRunner
 
-from resource_router import InvalidRequestError, ResourceRegistry, RouterSettings, __version__, cli
-from resource_router.cli import EXIT_CANNOT_LISTEN, EXIT_ERROR, EXIT_INVALID, EXIT_REDIS_UNAVAILABLE, build_app, main
+from resource_router import InvalidRequestError, ResourceRegistry, RouterSettings
+from resource_router.cli import app as cli
+from resource_router._version import __version__
+from resource_router.cli.app import (
+    EXIT_CANNOT_LISTEN,
+    EXIT_ERROR,
+    EXIT_INVALID,
+    EXIT_REDIS_UNAVAILABLE,
+    build_app,
+    main,
+)
 from resource_router.gateway import GatewaySettings
 from tests.redis_server import RedisServer, free_port
 from tests.test_gateway_replicas import ROOT, clean_env, cli_command
@@ -536,7 +545,7 @@ def test_serve_builds_settings_from_options_and_env(monkeypatch: pytest.MonkeyPa
 
 
 def test_configure_logging_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
-    from resource_router.tracing import get_logger
+    from resource_router.observability.logs import get_logger
 
     cli.configure_logging("json", "info")
     log = get_logger("resource_router.probe").bind(instance_id="i-1")

@@ -23,8 +23,8 @@ from resource_router import (
     ServiceInstance,
     ServiceUnavailableError,
 )
-from resource_router.connection import connect
 from resource_router.models import RouteResponse
+from resource_router.transport.connection import connect
 from tests.conftest import sample
 from tests.logs import capture_logs
 from tests.redis_server import RedisServer

@@ -26,9 +26,9 @@ from resource_router import (
     ServiceClient,
     ServiceInstance,
 )
-from resource_router.cli import build_app
-from resource_router.connection import connect, describe
-from resource_router.keys import KeySpace
+from resource_router.cli.app import build_app
+from resource_router.ownership.keys import KeySpace
+from resource_router.transport.connection import connect, describe
 from tests.redis_cluster import RedisCluster3, command_value
 from tests.redis_server import redis_server_binary
 

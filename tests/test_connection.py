@@ -18,8 +18,9 @@ from resource_router import (
     Sweeper,
     connect,
 )
-from resource_router.connection import CLIENT_OPTIONS, describe, memory_server, server_identity
-from resource_router.events import parse_event
+from resource_router.ownership.events import parse_event
+from resource_router.transport.connection import CLIENT_OPTIONS, describe, server_identity
+from resource_router.transport.memory import memory_server
 
 SVC = "conn"
 

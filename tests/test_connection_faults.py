@@ -242,13 +242,13 @@ async def test_a_call_made_while_the_reply_channel_is_down_fails_fast_instead_of
         await inst.register_resource(["a"])
         assert await client.call(SVC, "echo", 1, resource_id="a") == 1
         # The reply channel as seen while its connection is being re-established.
-        client._on_reply_state(False)
+        client._calls._on_reply_state(False)
         start = time.monotonic()
         with pytest.raises(RedisUnavailableError, match="reply channel is not subscribed"):
             await client.call(SVC, "echo", 2, resource_id="a", timeout=30)
         assert time.monotonic() - start < FAST.health_check_timeout + 0.3
         assert sample(metrics, "ipc_route_requests_total", service_name=SVC, outcome="ok") == 1.0  # not sent
-        client._on_reply_state(True)
+        client._calls._on_reply_state(True)
         assert await client.call(SVC, "echo", 3, resource_id="a") == 3
 
 

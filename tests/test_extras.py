@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from resource_router import ResourceRegistry
-from resource_router.connection import connect, memory_server
+from resource_router.transport.connection import connect
+from resource_router.transport.memory import memory_server
 
 MEMORY_HINT = "pip install 'resource-router[memory]'"
 

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from resource_router import InvalidRequestError, ResourceRegistry, RouterSettings
 from resource_router.gateway import GatewaySettings, create_app
-from resource_router.keys import validate_resource_id
+from resource_router.ids import validate_resource_id
 from tests.logs import capture_logs
 from tests.redis_server import RedisServer
 

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from resource_router.gateway.fastpath import FastPathMiddleware
-from resource_router.instance import ServiceInstance
+from resource_router.routing.instance import ServiceInstance
 from tests import test_gateway_route
 from tests.test_gateway import SVC, Gateway, _open_gateway
 

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from resource_router import RouteRequest
-from resource_router.instance import ServiceInstance
+from resource_router.routing.instance import ServiceInstance
 from tests import test_gateway_route
 from tests.conftest import sample
 from tests.nats_server import NatsServer, nats_server_binary

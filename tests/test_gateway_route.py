@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from resource_router import ResourceRegistry, RouteRequest
-from resource_router.instance import ServiceInstance
+from resource_router.routing.instance import ServiceInstance
 from tests.test_gateway import SVC, Gateway, _assert_error, _open_gateway
 
 

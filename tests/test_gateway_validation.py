@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from resource_router import InvalidRequestError
-from resource_router.keys import (
+from resource_router.ids import (
     INSTANCE_ID_SCHEMA,
     RESOURCE_ID_SCHEMA,
     SERVICE_NAME_SCHEMA,

@@ -11,7 +11,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from resource_router import ResourceNotFoundError, ResourceRegistry, RouteRequest, ServiceClient, ServiceInstance
-from resource_router.placement import Volunteer, rank
+from resource_router.ownership.volunteers import Volunteer
+from resource_router.placement.strategies import rank
 from tests.conftest import sample, wait_for
 
 SVC = "rooms"

@@ -12,7 +12,7 @@ import redis.asyncio as aredis
 from prometheus_client import CollectorRegistry
 
 from resource_router import RouteRequest, ServiceClient, ServiceInstance
-from resource_router.tracing import LogThrottle
+from resource_router.observability.logs import LogThrottle
 from tests.conftest import SLOW_SCALE, sample
 from tests.logs import capture_logs
 

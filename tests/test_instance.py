@@ -28,8 +28,8 @@ from resource_router import (
     ServiceClient,
     ServiceInstance,
 )
-from resource_router.connection import connect
-from resource_router.instance import default_instance_id
+from resource_router.ids import default_instance_id
+from resource_router.transport.connection import connect
 from tests.conftest import sample, wait_for
 from tests.logs import capture_logs
 from tests.procs.peer import RawPeer
@@ -759,7 +759,7 @@ async def test_a_request_for_an_id_being_adopted_waits_instead_of_being_refused(
 
 async def test_with_signing_the_seal_time_is_the_send_time(make: Any, peer: RawPeer, backend_url: str) -> None:
     from resource_router import RouterSettings
-    from resource_router.signing import Signer
+    from resource_router.routing.signing import Signer
 
     key = "a-signing-key-of-32-bytes-length"
     signer = Signer([key])

@@ -12,14 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from resource_router import (
-    RemoteHandlerError,
-    ResourceNotFoundError,
-    RouteRequest,
-    ServiceClient,
-    ServiceInstance,
-)
-from resource_router.connection import connect
+from resource_router import RemoteHandlerError, ResourceNotFoundError, RouteRequest, ServiceClient, ServiceInstance
+from resource_router.transport.connection import connect
 from tests.conftest import wait_for
 from tests.procs.peer import RawPeer
 

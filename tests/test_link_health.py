@@ -17,8 +17,8 @@ import pytest
 import redis.asyncio as aredis
 
 from resource_router import RedisUnavailableError, RouterSettings
-from resource_router.connection import connect
-from resource_router.pubsub import PubSubHub
+from resource_router.transport.connection import connect
+from resource_router.transport.hub import PubSubHub
 from tests.conftest import wait_for
 from tests.logs import capture_logs
 from tests.redis_server import RedisServer

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from resource_router import ResourceRegistry
-from resource_router.tracing import ROOT_LOGGER, Logger, get_logger
+from resource_router.observability.logs import ROOT_LOGGER, Logger, get_logger
 from tests.logs import capture_logs
 
 
@@ -80,8 +80,8 @@ async def test_each_module_logs_under_its_own_name(registry: ResourceRegistry) -
         await registry.register_instance("svc", "i1", ttl=5)
         await registry.register_resource("svc", "i1", ["a"])
     names: dict[str, Any] = {e["event"]: e["logger"] for e in logs}
-    assert names["instance.register"] == "resource_router.registry.leases"
-    assert names["resource.register"] == "resource_router.registry.ownership"
+    assert names["instance.register"] == "resource_router.ownership.leases"
+    assert names["resource.register"] == "resource_router.ownership.grants"
 
 
 def test_the_package_logger_has_only_a_null_handler() -> None:

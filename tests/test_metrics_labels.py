@@ -27,8 +27,8 @@ from resource_router import (
     ServiceInstance,
     ServiceUnavailableError,
 )
-from resource_router.metrics import OTHER, LabelSets, get_metrics
-from resource_router.sweeper import Sweeper
+from resource_router.observability.metrics import OTHER, LabelSets, get_metrics
+from resource_router.ownership.sweeper import Sweeper
 from tests.conftest import SLOW_SCALE, sample
 
 

@@ -175,7 +175,8 @@ def test_without_the_extra_nothing_is_imported(tmp_path: Path) -> None:
                     return None
             sys.meta_path.insert(0, NoOtel())
 
-            from resource_router import ServiceClient, ServiceInstance, otel
+            from resource_router import ServiceClient, ServiceInstance
+            from resource_router.observability import otel
 
             async def main():
                 url = "memory://no-otel"

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from resource_router.ownership import (
+from resource_router.ownership.view import (
     NO_RESOURCE,
     REASON_EXPIRED,
     REASON_RELEASED,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import resource_router
-from resource_router.scripts import SCRIPT_NAMES, script_source
+from resource_router.ownership.scripts import SCRIPT_NAMES, script_source
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,8 +25,8 @@ from resource_router import (
     ServiceClient,
     ServiceInstance,
 )
-from resource_router.connection import connect
-from resource_router.keys import ServiceKeys, partition_of, partition_tag
+from resource_router.ownership.keys import ServiceKeys, partition_of, partition_tag
+from resource_router.transport.connection import connect
 from tests.redis_server import RedisServer
 
 SVC = "parts"

@@ -20,7 +20,8 @@ from resource_router import (
     ServiceClient,
     ServiceInstance,
 )
-from resource_router.placement import Volunteer, rank, rendezvous_score, service_strategy
+from resource_router.ownership.volunteers import Volunteer
+from resource_router.placement.strategies import rank, rendezvous_score, service_strategy
 from tests.conftest import sample
 
 SVC = "rooms"
@@ -282,9 +283,9 @@ async def test_a_replica_activates_and_follows_a_drain(
 async def test_volunteer_records_events_and_cleanup(
     backend_url: str, namespace: str, metrics_registry: CollectorRegistry
 ) -> None:
-    from resource_router.connection import connect
-    from resource_router.events import parse_event
-    from resource_router.pubsub import PubSubHub
+    from resource_router.ownership.events import parse_event
+    from resource_router.transport.connection import connect
+    from resource_router.transport.hub import PubSubHub
 
     registry = ResourceRegistry(backend_url, namespace=namespace, metrics_registry=metrics_registry)
     redis = connect(backend_url)

@@ -19,12 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from resource_router import (
-    OwnerUnavailableError,
-    ResourceRegistry,
-    ResourceRouterError,
-    ServiceClient,
-)
+from resource_router import OwnerUnavailableError, ResourceRegistry, ResourceRouterError, ServiceClient
 from tests.conftest import SLOW_SCALE
 from tests.procs.control import ROOT, InstanceProcess, start_all
 

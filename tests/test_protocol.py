@@ -9,14 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resource_router import (
-    InvalidRequestError,
-    MethodNotFoundError,
-    RemoteHandlerError,
-    ResourceRouterError,
-)
+from resource_router import InvalidRequestError, MethodNotFoundError, RemoteHandlerError, ResourceRouterError
 from resource_router.errors import error_from_dict
-from resource_router.protocol import (
+from resource_router.routing.protocol import (
     PROTOCOL_VERSION,
     STATUS_ERROR,
     STATUS_NOT_OWNER,

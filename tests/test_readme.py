@@ -51,9 +51,9 @@ def test_readme_example_runs_and_prints_only_its_own_lines(index: int, tmp_path:
 def test_warnings_of_the_library_stay_silent_without_logging_config(tmp_path: Path) -> None:
     """Python prints unhandled warnings to stderr when nobody configured logging; not the library's."""
     code = (
-        "from resource_router.tracing import get_logger\n"
-        "get_logger('resource_router.registry').warning('sweep.failed', error='boom')\n"
-        "get_logger('resource_router.pubsub').error('pubsub.reader_failed')\n"
+        "from resource_router.observability.logs import get_logger\n"
+        "get_logger('resource_router.ownership.registry').warning('sweep.failed', error='boom')\n"
+        "get_logger('resource_router.transport.hub').error('pubsub.reader_failed')\n"
         "print('done')\n"
     )
     out = run_script(tmp_path, code)
@@ -66,7 +66,7 @@ def test_an_application_that_configures_logging_sees_the_events(tmp_path: Path) 
     assert out.returncode == 0, out.stderr
     lines = out.stderr.splitlines()
     register = next(line for line in lines if "resource.register " in line)
-    assert register.startswith("resource_router.registry.ownership resource.register ")
+    assert register.startswith("resource_router.ownership.grants resource.register ")
     for field in ("service_name=user-service", "instance_id=node-1", "operation=register_resource", "duration_ms="):
         assert field in register
     assert not any(" resource.lookup" in line for line in lines)  # debug events stay below INFO

@@ -16,7 +16,7 @@ from resource_router import (
     ResourceRegistry,
     ResourceReleaseError,
 )
-from resource_router.pubsub import PubSubHub
+from resource_router.transport.hub import PubSubHub
 from tests.logs import capture_logs
 
 SVC = "user-service"
@@ -400,7 +400,7 @@ async def test_chunked_registration_rolls_back_when_a_later_step_hits_the_limit(
     async with reg:
         await reg.register_instance(SVC, "i1", ttl=5)
         await reg.register_resource(SVC, "i1", ["mine"])
-        original = reg.ownership._step
+        original = reg.grants._step
         calls = 0
 
         async def racing_step(*args: Any) -> Any:
@@ -411,7 +411,7 @@ async def test_chunked_registration_rolls_back_when_a_later_step_hits_the_limit(
                 await original(part, "i1", ["x1", "x2", "x3", "x4", "x5"], False, "", "other", "")
             return await original(*args)
 
-        reg.ownership._step = racing_step  # type: ignore[method-assign]
+        reg.grants._step = racing_step  # type: ignore[method-assign]
         with pytest.raises(ResourceLimitExceededError) as err:
             await reg.register_resource(SVC, "i1", ["mine"] + [f"n{i}" for i in range(8)])
         owned = sorted(r.resource_id for r in await reg.list_resources(SVC, "i1"))
@@ -429,7 +429,7 @@ async def test_a_chunked_rollback_releases_its_own_grants_id_by_id(backend_url: 
     async with reg:
         await reg.register_instance(SVC, "i1", ttl=5)
         await reg.register_instance(SVC, "thief", ttl=5)
-        original = reg.ownership._step
+        original = reg.grants._step
         calls = 0
 
         async def racing_step(*args: Any) -> Any:
@@ -441,10 +441,10 @@ async def test_a_chunked_rollback_releases_its_own_grants_id_by_id(backend_url: 
                 await original(part, "i1", [f"x{i}" for i in range(6)], False, "", "other", "")  # fills i1 up
             return await original(*args)
 
-        reg.ownership._step = racing_step  # type: ignore[method-assign]
+        reg.grants._step = racing_step  # type: ignore[method-assign]
         with pytest.raises(ResourceLimitExceededError):
             await reg.register_resource(SVC, "i1", [f"n{i}" for i in range(7)])
-        reg.ownership._step = original  # type: ignore[method-assign]
+        reg.grants._step = original  # type: ignore[method-assign]
         owners = await reg.get_owner_ids(SVC, [f"n{i}" for i in range(7)])
         assert owners == {"n0": "thief", **{f"n{i}": None for i in range(1, 7)}}
         assert sorted(r.resource_id for r in await reg.list_resources(SVC, "i1")) == [f"x{i}" for i in range(6)]

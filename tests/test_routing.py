@@ -14,12 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from resource_router import (
-    OwnerUnavailableError,
-    ResourceNotFoundError,
-    ResourceRegistry,
-    ServiceClient,
-)
+from resource_router import OwnerUnavailableError, ResourceNotFoundError, ResourceRegistry, ServiceClient
 from tests.conftest import SLOW_SCALE
 from tests.procs.control import InstanceProcess, start_all
 

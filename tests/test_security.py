@@ -25,7 +25,7 @@ from resource_router import (
     ServiceClient,
     ServiceInstance,
 )
-from resource_router.sweeper import Sweeper
+from resource_router.ownership.sweeper import Sweeper
 from tests.redis_server import RedisServer, redis_server_binary
 from tests.tls_certs import make_certs, openssl_binary
 

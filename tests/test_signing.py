@@ -30,8 +30,8 @@ from resource_router import (
     ServiceClient,
     ServiceInstance,
 )
-from resource_router.protocol import decode_request, encode_request
-from resource_router.signing import SEAL_OVERHEAD, Signer
+from resource_router.routing.protocol import decode_request, encode_request
+from resource_router.routing.signing import SEAL_OVERHEAD, Signer
 from tests.conftest import sample
 
 SVC = "signed"

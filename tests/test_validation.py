@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from resource_router import InvalidRequestError, ResourceRegistry, RouterSettings
 from resource_router.errors import error_from_dict
-from resource_router.keys import validate_resource_id
+from resource_router.ids import validate_resource_id
 
 SVC = "docs"
 

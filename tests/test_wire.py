@@ -13,10 +13,11 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ResponseError
 
 from resource_router import ServiceClient, ServiceInstance
-from resource_router._fastwire import FastWire
-from resource_router.connection import CLIENT_OPTIONS, connect
-from resource_router.deadline import stop_task
-from resource_router.wire import ConnectionWire, Wire, make_wire
+from resource_router.transport._fastwire import FastWire
+from resource_router.transport.connection import CLIENT_OPTIONS, connect
+from resource_router.transport.deadline import stop_task
+from resource_router.transport.link import make_wire
+from resource_router.transport.wire import ConnectionWire, Wire
 
 WIRES: dict[str, Callable[[AbstractConnection], Wire]] = {"public": ConnectionWire, "fast": FastWire}
 

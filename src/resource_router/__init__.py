@@ -9,11 +9,8 @@ bodies of the HTTP gateway live in :mod:`resource_router.gateway`.
 
 from __future__ import annotations
 
-from importlib import metadata as _metadata
-
-from .client import ServiceClient
-from .connection import connect
-from .errors import (
+from resource_router._version import __version__
+from resource_router.errors import (
     InstanceNotAliveError,
     InvalidRequestError,
     MethodNotFoundError,
@@ -28,9 +25,7 @@ from .errors import (
     RouteTimeoutError,
     ServiceUnavailableError,
 )
-from .events import EventLog
-from .instance import ServiceInstance
-from .models import (
+from resource_router.models import (
     HeartbeatResult,
     InstanceInfo,
     OwnershipEvent,
@@ -39,14 +34,13 @@ from .models import (
     ResourceReleaseResponse,
     RouteRequest,
 )
-from .registry import ResourceRegistry
-from .settings import RouterSettings
-from .sweeper import Sweeper
-
-try:
-    __version__ = _metadata.version("resource-router")
-except _metadata.PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
-    __version__ = "0+unknown"
+from resource_router.ownership.events import EventLog
+from resource_router.ownership.registry import ResourceRegistry
+from resource_router.ownership.sweeper import Sweeper
+from resource_router.routing.client import ServiceClient
+from resource_router.routing.instance import ServiceInstance
+from resource_router.settings import RouterSettings
+from resource_router.transport.connection import connect
 
 __all__ = [
     "EventLog",

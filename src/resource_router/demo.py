@@ -20,20 +20,20 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .client import ServiceClient
-from .connection import connect, describe
-from .errors import (
+from resource_router.errors import (
     OwnerUnavailableError,
     ResourceLimitExceededError,
     ResourceNotFoundError,
     ResourceReleaseError,
     ResourceRouterError,
 )
-from .instance import ServiceInstance
-from .keys import KeySpace
-from .models import RouteRequest
-from .registry import ResourceRegistry
-from .settings import ENV_REDIS_URL, RouterSettings
+from resource_router.models import RouteRequest
+from resource_router.ownership.keys import KeySpace
+from resource_router.ownership.registry import ResourceRegistry
+from resource_router.routing.client import ServiceClient
+from resource_router.routing.instance import ServiceInstance
+from resource_router.settings import ENV_REDIS_URL, RouterSettings
+from resource_router.transport.connection import connect, describe
 
 __all__ = ["DEMO_URL", "format_table", "main", "percentile", "run_demo"]
 
@@ -331,7 +331,7 @@ async def run_demo(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m resource_router.demo``: render only errors of the library's logs, run the demo."""
-    from .logs import configure_logging
+    from resource_router.observability.rendering import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m resource_router.demo", description=__doc__)
     parser.add_argument("--redis", default=None, help=f"Redis URL (default: ${ENV_REDIS_URL} or {DEMO_URL})")

@@ -7,8 +7,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import ResourceConflictError
-from .keys import INSTANCE_ID_SCHEMA, RESOURCE_ID_SCHEMA, SERVICE_NAME_SCHEMA
+from resource_router.errors import ResourceConflictError
+from resource_router.ids import INSTANCE_ID_SCHEMA, RESOURCE_ID_SCHEMA, SERVICE_NAME_SCHEMA
 
 __all__ = [
     "ErrorResponse",

@@ -25,21 +25,30 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from resource_router.errors import InvalidRequestError
+
 __all__ = [
+    "DEFAULT_CONFIRM_AFTER",
+    "DEFAULT_CONFIRM_BATCH",
+    "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_RESOURCES_PER_INSTANCE",
     "DEFAULT_NAMESPACE",
+    "DEFAULT_OWNER_CACHE_TTL",
+    "DEFAULT_REBALANCE_RATE",
     "DEFAULT_REDIS_URL",
     "DEFAULT_TIMEOUT",
     "DEFAULT_TTL",
     "ENV_FILE",
     "ENV_PREFIX",
     "ENV_REDIS_URL",
+    "MAX_CALL_TIMEOUT",
     "MAX_TTL",
     "MIN_TTL",
     "RedisUrl",
     "RouterSettings",
     "SettingsBase",
     "redact_url",
+    "validate_seconds",
 ]
 
 # -- every default of the package ---------------------------------------------------------------
@@ -58,6 +67,27 @@ MIN_TTL = 0.05
 MAX_TTL = 86_400.0
 #: Seconds: a routed call's reply, one Redis operation, connecting, an instance's drain on stop.
 DEFAULT_TIMEOUT = 5.0
+#: The longest timeout a routed call may ask for (seconds).
+MAX_CALL_TIMEOUT = 3600.0
+#: A caller's owner cache: the backstop TTL of an entry (ownership events drop entries long before).
+DEFAULT_OWNER_CACHE_TTL = 5.0
+#: Handlers one instance runs at once.
+DEFAULT_MAX_CONCURRENCY = 256
+#: Seconds a request may have waited (since its caller sent it, or inside the instance) before its
+#: ownership is confirmed in Redis rather than taken from the instance's own view.
+DEFAULT_CONFIRM_AFTER = 0.1
+#: Ids one confirmation read asks Redis about.
+DEFAULT_CONFIRM_BATCH = 5000
+#: Resources per second a rebalancing volunteer hands to a newcomer.
+DEFAULT_REBALANCE_RATE = 100.0
+
+
+def validate_seconds(value: object, field: str, *, low: float, high: float = float("inf")) -> float:
+    """A duration in seconds within ``[low, high]``, as a float; ``InvalidRequestError`` naming ``field``
+    otherwise (booleans are not numbers here). The one check of every duration an entry object takes."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise InvalidRequestError(f"{field} must be a number of seconds in [{low:g}, {high:g}]", field=field)
+    return float(value)
 
 
 def redact_url(url: str) -> str:

@@ -8,9 +8,9 @@ from typing import Any
 
 import msgpack
 
-from resource_router.connection import Client, connect
-from resource_router.keys import KeySpace
-from resource_router.pubsub import PubSubHub
+from resource_router.ownership.keys import KeySpace
+from resource_router.transport.connection import Client, connect
+from resource_router.transport.hub import PubSubHub
 
 __all__ = ["RawPeer"]
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from resource_router import __version__
+from resource_router._version import __version__
 
 from .docs import install_offline_docs
 from .errors import JSONBody, install_error_handlers

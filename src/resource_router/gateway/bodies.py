@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from resource_router.errors import InvalidRequestError
-from resource_router.keys import RESOURCE_ID_SCHEMA, SERVICE_NAME_SCHEMA, validate_text
+from resource_router.ids import RESOURCE_ID_SCHEMA, SERVICE_NAME_SCHEMA, validate_text
 
 __all__ = ["ResourceQuery", "RouteCall"]
 

@@ -14,7 +14,7 @@ import structlog
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
-from resource_router.tracing import new_trace_id
+from resource_router.ids import new_trace_id
 
 __all__ = [
     "TRACE_HEADER",

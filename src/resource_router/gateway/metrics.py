@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from resource_router.metrics import metric_set
+from resource_router.observability.metrics import metric_set
 
 __all__ = ["GatewayMetrics", "get_gateway_metrics"]
 

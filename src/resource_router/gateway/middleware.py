@@ -14,8 +14,8 @@ import structlog
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from resource_router import otel
-from resource_router.tracing import get_logger
+from resource_router.observability import otel
+from resource_router.observability.logs import get_logger
 
 from .context import TRACE_HEADER, pick_trace_id, scope_trace_id
 from .errors import PayloadTooLargeError, ReplicaOverloadedError, error_response, internal_error

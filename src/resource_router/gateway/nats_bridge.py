@@ -31,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from resource_router.errors import InvalidRequestError, ResourceRouterError
 from resource_router.models import ResourceRegistrationRequest, ResourceReleaseRequest
-from resource_router.tracing import get_logger
+from resource_router.observability.logs import get_logger
 
 from . import operations
 from .bodies import ResourceQuery, RouteCall

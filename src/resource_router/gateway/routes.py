@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
-from resource_router.keys import INSTANCE_ID_SCHEMA, RESOURCE_ID_SCHEMA, SERVICE_NAME_SCHEMA
+from resource_router.ids import INSTANCE_ID_SCHEMA, RESOURCE_ID_SCHEMA, SERVICE_NAME_SCHEMA
 from resource_router.models import (
     ErrorResponse,
     InstanceInfo,

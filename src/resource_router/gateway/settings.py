@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from resource_router.connection import is_memory_url
 from resource_router.settings import ENV_PREFIX, ENV_REDIS_URL, RouterSettings, SettingsBase
+from resource_router.transport.memory import is_memory_url
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "GatewaySettings", "LogFormat"]
 

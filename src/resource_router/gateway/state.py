@@ -12,16 +12,17 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
-from resource_router.connection import describe, is_memory_url
 from resource_router.errors import RedisUnavailableError, ResourceRouterError
-from resource_router.registry import ResourceRegistry
-from resource_router.sweeper import Sweeper
-from resource_router.tracing import get_logger
+from resource_router.observability.logs import get_logger
+from resource_router.ownership.registry import ResourceRegistry
+from resource_router.ownership.sweeper import Sweeper
+from resource_router.transport.connection import describe
+from resource_router.transport.memory import is_memory_url
 
 from .settings import GatewaySettings
 
 if TYPE_CHECKING:
-    from resource_router.client import ServiceClient
+    from resource_router.routing.client import ServiceClient
 
 logger = get_logger(__name__)
 
@@ -98,7 +99,7 @@ class GatewayState:
             return self._client
         async with self._client_lock:
             if self._client is None:
-                from resource_router.client import ServiceClient
+                from resource_router.routing.client import ServiceClient
 
                 client = ServiceClient(
                     self.registry.redis,  # one connection pool per replica; the registry closes it

@@ -1,0 +1,560 @@
+"""Resource ownership: register, release and read owners, partition by partition.
+
+A resource lives in partition ``partition_of(R, partitions)`` (``keys.py``); every script runs on one
+partition's slot. What holds across partitions (the README's guarantee table says the same):
+
+* **conflicts** are reported per id, each from the atomic step of its partition;
+* **the per-instance limit** is never exceeded: with several partitions, room for the new grants is
+  reserved in the instance's quota first (``reserve_quota``), each partition grants at most its share,
+  and what was granted is settled after (``settle_quota``). A call that would exceed the limit
+  registers nothing (429). A partition that finds more new ids than its share (the ownership changed
+  since the caller looked) writes nothing, and the call's own new grants elsewhere are rolled back
+  id by id (owner-checked) before it tries again;
+* **release** checks every partition first and releases nothing when any id is owned by another live
+  instance (403); an id taken by force between the check and the release stays with its new owner
+  and is reported in ``not_found``;
+* **fencing tokens** strictly increase per resource: each partition has its own counter and a
+  resource never leaves its partition.
+
+With one partition (the default) every call is one atomic step, as it always was. With
+``register_chunk_size`` and one partition, a large batch runs as several atomic steps of that many
+ids: the whole batch is checked first (liveness and the limit), and a step that then hits the limit
+rolls back what this call newly took, id by id and owner-checked, and reports exactly what stayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from resource_router.errors import (
+    ResourceLimitExceededError,
+    ResourceNotFoundError,
+    ResourceReleaseError,
+    ResourceRouterError,
+)
+from resource_router.ids import (
+    new_trace_id,
+    validate_instance_id,
+    validate_resource_id,
+    validate_resource_ids,
+    validate_text,
+)
+from resource_router.models import (
+    Resource,
+    ResourceRegistrationResponse,
+    ResourceReleaseResponse,
+    ms_to_datetime,
+    trusted,
+)
+from resource_router.observability.logs import get_logger
+from resource_router.ownership.keys import PartitionKeys, ServiceKeys
+from resource_router.ownership.leases import Leases, not_alive
+from resource_router.ownership.scripts import (
+    STATUS_INSTANCE_NOT_ALIVE,
+    STATUS_LIMIT_EXCEEDED,
+    STATUS_NOT_OWNER,
+    STATUS_OVER_BUDGET,
+    check_status,
+)
+from resource_router.ownership.store import ScriptCall, Store, log_context, pairs, parse_grant, text
+from resource_router.transport.retry import call_redis
+
+__all__ = ["Grants", "RegisterOutcome"]
+
+logger = get_logger(__name__)
+
+_READ_CHUNK = 1000
+_MAX_RACES = 3  # attempts of a registration across partitions when ownership keeps changing under it
+
+
+@dataclass
+class RegisterOutcome:
+    """The decoded reply of one or more register_resources steps (one typed result for every path)."""
+
+    status: int
+    tokens: dict[str, int] = field(default_factory=dict)
+    conflicts: dict[str, str] = field(default_factory=dict)
+    taken_over: dict[str, str] = field(default_factory=dict)
+    owned_count: int = 0
+    new_grants: int = 0
+    current: int = 0
+    requested: int = 0
+    limit: int = 0
+
+    @classmethod
+    def decode(cls, reply: list[Any], ids: list[str]) -> RegisterOutcome:
+        status = check_status(reply, "register_resources")
+        if status == STATUS_LIMIT_EXCEEDED:
+            return cls(status, current=int(reply[1]), requested=int(reply[2]), limit=int(reply[3]))
+        if status == STATUS_OVER_BUDGET:
+            return cls(status, requested=int(reply[1]), limit=int(reply[2]))
+        if status != 0:
+            return cls(status)
+        out = cls(status, owned_count=int(reply[3]), new_grants=int(reply[4]))
+        for rid, value in zip(ids, reply[1], strict=True):
+            if isinstance(value, int):
+                out.tokens[rid] = value
+            else:
+                out.conflicts[rid] = text(value)
+        if reply[2]:
+            out.taken_over = pairs(reply[2])
+        return out
+
+    def merge(self, other: RegisterOutcome) -> None:
+        self.tokens.update(other.tokens)
+        self.conflicts.update(other.conflicts)
+        self.taken_over.update(other.taken_over)
+        self.new_grants += other.new_grants
+
+
+class Grants:
+    """The resource half of the registry (see the module docstring)."""
+
+    def __init__(self, store: Store, leases: Leases) -> None:
+        self.store = store
+        self.leases = leases
+
+    # -- register ----------------------------------------------------------------------------------
+    async def register(
+        self,
+        service_name: str,
+        instance_id: str,
+        resource_ids: Iterable[str] | str,
+        force: bool,
+        meta: str,
+        trace_id: str | None,
+    ) -> ResourceRegistrationResponse:
+        store = self.store
+        sk = await store.service(service_name, "register_resource", record=True)
+        validate_instance_id(instance_id)
+        ids = validate_resource_ids(resource_ids, max_count=store.settings.max_batch_size)
+        trace_id = validate_text(trace_id, "trace_id") if trace_id else new_trace_id()
+        start = time.perf_counter()
+        chunk = store.settings.register_chunk_size
+        if sk.partitions > 1:
+            outcome = await self._register_partitioned(sk, instance_id, ids, force, meta, trace_id)
+        elif chunk is not None and len(ids) > chunk:
+            outcome = await self._register_chunked(sk, instance_id, ids, force, meta, trace_id, chunk)
+        else:
+            outcome = await self._step(sk.parts[0], instance_id, ids, force, meta, trace_id, "")
+        elapsed = time.perf_counter() - start
+        store.child("operation_duration", "register_resource").observe(elapsed)
+        ctx = log_context("register_resource", elapsed, service_name, instance_id, trace_id, ids)
+        if outcome.status == STATUS_INSTANCE_NOT_ALIVE:
+            store.child("registrations", service_name, "rejected").inc(len(ids))
+            logger.warning("resource.register_rejected", reason="instance_not_alive", **ctx)
+            raise not_alive(service_name, instance_id)
+        if outcome.status == STATUS_LIMIT_EXCEEDED:
+            store.child("registrations", service_name, "rejected").inc(len(ids))
+            logger.warning("resource.register_rejected", reason="limit", limit=outcome.limit, **ctx)
+            raise ResourceLimitExceededError(
+                f"instance {instance_id!r} owns {outcome.current} resource(s); taking {outcome.requested} more would "
+                f"exceed the limit of {outcome.limit}; nothing was registered",
+                limit=outcome.limit,
+                current=outcome.current,
+                requested=outcome.requested,
+            )
+        registered = [rid for rid in ids if rid in outcome.tokens]
+        if registered:
+            store.child("registrations", service_name, "granted").inc(len(registered))
+        if outcome.conflicts:
+            store.child("registrations", service_name, "conflict").inc(len(outcome.conflicts))
+            store.child("conflicts", service_name).inc(len(outcome.conflicts))
+        gauge = store.child("resources_per_instance", service_name, instance_id)
+        if outcome.owned_count >= 0:
+            gauge.set(outcome.owned_count)
+        else:  # spread over partitions: counted exactly at the next heartbeat
+            gauge.inc(outcome.new_grants)
+        logger.info(
+            "resource.register",
+            registered=len(registered),
+            conflicts=len(outcome.conflicts),
+            taken_over=len(outcome.taken_over),
+            force=force,
+            **ctx,
+        )
+        return trusted(
+            ResourceRegistrationResponse,
+            {
+                "success": not outcome.conflicts,
+                "registered": registered,
+                "conflicts": {rid: outcome.conflicts[rid] for rid in ids if rid in outcome.conflicts},
+                "fencing_tokens": {rid: outcome.tokens[rid] for rid in registered},
+                "taken_over": outcome.taken_over,
+                "trace_id": trace_id,
+            },
+        )
+
+    def _step_call(
+        self, part: PartitionKeys, instance_id: str, ids: list[str], force: bool, meta: str, trace_id: str, budget: str
+    ) -> ScriptCall:
+        store = self.store
+        keys = [part.lease(instance_id), part.owned(instance_id), part.fence, part.audit, *part.owner_keys(ids)]
+        args = [
+            *store.part_common(part, instance_id, trace_id),
+            "1" if force else "0",
+            store.settings.max_resources_per_instance,
+            budget,
+            meta,
+            part.owned_prefix,
+            part.lost_prefix,
+            part.owner_prefix,
+            part.lease_prefix,
+        ]
+        return store.scripts.register_resources, keys, args
+
+    async def _step(
+        self, part: PartitionKeys, instance_id: str, ids: list[str], force: bool, meta: str, trace_id: str, budget: str
+    ) -> RegisterOutcome:
+        """One run of register_resources.lua (one atomic step). Re-registering owned ids is a no-op that
+        keeps their tokens, so a retried step is harmless."""
+        script, keys, args = self._step_call(part, instance_id, ids, force, meta, trace_id, budget)
+        reply = await self.store.run("register_resource", script, keys, args, idempotent=True)
+        return RegisterOutcome.decode(reply, ids)
+
+    async def _register_partitioned(
+        self, sk: ServiceKeys, instance_id: str, ids: list[str], force: bool, meta: str, trace_id: str
+    ) -> RegisterOutcome:
+        """Reserve room in the quota, claim in every partition at once, settle (module docstring)."""
+        store = self.store
+        groups = sk.split(ids)
+        for attempt in range(_MAX_RACES):
+            owners = await self.read_owners(sk, ids)
+            # Room for the ids that look new now: free ones, and (with force) those of others. After a
+            # race, room for every id that could turn out new (ours may be taken and taken back).
+            if attempt == 0:
+                shares = {
+                    p: sum(1 for rid in group if owners[rid] is None or (force and owners[rid] != instance_id))
+                    for p, group in groups.items()
+                }
+            else:
+                shares = {
+                    p: len(group) if force else sum(1 for rid in group if owners[rid] != instance_id)
+                    for p, group in groups.items()
+                }
+            needed = sum(shares.values())
+            reservation = secrets.token_hex(8)
+            if needed:
+                reply = await store.run(
+                    "register_resource",
+                    store.scripts.reserve_quota,
+                    [sk.instance(instance_id), sk.quota(instance_id)],
+                    [reservation, needed, store.settings.max_resources_per_instance, self._reservation_ms()],
+                    idempotent=True,
+                )
+                if reply[0] == STATUS_INSTANCE_NOT_ALIVE:
+                    return RegisterOutcome(STATUS_INSTANCE_NOT_ALIVE)
+                if reply[0] == STATUS_LIMIT_EXCEEDED:
+                    return RegisterOutcome(
+                        STATUS_LIMIT_EXCEEDED, current=int(reply[1]), requested=int(reply[2]), limit=int(reply[3])
+                    )
+            order = list(groups)
+            calls = [
+                self._step_call(sk.parts[p], instance_id, groups[p], force, meta, trace_id, str(shares[p]))
+                for p in order
+            ]
+            try:
+                replies = await store.run_all("register_resource", calls, idempotent=True, interleave=True)
+            except ResourceRouterError:
+                await self._settle(sk, instance_id, reservation, 0)  # what was granted is counted at reconcile
+                raise
+            outcomes = [RegisterOutcome.decode(reply, groups[p]) for p, reply in zip(order, replies, strict=True)]
+            merged = RegisterOutcome(0)
+            for outcome in outcomes:
+                merged.merge(outcome)
+            failed = [o for o in outcomes if o.status != 0]
+            if not failed:
+                if needed or merged.new_grants:
+                    await self._settle(sk, instance_id, reservation, merged.new_grants)
+                merged.owned_count = -1  # spread over partitions: the next heartbeat reports it
+                return merged
+            # A partition refused (ownership changed since the read, or the lease ran out): undo this
+            # call's new grants elsewhere, owner-checked, then try again (or report).
+            taken = [rid for rid in merged.tokens if owners[rid] != instance_id]
+            if taken:
+                await self.rollback(sk, instance_id, taken, trace_id)
+            await self._settle(sk, instance_id, reservation, 0)
+            if any(o.status == STATUS_INSTANCE_NOT_ALIVE for o in failed):
+                return RegisterOutcome(STATUS_INSTANCE_NOT_ALIVE)
+        raise ResourceRouterError(
+            f"registration of {len(ids)} id(s) kept racing with concurrent changes of ownership; try again"
+        )
+
+    def _reservation_ms(self) -> int:
+        """How long a reservation holds: far longer than a registration can take (its attempts are
+        bounded by ``operation_timeout``), so it never lapses while the claim is in flight."""
+        s = self.store.settings
+        return int(max(60.0, 4 * s.operation_timeout * s.retry_attempts) * 1000)
+
+    async def _settle(self, sk: ServiceKeys, instance_id: str, reservation: str, granted: int) -> None:
+        await self.store.run(
+            "register_resource",
+            self.store.scripts.settle_quota,
+            [sk.quota(instance_id)],
+            ["settle", reservation, granted],
+            idempotent=False,
+        )
+
+    async def _register_chunked(
+        self, sk: ServiceKeys, instance_id: str, ids: list[str], force: bool, meta: str, trace_id: str, chunk: int
+    ) -> RegisterOutcome:
+        """``settings.register_chunk_size`` (one partition): a large batch as several atomic steps, so
+        that no single script holds Redis for long. The whole batch is checked first (liveness and the
+        limit, exactly); each step checks again. If a concurrent change makes a later step exceed the
+        limit, the ids this call newly took are released again, id by id and owner-checked (an id taken
+        by force meanwhile stays with its new owner), and the call fails with 429."""
+        store = self.store
+        part = sk.parts[0]
+        limit = store.settings.max_resources_per_instance
+        alive, current = await call_redis(
+            "register_resource",
+            lambda: asyncio.gather(
+                store.redis.exists(part.lease(instance_id)),
+                store.redis.hlen(part.owned(instance_id)),  # type: ignore[misc,unused-ignore]
+            ),
+            settings=store.settings,
+            idempotent=True,
+        )
+        if not alive:
+            return RegisterOutcome(STATUS_INSTANCE_NOT_ALIVE)
+        owners = await self.read_owners(sk, ids)
+        new = [rid for rid in ids if owners[rid] is None or (force and owners[rid] != instance_id)]
+        if int(current) + len(new) > limit:
+            return RegisterOutcome(STATUS_LIMIT_EXCEEDED, current=int(current), requested=len(new), limit=limit)
+        merged = RegisterOutcome(0)
+        for start in range(0, len(ids), chunk):
+            part_ids = ids[start : start + chunk]
+            outcome = await self._step(part, instance_id, part_ids, force, meta, trace_id, "")
+            if outcome.status == STATUS_LIMIT_EXCEEDED:
+                taken = [rid for rid in merged.tokens if owners[rid] != instance_id]
+                stayed = await self.rollback(sk, instance_id, taken, trace_id) if taken else []
+                if stayed:
+                    logger.warning("resource.rollback_incomplete", service_name=sk.service_name, stayed=stayed)
+                return RegisterOutcome(
+                    STATUS_LIMIT_EXCEEDED, current=outcome.current - len(taken), requested=len(new), limit=limit
+                )
+            if outcome.status != 0:
+                return outcome  # the lease ran out meanwhile: everything it took is gone with it
+            merged.merge(outcome)
+            merged.owned_count = outcome.owned_count
+        return merged
+
+    async def rollback(self, sk: ServiceKeys, instance_id: str, ids: list[str], trace_id: str) -> list[str]:
+        """Release ``ids`` that are still the instance's (owner-checked per id, not all-or-nothing);
+        returns the ids that stayed granted because the rollback could not reach Redis."""
+        try:
+            await self._release_partitions(sk, instance_id, ids, trace_id, "rolled_back")
+        except ResourceRouterError as exc:
+            logger.warning("resource.rollback_failed", service_name=sk.service_name, error=str(exc))
+            return ids
+        return []
+
+    # -- release -----------------------------------------------------------------------------------
+    async def release(
+        self, service_name: str, instance_id: str, resource_ids: Iterable[str] | str, trace_id: str | None
+    ) -> ResourceReleaseResponse:
+        """Owner-checked, all-or-nothing release. Ids without an owner are reported in ``not_found``."""
+        store = self.store
+        sk = await store.service(service_name, "release_resource")
+        validate_instance_id(instance_id)
+        ids = validate_resource_ids(resource_ids, max_count=store.settings.max_batch_size)
+        trace_id = validate_text(trace_id, "trace_id") if trace_id else new_trace_id()
+        start = time.perf_counter()
+        if sk.partitions > 1:
+            owners = await self._check_release(sk, instance_id, ids)
+            flags = {} if owners else await self._release_partitions(sk, instance_id, ids, trace_id, "released")
+        else:
+            owners, flags = await self._release_one(sk.parts[0], instance_id, ids, trace_id)
+        elapsed = time.perf_counter() - start
+        store.child("operation_duration", "release_resource").observe(elapsed)
+        ctx = log_context("release_resource", elapsed, service_name, instance_id, trace_id, ids)
+        if owners:
+            logger.warning("resource.release_forbidden", owners=owners, **ctx)
+            shown = ", ".join(f"{r} (owned by {o})" for r, o in list(owners.items())[:10])
+            raise ResourceReleaseError(
+                f"instance {instance_id!r} cannot release resources owned by other instances: {shown}; "
+                "nothing was released",
+                owners=owners,
+            )
+        released = [rid for rid in ids if flags.get(rid)]
+        not_found = [rid for rid in ids if not flags.get(rid)]
+        if released:
+            store.child("releases", service_name, "released").inc(len(released))
+            if sk.partitions > 1:
+                store.child("resources_per_instance", service_name, instance_id).dec(len(released))
+                try:
+                    await self.leases.reconcile(service_name, instance_id)  # the room is free again now
+                except ResourceRouterError as exc:  # the next heartbeat reconciles
+                    logger.info("resource.reconcile_deferred", error=str(exc), **ctx)
+        logger.info("resource.release", released=len(released), not_found=len(not_found), **ctx)
+        return trusted(
+            ResourceReleaseResponse,
+            {"success": True, "released": released, "not_found": not_found, "trace_id": trace_id},
+        )
+
+    def _release_call(
+        self, part: PartitionKeys, instance_id: str, ids: list[str], trace_id: str, reason: str, mode: str
+    ) -> ScriptCall:
+        store = self.store
+        keys = [part.owned(instance_id), part.audit, *part.owner_keys(ids)]
+        args = [*store.part_common(part, instance_id, trace_id), reason, part.owner_prefix, part.lease_prefix, mode]
+        return store.scripts.release_resources, keys, args
+
+    async def _release_one(
+        self, part: PartitionKeys, instance_id: str, ids: list[str], trace_id: str
+    ) -> tuple[dict[str, str], dict[str, int]]:
+        """One partition: one atomic, owner-checked step. (owners of refused ids, flags)."""
+        script, keys, args = self._release_call(part, instance_id, ids, trace_id, "released", "0")
+        reply = await self.store.run("release_resource", script, keys, args, idempotent=False)
+        if reply[0] == STATUS_NOT_OWNER:
+            return pairs(reply[1]), {}
+        self.store.child("resources_per_instance", part.service_name, instance_id).set(int(reply[2]))
+        return {}, dict(zip(ids, reply[1], strict=True))
+
+    async def _check_release(self, sk: ServiceKeys, instance_id: str, ids: list[str]) -> dict[str, str]:
+        """Phase one across partitions: the ids owned by other live instances (nothing written)."""
+        groups = sk.split(ids)
+        replies = await self.store.run_all(
+            "release_resource",
+            [self._release_call(sk.parts[p], instance_id, g, "", "released", "1") for p, g in groups.items()],
+            idempotent=True,
+        )
+        owners: dict[str, str] = {}
+        for reply in replies:
+            if reply[0] == STATUS_NOT_OWNER:
+                owners.update(pairs(reply[1]))
+        return owners
+
+    async def _release_partitions(
+        self, sk: ServiceKeys, instance_id: str, ids: list[str], trace_id: str, reason: str
+    ) -> dict[str, int]:
+        """Release in every partition at once what is still the instance's, id by id: ids another
+        instance owns by now are skipped, not refused (release mode '2')."""
+        groups = sk.split(ids)
+        order = list(groups)
+        replies = await self.store.run_all(
+            "release_resource",
+            [self._release_call(sk.parts[p], instance_id, groups[p], trace_id, reason, "2") for p in order],
+            idempotent=False,
+            interleave=True,
+        )
+        flags: dict[str, int] = {}
+        for p, reply in zip(order, replies, strict=True):
+            flags.update(zip(groups[p], reply[1], strict=True))
+        return flags
+
+    # -- read owners -----------------------------------------------------------------------------------
+    async def read_owners(self, sk: ServiceKeys, ids: list[str]) -> dict[str, str | None]:
+        """The one read of owners: the valid owner of each id (None: no owner, or its lease ran out),
+        every partition at once, in chunks of 1000 ids."""
+        rows = await self._read(sk, ids, grants=False)
+        return {rid: owner for rid, owner, _grant in rows}
+
+    async def _read(self, sk: ServiceKeys, ids: list[str], *, grants: bool) -> list[tuple[str, str | None, Any]]:
+        store = self.store
+        batches: list[tuple[PartitionKeys, list[str]]] = []
+        for p, group in sk.split(ids).items():
+            part = sk.parts[p]
+            for start in range(0, len(group), _READ_CHUNK):
+                batches.append((part, group[start : start + _READ_CHUNK]))
+        calls: list[ScriptCall] = [
+            (
+                store.scripts.read_owners,
+                part.owner_keys(chunk),
+                [part.lease_prefix, part.owned_prefix, "1" if grants else "0", part.owner_prefix],
+            )
+            for part, chunk in batches
+        ]
+        replies = await store.run_all("lookup", calls, idempotent=True) if calls else []
+        rows: list[tuple[str, str | None, Any]] = []
+        for (_part, chunk), reply in zip(batches, replies, strict=True):
+            records = reply[2] if grants else [None] * len(chunk)
+            for rid, owner, grant in zip(chunk, reply[1], records, strict=True):
+                rows.append((rid, None if owner is None or owner is False else text(owner), grant))
+        return rows
+
+    async def get_resource_owner(self, service_name: str, resource_id: str) -> Resource:
+        """The resource's owner, fencing token and metadata in one round trip (lookup_resource.lua)."""
+        store = self.store
+        sk = await store.service(service_name, "lookup")
+        validate_resource_id(resource_id)
+        part = sk.part_of(resource_id)
+        start = time.perf_counter()
+        reply = await store.run(
+            "lookup",
+            store.scripts.lookup_resource,
+            [part.owner(resource_id)],
+            [part.owned_prefix, resource_id, part.lease_prefix],
+            idempotent=True,
+        )
+        store.child("operation_duration", "lookup").observe(time.perf_counter() - start)
+        owner = reply[1] if len(reply) > 1 else None
+        if owner is None:
+            store.child("lookups", service_name, "false").inc()
+            raise ResourceNotFoundError(
+                f"resource {resource_id!r} of service {service_name!r} has no owner",
+                resource_id=resource_id,
+                service_name=service_name,
+            )
+        store.child("lookups", service_name, "true").inc()
+        return self.resource(service_name, resource_id, text(owner), reply[2])
+
+    async def get_resources(self, service_name: str, resource_ids: Iterable[str]) -> dict[str, Resource]:
+        """Owners of many resources; ids nobody owns are left out."""
+        sk = await self.store.service(service_name, "lookup")
+        ids = validate_resource_ids(resource_ids, max_count=self.store.settings.max_batch_size)
+        rows = await self._read(sk, ids, grants=True)
+        return {rid: self.resource(service_name, rid, o, g) for rid, o, g in rows if o is not None}
+
+    async def list_resources(self, service_name: str, instance_id: str | None) -> list[Resource]:
+        """Resources currently owned in the service, or by one instance; sorted by resource id."""
+        store = self.store
+        sk = await store.service(service_name, "list_resources")
+        if instance_id is not None:
+            validate_instance_id(instance_id)
+        instance_ids = [instance_id] if instance_id is not None else await self.leases.instance_ids(service_name)
+        if not instance_ids:
+            return []
+
+        async def members() -> list[Any]:
+            async with store.redis.pipeline(transaction=False) as pipe:
+                for iid in instance_ids:
+                    for part in sk.parts:
+                        pipe.hkeys(part.owned(iid))
+                result: list[Any] = await pipe.execute()
+                return result
+
+        member_sets = await call_redis("list_resources", members, settings=store.settings, idempotent=True)
+        ids = sorted({text(r) for members_ in member_sets for r in members_})
+        if not ids:
+            return []
+        rows = await self._read(sk, ids, grants=True)
+        return [
+            self.resource(service_name, rid, owner, grant)
+            for rid, owner, grant in rows
+            if owner is not None and (instance_id is None or owner == instance_id)
+        ]
+
+    def resource(self, service_name: str, resource_id: str, owner: str, grant: Any) -> Resource:
+        parsed = parse_grant(grant)
+        if parsed is None:
+            # Cannot happen through the scripts (the owner key and the grant record are written
+            # together); keep the owner, which is authoritative, and say the rest is unknown.
+            logger.warning("resource.grant_missing", service_name=service_name, resource_id=resource_id)
+            parsed = (0, 0, {})
+        return trusted(
+            Resource,
+            {
+                "resource_id": resource_id,
+                "owner_instance_id": owner,
+                "service_name": service_name,
+                "registered_at": ms_to_datetime(parsed[1]),
+                "fencing_token": parsed[0],
+                "metadata": parsed[2],
+            },
+        )

@@ -1,0 +1,224 @@
+"""Keeps an instance's ownership view equal to Redis: heartbeats, lost ids, takeovers, adoption.
+
+* Heartbeats every ``ttl / 3`` renew the lease and every owned resource in one round trip; ids reported
+  lost (expired, or taken by force) leave the view at once (``OwnershipView.lose``). After a failure
+  the next attempt comes sooner: the lease is running out.
+* A heartbeat whose reply was lost (Redis unreachable) may have carried a report of lost ids: the
+  view is then re-read from Redis (``list_resources``) at the next successful heartbeat.
+* Ownership events: a forced takeover naming this instance as previous owner suspends those ids at
+  once, then confirms with the owner keys (the instance may have taken some back); ids registered
+  for this instance by someone else (a router replica, a handoff from another instance) are adopted
+  at once rather than at the next reconciliation.
+* A lease that ran out in Redis loses everything; the instance registers again, empty-handed.
+
+Every change of the view that talks to Redis holds ``lock`` (registrations, releases and moves hold
+it too), so that a reply read from Redis is never applied over a newer one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from resource_router.errors import InstanceNotAliveError, ResourceRouterError
+from resource_router.models import OwnershipEvent
+from resource_router.observability.logs import Logger, id_fields
+from resource_router.ownership.registry import ResourceRegistry
+from resource_router.ownership.view import REASON_EXPIRED, REASON_TAKEN, OwnershipView
+
+__all__ = ["LeaseKeeper"]
+
+
+class LeaseKeeper:
+    """Heartbeats and ownership events of one instance, applied to its ``OwnershipView``."""
+
+    def __init__(
+        self,
+        registry: ResourceRegistry,
+        view: OwnershipView,
+        *,
+        service_name: str,
+        instance_id: str,
+        ttl: float,
+        metadata: dict[str, Any],
+        log: Logger,
+        spawn: Callable[[Awaitable[Any]], None],
+        placed_on_adopt: Callable[[], bool],
+        on_adopted: Callable[[list[str]], None] | None = None,
+        on_registered_again: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.view = view
+        self.service_name = service_name
+        self.instance_id = instance_id
+        self.ttl = ttl
+        self.metadata = metadata
+        self.lock = asyncio.Lock()
+        self.heartbeats = 0
+        self.needs_reconcile = False
+        self.closed = False
+        self._log = log
+        self._spawn = spawn
+        self._placed_on_adopt = placed_on_adopt
+        self._on_adopted = on_adopted
+        self._on_registered_again = on_registered_again
+
+    # -- the lease -----------------------------------------------------------------------------------
+    async def register(self) -> None:
+        sent = time.monotonic()
+        await self.registry.register_instance(
+            self.service_name, self.instance_id, ttl=self.ttl, metadata=self.metadata or None
+        )
+        self.view.renewed(sent)
+
+    async def loop(self) -> None:
+        interval = self.ttl / 3.0
+        ok = True
+        while not self.closed:  # checked too: a cancellation swallowed below must not keep it going
+            await asyncio.sleep(interval if ok else min(interval / 3.0, 0.25))
+            ok = False
+            try:
+                await self.heartbeat()
+                ok = True
+            except ResourceRouterError as exc:
+                self._log.warning("instance.heartbeat_failed", error=str(exc), code=exc.code)
+            except Exception:  # never let the loop die silently
+                self._log.exception("instance.heartbeat_failed")
+
+    async def heartbeat(self) -> None:
+        async with self.lock:
+            sent = time.monotonic()
+            try:
+                result = await self.registry.heartbeat(self.service_name, self.instance_id, ttl=self.ttl)
+            except InstanceNotAliveError:
+                await self._lease_lost()
+                return
+            except ResourceRouterError:
+                # The reply (and its report of lost ids) may be gone: re-read ownership next time.
+                self.needs_reconcile = True
+                raise
+            self.view.renewed(sent)
+            self.heartbeats += 1
+            owned = self.view.owned
+            if self.needs_reconcile or (result.owned_count != len(owned) and not result.lost):
+                await self.reconcile()
+            elif result.lost:
+                await self._confirm_lost(result.lost)
+                if result.owned_count != len(owned):
+                    await self.reconcile()
+
+    async def _lease_lost(self) -> None:
+        """The lease ran out in Redis: everything is gone. Register again (empty-handed)."""
+        self.view.expire()
+        self._log.warning("instance.lease_expired", owned=len(self.view.owned))
+        self.view.clear(REASON_EXPIRED, involuntary=True)
+        self.needs_reconcile = False
+        await self.register()
+        if self._on_registered_again is not None:
+            await self._on_registered_again()
+
+    async def _confirm_lost(self, ids: list[str]) -> None:
+        """Drop ids reported lost unless Redis says this instance owns them (it took them back)."""
+        owners = await self.registry.get_owner_ids(self.service_name, ids)
+        me = self.instance_id
+        self.view.lose([rid for rid in ids if owners.get(rid) is None], REASON_EXPIRED)
+        self.view.lose([rid for rid in ids if owners.get(rid) not in (None, me)], REASON_TAKEN)
+
+    async def reconcile(self) -> None:
+        """Make the view equal to what Redis says this instance owns."""
+        resources = await self.registry.list_resources(self.service_name, self.instance_id)
+        server = {r.resource_id: r.fencing_token for r in resources}
+        view = self.view
+        view.lose([rid for rid in [*view.owned, *view.suspended] if rid not in server], REASON_EXPIRED)
+        view.restore({rid: tok for rid, tok in server.items() if rid in view.suspended})
+        current = {rid: tok for rid, tok in server.items() if rid not in view.leaving}
+        adopted = {rid: tok for rid, tok in current.items() if rid not in view.owned}
+        view.owned.update(current)
+        if adopted:
+            view.gain(adopted, placed=self._placed_on_adopt())
+        self.needs_reconcile = False
+        self._log.info("instance.reconciled", owned=len(view.owned), adopted=len(adopted))
+
+    # -- ownership events ----------------------------------------------------------------------------
+    def on_events_state(self, heard: bool) -> None:
+        if not heard:
+            # Takeover events published meanwhile are lost: re-read ownership at the next heartbeat.
+            self.needs_reconcile = True
+
+    def on_event(self, event: OwnershipEvent) -> None:
+        if event.type != "ResourceRegistered":
+            return
+        owned = self.view.owned
+        if event.instance_id == self.instance_id:
+            # Registered for this instance by someone else (a router replica, a handoff): serve them now
+            # rather than at the next heartbeat's reconciliation.
+            missing = [rid for rid in event.resource_ids if rid not in owned]
+            if missing:
+                # Requests for them that arrive meanwhile wait for the adoption instead of being refused.
+                self.view.adopting.update(missing)
+                self._spawn(self.adopt(missing))
+            return
+        # Taken by force (the event names this instance as the previous owner), or granted to another
+        # instance although this one believed it owned them (its key was removed by hand, say).
+        mine = [rid for rid in event.resource_ids if rid in owned]
+        if not mine:
+            return
+        # Stop serving them now; confirm against Redis (this instance may have taken some back).
+        suspended = self.view.suspend(mine)
+        if suspended:
+            self._log.info("instance.takeover_seen", by=event.instance_id, **id_fields(list(suspended)))
+            self._spawn(self.check_takeover(suspended))
+
+    async def adopt(self, resource_ids: list[str]) -> dict[str, int]:
+        """Serve the ids Redis says this instance owns among ``resource_ids``. Returns them."""
+        try:
+            return await self._adopt(resource_ids)
+        finally:
+            self.view.adopting.difference_update(resource_ids)
+            if self._on_adopted is not None:
+                self._on_adopted(resource_ids)
+
+    async def _adopt(self, resource_ids: list[str]) -> dict[str, int]:
+        async with self.lock:  # after any register_resource of ours that is in flight
+            if self.closed:
+                return {}
+            view = self.view
+            missing = [rid for rid in resource_ids if rid not in view.owned and rid not in view.leaving]
+            if not missing:
+                return {}
+            try:
+                found = await self.registry.get_resources(self.service_name, missing)
+            except ResourceRouterError as exc:
+                self._log.warning("instance.adopt_failed", error=str(exc))
+                self.needs_reconcile = True
+                return {}
+            adopted = {rid: r.fencing_token for rid, r in found.items() if r.owner_instance_id == self.instance_id}
+            if adopted:
+                self.view.gain(adopted, placed=self._placed_on_adopt())
+                self._log.info("instance.adopted", **id_fields(list(adopted)))
+            return adopted
+
+    def stale(self, resource_ids: list[str]) -> None:
+        """Requests found ids that another instance owns now (a confirmation in Redis): stop serving
+        them at once, then confirm under the lock (as for a takeover event)."""
+        suspended = self.view.suspend(resource_ids)
+        if suspended:
+            self._log.warning("instance.stale_requests_refused", **id_fields(list(suspended)))
+            self._spawn(self.check_takeover(suspended))
+
+    async def check_takeover(self, suspended: dict[str, int]) -> None:
+        async with self.lock:
+            if self.closed:
+                return
+            try:
+                owners = await self.registry.get_owner_ids(self.service_name, list(suspended))
+            except ResourceRouterError as exc:
+                # Still suspended (not served); the next heartbeat re-reads ownership.
+                self._log.warning("instance.takeover_check_failed", error=str(exc))
+                self.needs_reconcile = True
+                return
+            kept = {rid: tok for rid, tok in suspended.items() if owners.get(rid) == self.instance_id}
+            self.view.restore(kept)
+            self.view.lose([rid for rid in suspended if rid not in kept], REASON_TAKEN)
