@@ -8,9 +8,13 @@
 --   ARGV[6] the publish command for the events channel: PUBLISH, or SPUBLISH on Redis Cluster
 --           (sharded pub/sub: the message stays on the shard of the script's slot)
 --   and their own arguments from ARGV[7]. Read-only scripts and the quota scripts take only their
---   own. The first reply element is a status code (scripts.py has the table):
---   0 ok, 1 instance not alive, 2 per-instance limit exceeded, 3 release of ids owned by others,
---   4 more new grants than the caller reserved (a race: the caller rolls back and tries again).
+--   own. The first reply element is a status code, with the names of status.py's ScriptStatus:
+
+local RR_OK = 0                  -- done
+local RR_INSTANCE_NOT_ALIVE = 1  -- the instance's lease is gone
+local RR_LIMIT_EXCEEDED = 2      -- the per-instance limit would be exceeded: nothing was registered
+local RR_NOT_OWNER = 3           -- a release names ids other live instances own: nothing was released
+local RR_OVER_BUDGET = 4         -- more new grants than the caller reserved (a race: roll back, try again)
 
 local RR_CHUNK = 1000  -- unpack() stays far below Lua's C-stack limit
 

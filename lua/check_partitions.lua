@@ -10,4 +10,4 @@ if not recorded and ARGV[2] == '1' then
   redis.call('SET', KEYS[1], ARGV[1])
   recorded = ARGV[1]
 end
-return {0, recorded}
+return {RR_OK, recorded}

@@ -17,10 +17,10 @@
 local sweep = ARGV[7] == 'sweep'
 if sweep then
   if redis.call('EXISTS', KEYS[1]) == 1 then
-    return {0, 2}
+    return {RR_OK, 2}
   end
   if redis.call('EXISTS', KEYS[2], KEYS[3]) == 0 then
-    return {0, 0}
+    return {RR_OK, 0}
   end
 end
 local released = rr_release_all(KEYS[2], KEYS[3], ARGV[8])
@@ -29,4 +29,4 @@ if #released > 0 or ARGV[9] == '1' then
   local reason = sweep and 'instance_offline' or 'deregistered'
   rr_emit(KEYS[4], {type = 'ResourceReleased', reason = reason, resource_ids = released})
 end
-return {0, 1, released}
+return {RR_OK, 1, released}

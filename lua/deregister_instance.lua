@@ -9,4 +9,4 @@
 local was_alive = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
-return {0, was_alive}
+return {RR_OK, was_alive}

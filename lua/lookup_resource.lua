@@ -9,6 +9,6 @@
 
 local owner = redis.call('GET', KEYS[1])
 if not owner or redis.call('EXISTS', ARGV[3] .. owner) == 0 then
-  return {0}
+  return {RR_OK}
 end
-return {0, owner, redis.call('HGET', ARGV[1] .. owner, ARGV[2])}
+return {RR_OK, owner, redis.call('HGET', ARGV[1] .. owner, ARGV[2])}

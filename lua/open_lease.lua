@@ -13,7 +13,7 @@
 
 local ttl = tonumber(ARGV[7])
 if redis.call('PEXPIRE', KEYS[1], ttl) == 1 then
-  return {0, 1, {}}
+  return {RR_OK, 1, {}}
 end
 local swept = {}
 if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then
@@ -23,4 +23,4 @@ if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then
   end
 end
 redis.call('SET', KEYS[1], rr_fmt(rr_now_ms()), 'PX', ttl)
-return {0, 0, swept}
+return {RR_OK, 0, swept}

@@ -17,7 +17,7 @@ for i = 1, #KEYS do
   end
 end
 if ARGV[3] ~= '1' then
-  return {0, owners}
+  return {RR_OK, owners}
 end
 local records = {}
 local id_from = #ARGV[4] + 1
@@ -25,4 +25,4 @@ for i = 1, #KEYS do
   local cur = owners[i]
   records[i] = cur and redis.call('HGET', ARGV[2] .. cur, string.sub(KEYS[i], id_from)) or false
 end
-return {0, owners, records}
+return {RR_OK, owners, records}

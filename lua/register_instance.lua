@@ -28,4 +28,4 @@ redis.call('ZADD', KEYS[2], now + ttl, iid)
 if existed == 0 then
   rr_emit(KEYS[3], {type = 'InstanceRegistered', reason = 'registered'})
 end
-return {0, registered_at, now, existed}
+return {RR_OK, registered_at, now, existed}

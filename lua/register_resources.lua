@@ -31,7 +31,7 @@
 
 local iid = ARGV[2]
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {1}
+  return {RR_INSTANCE_NOT_ALIVE}
 end
 local force = ARGV[7] == '1'
 local n = #KEYS - 4
@@ -77,10 +77,10 @@ if ARGV[9] == '' then
   local limit = tonumber(ARGV[8])
   local current = redis.call('HLEN', KEYS[2])
   if current + new_grants > limit then
-    return {2, current, new_grants, limit}
+    return {RR_LIMIT_EXCEEDED, current, new_grants, limit}
   end
 elseif new_grants > tonumber(ARGV[9]) then
-  return {4, new_grants, tonumber(ARGV[9])}
+  return {RR_OVER_BUDGET, new_grants, tonumber(ARGV[9])}
 end
 
 local next_token, grant_tail = nil, nil
@@ -143,4 +143,4 @@ if next_token then
   end
   rr_emit(KEYS[4], event)
 end
-return {0, per_id, prev_flat, redis.call('HLEN', KEYS[2]), new_grants}
+return {RR_OK, per_id, prev_flat, redis.call('HLEN', KEYS[2]), new_grants}

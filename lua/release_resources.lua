@@ -32,10 +32,10 @@ for i = 1, n do
   end
 end
 if #foreign > 0 then
-  return {3, foreign}
+  return {RR_NOT_OWNER, foreign}
 end
 if ARGV[10] == '1' then
-  return {0}
+  return {RR_OK}
 end
 
 local flags, released, dels = {}, {}, {}
@@ -53,4 +53,4 @@ rr_set_op('HDEL', KEYS[1], ids)  -- ids of others were never in the caller's own
 if #released > 0 then
   rr_emit(KEYS[2], {type = 'ResourceReleased', reason = ARGV[7], resource_ids = released})
 end
-return {0, flags, redis.call('HLEN', KEYS[1])}
+return {RR_OK, flags, redis.call('HLEN', KEYS[1])}

@@ -10,7 +10,7 @@
 -- Touches: the keys above.
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {1}
+  return {RR_INSTANCE_NOT_ALIVE}
 end
 local ttl = tonumber(ARGV[2])
 local now = rr_now_ms()
@@ -21,4 +21,4 @@ local version = 0
 if KEYS[3] then
   version = tonumber(redis.call('HGET', KEYS[3], 'ver') or '0')
 end
-return {0, version}
+return {RR_OK, version}

@@ -11,10 +11,10 @@
 -- Touches: the keys above.
 
 if redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1])) == 0 then
-  return {1}
+  return {RR_INSTANCE_NOT_ALIVE}
 end
 local lost = redis.call('SMEMBERS', KEYS[3])
 if #lost > 0 then
   redis.call('DEL', KEYS[3])
 end
-return {0, redis.call('HLEN', KEYS[2]), lost}
+return {RR_OK, redis.call('HLEN', KEYS[2]), lost}

@@ -10,7 +10,7 @@
 -- Touches: the keys above.
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {1}
+  return {RR_INSTANCE_NOT_ALIVE}
 end
 local now = rr_now_ms()
 local fields = redis.call('HGETALL', KEYS[2])
@@ -33,7 +33,7 @@ if #expired > 0 then
 end
 local count, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
 if held + count > limit then
-  return {2, held, count, limit}
+  return {RR_LIMIT_EXCEEDED, held, count, limit}
 end
 redis.call('HSET', KEYS[2], 'r:' .. ARGV[1], rr_fmt(count) .. '|' .. rr_fmt(now + tonumber(ARGV[4])))
-return {0}
+return {RR_OK}

@@ -17,10 +17,10 @@ if ARGV[1] == 'settle' then
   end
   redis.call('HINCRBY', KEYS[1], 'owned', tonumber(ARGV[3]))
   redis.call('HINCRBY', KEYS[1], 'ver', 1)
-  return {0, 1}
+  return {RR_OK, 1}
 end
 if tonumber(redis.call('HGET', KEYS[1], 'ver') or '0') ~= tonumber(ARGV[2]) then
-  return {0, 0}
+  return {RR_OK, 0}
 end
 redis.call('HSET', KEYS[1], 'owned', ARGV[3])
-return {0, 1}
+return {RR_OK, 1}

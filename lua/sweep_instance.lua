@@ -14,16 +14,16 @@
 
 if ARGV[2] == 'claim' then
   if redis.call('EXISTS', KEYS[1]) == 1 or not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
-    return {0, 0}
+    return {RR_OK, 0}
   end
   if not redis.call('SET', KEYS[4], '1', 'NX', 'PX', tonumber(ARGV[3])) then
-    return {0, 0}
+    return {RR_OK, 0}
   end
-  return {0, 1}
+  return {RR_OK, 1}
 end
 if ARGV[2] == 'abandon' or redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('DEL', KEYS[4])
-  return {0, 0}  -- a partition is not done yet, or it came back meanwhile
+  return {RR_OK, 0}  -- a partition is not done yet, or it came back meanwhile
 end
 redis.call('DEL', KEYS[3], KEYS[4])
-return {0, redis.call('ZREM', KEYS[2], ARGV[1])}
+return {RR_OK, redis.call('ZREM', KEYS[2], ARGV[1])}

@@ -20,17 +20,12 @@ import structlog
 from typer.testing import CliRunner
 
 from resource_router import InvalidRequestError, ResourceRegistry, RouterSettings
-from resource_router.cli import app as cli
 from resource_router._version import __version__
-from resource_router.cli.app import (
-    EXIT_CANNOT_LISTEN,
-    EXIT_ERROR,
-    EXIT_INVALID,
-    EXIT_REDIS_UNAVAILABLE,
-    build_app,
-    main,
-)
+from resource_router.cli import build_app, main
+from resource_router.cli import inspect as cli_inspect
+from resource_router.cli.exit_codes import EXIT_CANNOT_LISTEN, EXIT_ERROR, EXIT_INVALID, EXIT_REDIS_UNAVAILABLE
 from resource_router.gateway import GatewaySettings
+from resource_router.observability.rendering import configure_logging
 from tests.redis_server import RedisServer, free_port
 from tests.test_gateway_replicas import ROOT, clean_env, cli_command
 
@@ -433,7 +428,7 @@ def test_import_guards_name_the_pip_command(blocked: set[str], argv: list[str], 
 def _follow_in_process(monkeypatch: pytest.MonkeyPatch, after_start: Callable[[], None], *args: str) -> Any:
     """Run ``events --follow`` in this process; ``after_start`` runs 0.3 s after the signal handlers
     are in place (it sends the Ctrl-C, or breaks Redis)."""
-    real = cli._until_signalled
+    real = cli_inspect.until_signalled
 
     async def patched(work: Any, *, started: Callable[[], None] | None = None) -> None:
         def hook() -> None:
@@ -443,7 +438,7 @@ def _follow_in_process(monkeypatch: pytest.MonkeyPatch, after_start: Callable[[]
 
         await real(work, started=hook)
 
-    monkeypatch.setattr(cli, "_until_signalled", patched)
+    monkeypatch.setattr(cli_inspect, "until_signalled", patched)
     return invoke("events", SVC, "--follow", *args)
 
 
@@ -487,7 +482,7 @@ def test_serve_builds_settings_from_options_and_env(monkeypatch: pytest.MonkeyPa
     seen: list[GatewaySettings] = []
 
     def fake_run(settings: GatewaySettings, *, setup_logging: object = None) -> None:
-        assert setup_logging is cli.configure_logging  # workers configure their logging with it
+        assert setup_logging is configure_logging  # workers configure their logging with it
         seen.append(settings)
 
     monkeypatch.setattr(gateway, "run", fake_run)
@@ -547,7 +542,7 @@ def test_serve_builds_settings_from_options_and_env(monkeypatch: pytest.MonkeyPa
 def test_configure_logging_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
     from resource_router.observability.logs import get_logger
 
-    cli.configure_logging("json", "info")
+    configure_logging("json", "info")
     log = get_logger("resource_router.probe").bind(instance_id="i-1")
     log.info("probe.event", trace_id="t-json", duration_ms=1.5, message="a field named like a record attribute")
     log.debug("hidden.event")
@@ -569,9 +564,9 @@ def test_configure_logging_json_lines(capsys: pytest.CaptureFixture[str]) -> Non
     assert lines[1]["operation"] == "probe"
     assert 'raise RuntimeError("boom")' in lines[1]["exception"]
     with pytest.raises(InvalidRequestError):
-        cli.configure_logging("xml", "info")
+        configure_logging("xml", "info")
     with pytest.raises(InvalidRequestError):
-        cli.configure_logging("json", "loud")
+        configure_logging("json", "loud")
 
 
 # -- found by trying it ----------------------------------------------------------------------------

@@ -6,15 +6,12 @@ import asyncio
 
 import pytest
 
-from resource_router.ownership.view import (
-    NO_RESOURCE,
-    REASON_EXPIRED,
-    REASON_RELEASED,
-    REASON_TAKEN,
-    REFUSE,
-    ActivationError,
-    OwnershipView,
-)
+from resource_router.errors import ActivationError
+from resource_router.ownership.view import OwnershipView
+from resource_router.reasons import LossReason
+from resource_router.routing.admission import Admission, Refusal, Verdict
+
+REASON_EXPIRED, REASON_RELEASED, REASON_TAKEN = LossReason.EXPIRED, LossReason.RELEASED, LossReason.TAKEN
 
 
 class Clock:
@@ -25,6 +22,10 @@ class Clock:
         return self.now
 
 
+def may_serve(view: OwnershipView, resource_id: str | None, token: int | None) -> Verdict:
+    return Admission(view).admit(resource_id, token)[0]
+
+
 def view_with(clock: Clock, **owned: int) -> OwnershipView:
     view = OwnershipView(10.0, clock=clock)
     view.renewed(clock.now)
@@ -33,24 +34,30 @@ def view_with(clock: Clock, **owned: int) -> OwnershipView:
     return view
 
 
-def test_the_lease_clock_and_may_serve() -> None:
+def test_the_lease_clock_and_the_admission_rule() -> None:
     clock = Clock()
     view = view_with(clock, x=7)
-    assert view.may_serve("x", None) == 7
-    assert view.may_serve("x", 7) == 7
-    assert view.may_serve("x", 6) == REFUSE
-    assert view.may_serve("y", None) == REFUSE
-    assert view.may_serve(None, None) == NO_RESOURCE
+    assert may_serve(view, "x", None) == 7
+    assert may_serve(view, "x", 7) == 7
+    assert may_serve(view, "x", 6) is Refusal.STALE_TOKEN
+    assert may_serve(view, "y", None) is Refusal.NOT_OWNED
+    assert may_serve(view, None, None) is None  # a call to the service, no resource
+    admission = Admission(view)
+    _verdict, epoch = admission.admit("x", None)
     clock.now += 9.99
     assert view.lease_valid
+    assert admission.still(epoch)
     clock.now += 0.01  # the local lease ends ttl after the heartbeat was sent
     assert not view.lease_valid
-    assert view.may_serve("x", None) == REFUSE
-    assert view.may_serve(None, None) == REFUSE
+    assert not admission.still(epoch)
+    assert may_serve(view, "x", None) is Refusal.NOT_SERVING
+    assert may_serve(view, None, None) is Refusal.NOT_SERVING
     view.renewed(clock.now)
-    assert view.may_serve("x", None) == 7
+    assert may_serve(view, "x", None) == 7
+    _verdict, epoch = admission.admit("x", None)
     view.serving = False
-    assert view.may_serve("x", None) == REFUSE
+    assert not admission.still(epoch)  # every change of the view moves its epoch
+    assert may_serve(view, "x", None) is Refusal.NOT_SERVING
 
 
 async def test_losses_notify_once_and_deactivate_only_what_was_activated() -> None:
@@ -86,9 +93,9 @@ async def test_suspended_ids_are_not_served_until_restored_or_lost() -> None:
     lost: list[list[str]] = []
     view.on_resource_lost = lost.append
     assert view.suspend(["a", "b", "z"]) == {"a": 1, "b": 2}
-    assert view.may_serve("a", None) == REFUSE
+    assert may_serve(view, "a", None) is Refusal.NOT_OWNED
     view.restore({"a": 1})
-    assert view.may_serve("a", None) == 1
+    assert may_serve(view, "a", None) == 1
     view.lose(["b"], REASON_TAKEN)
     assert lost == [["b"]]
     assert view.suspended == {}
@@ -143,7 +150,7 @@ async def test_leaving_ids_wait_and_end_where_they_went() -> None:
     clock = Clock()
     view = view_with(clock, a=1, b=2, c=3)
     assert view.begin_leave(["a", "b", "zz"]) == ["a", "b"]
-    assert view.may_serve("a", None) == REFUSE
+    assert may_serve(view, "a", None) is Refusal.MOVING
     assert set(view.leaving) == {"a", "b"}
     view.end_leave(["a", "b"], moved={"a": "i2"}, keep=["b"])
     assert view.owned == {"b": 2, "c": 3}

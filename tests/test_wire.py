@@ -15,8 +15,8 @@ from redis.exceptions import ResponseError
 from resource_router import ServiceClient, ServiceInstance
 from resource_router.transport._fastwire import FastWire
 from resource_router.transport.connection import CLIENT_OPTIONS, connect
-from resource_router.transport.deadline import stop_task
 from resource_router.transport.link import make_wire
+from resource_router.transport.tasks import stop_task
 from resource_router.transport.wire import ConnectionWire, Wire
 
 WIRES: dict[str, Callable[[AbstractConnection], Wire]] = {"public": ConnectionWire, "fast": FastWire}

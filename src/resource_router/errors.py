@@ -11,6 +11,9 @@
     ├── InstanceNotAliveError        410     instance not registered or expired      .instance_id
     ├── ResourceLimitExceededError   429     per-instance limit                      .limit .current .requested
     ├── RemoteHandlerError           500     the remote handler raised               .remote_type .remote_message
+    │   └── ActivationError          500     on_activate raised (instance side)      .resource_id .cause
+    ├── ProtocolError                400     a message that cannot be served          .reason .request_id ...
+    ├── UnknownScriptStatusError     500     a Lua script answered an unknown status (mismatched deployment)
     ├── OwnerUnavailableError        503     owner registered but not listening      .resource_id .instance_id
     ├── ServiceUnavailableError      503     no live instance of the service         .service_name
     ├── RedisUnavailableError        503     Redis unreachable after retries         .operation
@@ -24,10 +27,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "ActivationError",
     "InstanceNotAliveError",
     "InvalidRequestError",
     "MethodNotFoundError",
     "OwnerUnavailableError",
+    "ProtocolError",
     "RedisUnavailableError",
     "RemoteHandlerError",
     "ResourceConflictError",
@@ -37,6 +42,7 @@ __all__ = [
     "ResourceRouterError",
     "RouteTimeoutError",
     "ServiceUnavailableError",
+    "UnknownScriptStatusError",
     "error_from_dict",
 ]
 
@@ -141,6 +147,48 @@ class RemoteHandlerError(ResourceRouterError):
         super().__init__(message)
         self.remote_type = remote_type
         self.remote_message = remote_message
+
+
+class ActivationError(RemoteHandlerError):
+    """``on_activate`` raised ``cause`` for ``resource_id`` (the instance releases the resource and
+    answers the request with the ``RemoteHandlerError`` it is)."""
+
+    def __init__(self, resource_id: str, cause: BaseException) -> None:
+        message = f"on_activate({resource_id!r}) raised {type(cause).__name__}: {cause}"
+        super().__init__(message, remote_type=type(cause).__name__, remote_message=str(cause))
+        self.resource_id = resource_id
+        self.cause = cause
+
+
+class ProtocolError(ResourceRouterError):
+    """A message that cannot be served. ``reason`` labels the drop metric (``malformed``, ``foreign``,
+    ``version``, ``oversized``); ``request_id`` and ``reply_channel`` are set when they could be read,
+    so that the receiver can still answer with an ``InvalidRequestError`` (``to_error``)."""
+
+    code = 400
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        request_id: str | None = None,
+        reply_channel: str | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.request_id = request_id
+        self.reply_channel = reply_channel
+        self.trace_id = trace_id
+
+    def to_error(self) -> InvalidRequestError:
+        return InvalidRequestError(self.message, field="v" if self.reason == "version" else "request")
+
+
+class UnknownScriptStatusError(ResourceRouterError):
+    """A Lua script answered with a status code this version does not know (a mismatched deployment:
+    scripts of another version loaded under the same names)."""
 
 
 class OwnerUnavailableError(ResourceRouterError):

@@ -22,8 +22,8 @@ from resource_router.models import OwnershipEvent
 from resource_router.ownership.keys import KeySpace
 from resource_router.settings import RouterSettings
 from resource_router.transport.connection import is_cluster
-from resource_router.transport.deadline import stop_task
 from resource_router.transport.retry import call_redis
+from resource_router.transport.tasks import stop_task
 
 __all__ = ["EventLog", "parse_event"]
 

@@ -33,35 +33,27 @@ from typing import Any
 
 from resource_router.errors import (
     ResourceLimitExceededError,
-    ResourceNotFoundError,
     ResourceReleaseError,
     ResourceRouterError,
 )
 from resource_router.ids import (
     new_trace_id,
     validate_instance_id,
-    validate_resource_id,
     validate_resource_ids,
     validate_text,
 )
 from resource_router.models import (
-    Resource,
     ResourceRegistrationResponse,
     ResourceReleaseResponse,
-    ms_to_datetime,
     trusted,
 )
 from resource_router.observability.logs import get_logger
 from resource_router.ownership.keys import PartitionKeys, ServiceKeys
 from resource_router.ownership.leases import Leases, not_alive
-from resource_router.ownership.scripts import (
-    STATUS_INSTANCE_NOT_ALIVE,
-    STATUS_LIMIT_EXCEEDED,
-    STATUS_NOT_OWNER,
-    STATUS_OVER_BUDGET,
-    check_status,
-)
-from resource_router.ownership.store import ScriptCall, Store, log_context, pairs, parse_grant, text
+from resource_router.ownership.owners import Owners
+from resource_router.ownership.scripts import check_status
+from resource_router.ownership.store import ScriptCall, Store, log_context, pairs, text
+from resource_router.status import ScriptStatus
 from resource_router.transport.retry import call_redis
 
 __all__ = ["Grants", "RegisterOutcome"]
@@ -76,7 +68,7 @@ _MAX_RACES = 3  # attempts of a registration across partitions when ownership ke
 class RegisterOutcome:
     """The decoded reply of one or more register_resources steps (one typed result for every path)."""
 
-    status: int
+    status: ScriptStatus
     tokens: dict[str, int] = field(default_factory=dict)
     conflicts: dict[str, str] = field(default_factory=dict)
     taken_over: dict[str, str] = field(default_factory=dict)
@@ -89,11 +81,11 @@ class RegisterOutcome:
     @classmethod
     def decode(cls, reply: list[Any], ids: list[str]) -> RegisterOutcome:
         status = check_status(reply, "register_resources")
-        if status == STATUS_LIMIT_EXCEEDED:
+        if status == ScriptStatus.LIMIT_EXCEEDED:
             return cls(status, current=int(reply[1]), requested=int(reply[2]), limit=int(reply[3]))
-        if status == STATUS_OVER_BUDGET:
+        if status == ScriptStatus.OVER_BUDGET:
             return cls(status, requested=int(reply[1]), limit=int(reply[2]))
-        if status != 0:
+        if status != ScriptStatus.OK:
             return cls(status)
         out = cls(status, owned_count=int(reply[3]), new_grants=int(reply[4]))
         for rid, value in zip(ids, reply[1], strict=True):
@@ -115,9 +107,10 @@ class RegisterOutcome:
 class Grants:
     """The resource half of the registry (see the module docstring)."""
 
-    def __init__(self, store: Store, leases: Leases) -> None:
+    def __init__(self, store: Store, leases: Leases, owners: Owners) -> None:
         self.store = store
         self.leases = leases
+        self.owners = owners
 
     # -- register ----------------------------------------------------------------------------------
     async def register(
@@ -145,11 +138,11 @@ class Grants:
         elapsed = time.perf_counter() - start
         store.child("operation_duration", "register_resource").observe(elapsed)
         ctx = log_context("register_resource", elapsed, service_name, instance_id, trace_id, ids)
-        if outcome.status == STATUS_INSTANCE_NOT_ALIVE:
+        if outcome.status == ScriptStatus.INSTANCE_NOT_ALIVE:
             store.child("registrations", service_name, "rejected").inc(len(ids))
             logger.warning("resource.register_rejected", reason="instance_not_alive", **ctx)
             raise not_alive(service_name, instance_id)
-        if outcome.status == STATUS_LIMIT_EXCEEDED:
+        if outcome.status == ScriptStatus.LIMIT_EXCEEDED:
             store.child("registrations", service_name, "rejected").inc(len(ids))
             logger.warning("resource.register_rejected", reason="limit", limit=outcome.limit, **ctx)
             raise ResourceLimitExceededError(
@@ -224,7 +217,7 @@ class Grants:
         store = self.store
         groups = sk.split(ids)
         for attempt in range(_MAX_RACES):
-            owners = await self.read_owners(sk, ids)
+            owners = await self.owners.read_owners(sk, ids)
             # Room for the ids that look new now: free ones, and (with force) those of others. After a
             # race, room for every id that could turn out new (ours may be taken and taken back).
             if attempt == 0:
@@ -247,11 +240,11 @@ class Grants:
                     [reservation, needed, store.settings.max_resources_per_instance, self._reservation_ms()],
                     idempotent=True,
                 )
-                if reply[0] == STATUS_INSTANCE_NOT_ALIVE:
-                    return RegisterOutcome(STATUS_INSTANCE_NOT_ALIVE)
-                if reply[0] == STATUS_LIMIT_EXCEEDED:
+                if reply[0] == ScriptStatus.INSTANCE_NOT_ALIVE:
+                    return RegisterOutcome(ScriptStatus.INSTANCE_NOT_ALIVE)
+                if reply[0] == ScriptStatus.LIMIT_EXCEEDED:
                     return RegisterOutcome(
-                        STATUS_LIMIT_EXCEEDED, current=int(reply[1]), requested=int(reply[2]), limit=int(reply[3])
+                        ScriptStatus.LIMIT_EXCEEDED, current=int(reply[1]), requested=int(reply[2]), limit=int(reply[3])
                     )
             order = list(groups)
             calls = [
@@ -264,10 +257,10 @@ class Grants:
                 await self._settle(sk, instance_id, reservation, 0)  # what was granted is counted at reconcile
                 raise
             outcomes = [RegisterOutcome.decode(reply, groups[p]) for p, reply in zip(order, replies, strict=True)]
-            merged = RegisterOutcome(0)
+            merged = RegisterOutcome(ScriptStatus.OK)
             for outcome in outcomes:
                 merged.merge(outcome)
-            failed = [o for o in outcomes if o.status != 0]
+            failed = [o for o in outcomes if o.status != ScriptStatus.OK]
             if not failed:
                 if needed or merged.new_grants:
                     await self._settle(sk, instance_id, reservation, merged.new_grants)
@@ -279,8 +272,8 @@ class Grants:
             if taken:
                 await self.rollback(sk, instance_id, taken, trace_id)
             await self._settle(sk, instance_id, reservation, 0)
-            if any(o.status == STATUS_INSTANCE_NOT_ALIVE for o in failed):
-                return RegisterOutcome(STATUS_INSTANCE_NOT_ALIVE)
+            if any(o.status == ScriptStatus.INSTANCE_NOT_ALIVE for o in failed):
+                return RegisterOutcome(ScriptStatus.INSTANCE_NOT_ALIVE)
         raise ResourceRouterError(
             f"registration of {len(ids)} id(s) kept racing with concurrent changes of ownership; try again"
         )
@@ -321,24 +314,24 @@ class Grants:
             idempotent=True,
         )
         if not alive:
-            return RegisterOutcome(STATUS_INSTANCE_NOT_ALIVE)
-        owners = await self.read_owners(sk, ids)
+            return RegisterOutcome(ScriptStatus.INSTANCE_NOT_ALIVE)
+        owners = await self.owners.read_owners(sk, ids)
         new = [rid for rid in ids if owners[rid] is None or (force and owners[rid] != instance_id)]
         if int(current) + len(new) > limit:
-            return RegisterOutcome(STATUS_LIMIT_EXCEEDED, current=int(current), requested=len(new), limit=limit)
-        merged = RegisterOutcome(0)
+            return RegisterOutcome(ScriptStatus.LIMIT_EXCEEDED, current=int(current), requested=len(new), limit=limit)
+        merged = RegisterOutcome(ScriptStatus.OK)
         for start in range(0, len(ids), chunk):
             part_ids = ids[start : start + chunk]
             outcome = await self._step(part, instance_id, part_ids, force, meta, trace_id, "")
-            if outcome.status == STATUS_LIMIT_EXCEEDED:
+            if outcome.status == ScriptStatus.LIMIT_EXCEEDED:
                 taken = [rid for rid in merged.tokens if owners[rid] != instance_id]
                 stayed = await self.rollback(sk, instance_id, taken, trace_id) if taken else []
                 if stayed:
                     logger.warning("resource.rollback_incomplete", service_name=sk.service_name, stayed=stayed)
                 return RegisterOutcome(
-                    STATUS_LIMIT_EXCEEDED, current=outcome.current - len(taken), requested=len(new), limit=limit
+                    ScriptStatus.LIMIT_EXCEEDED, current=outcome.current - len(taken), requested=len(new), limit=limit
                 )
-            if outcome.status != 0:
+            if outcome.status != ScriptStatus.OK:
                 return outcome  # the lease ran out meanwhile: everything it took is gone with it
             merged.merge(outcome)
             merged.owned_count = outcome.owned_count
@@ -411,7 +404,7 @@ class Grants:
         """One partition: one atomic, owner-checked step. (owners of refused ids, flags)."""
         script, keys, args = self._release_call(part, instance_id, ids, trace_id, "released", "0")
         reply = await self.store.run("release_resource", script, keys, args, idempotent=False)
-        if reply[0] == STATUS_NOT_OWNER:
+        if reply[0] == ScriptStatus.NOT_OWNER:
             return pairs(reply[1]), {}
         self.store.child("resources_per_instance", part.service_name, instance_id).set(int(reply[2]))
         return {}, dict(zip(ids, reply[1], strict=True))
@@ -426,7 +419,7 @@ class Grants:
         )
         owners: dict[str, str] = {}
         for reply in replies:
-            if reply[0] == STATUS_NOT_OWNER:
+            if reply[0] == ScriptStatus.NOT_OWNER:
                 owners.update(pairs(reply[1]))
         return owners
 
@@ -447,114 +440,3 @@ class Grants:
         for p, reply in zip(order, replies, strict=True):
             flags.update(zip(groups[p], reply[1], strict=True))
         return flags
-
-    # -- read owners -----------------------------------------------------------------------------------
-    async def read_owners(self, sk: ServiceKeys, ids: list[str]) -> dict[str, str | None]:
-        """The one read of owners: the valid owner of each id (None: no owner, or its lease ran out),
-        every partition at once, in chunks of 1000 ids."""
-        rows = await self._read(sk, ids, grants=False)
-        return {rid: owner for rid, owner, _grant in rows}
-
-    async def _read(self, sk: ServiceKeys, ids: list[str], *, grants: bool) -> list[tuple[str, str | None, Any]]:
-        store = self.store
-        batches: list[tuple[PartitionKeys, list[str]]] = []
-        for p, group in sk.split(ids).items():
-            part = sk.parts[p]
-            for start in range(0, len(group), _READ_CHUNK):
-                batches.append((part, group[start : start + _READ_CHUNK]))
-        calls: list[ScriptCall] = [
-            (
-                store.scripts.read_owners,
-                part.owner_keys(chunk),
-                [part.lease_prefix, part.owned_prefix, "1" if grants else "0", part.owner_prefix],
-            )
-            for part, chunk in batches
-        ]
-        replies = await store.run_all("lookup", calls, idempotent=True) if calls else []
-        rows: list[tuple[str, str | None, Any]] = []
-        for (_part, chunk), reply in zip(batches, replies, strict=True):
-            records = reply[2] if grants else [None] * len(chunk)
-            for rid, owner, grant in zip(chunk, reply[1], records, strict=True):
-                rows.append((rid, None if owner is None or owner is False else text(owner), grant))
-        return rows
-
-    async def get_resource_owner(self, service_name: str, resource_id: str) -> Resource:
-        """The resource's owner, fencing token and metadata in one round trip (lookup_resource.lua)."""
-        store = self.store
-        sk = await store.service(service_name, "lookup")
-        validate_resource_id(resource_id)
-        part = sk.part_of(resource_id)
-        start = time.perf_counter()
-        reply = await store.run(
-            "lookup",
-            store.scripts.lookup_resource,
-            [part.owner(resource_id)],
-            [part.owned_prefix, resource_id, part.lease_prefix],
-            idempotent=True,
-        )
-        store.child("operation_duration", "lookup").observe(time.perf_counter() - start)
-        owner = reply[1] if len(reply) > 1 else None
-        if owner is None:
-            store.child("lookups", service_name, "false").inc()
-            raise ResourceNotFoundError(
-                f"resource {resource_id!r} of service {service_name!r} has no owner",
-                resource_id=resource_id,
-                service_name=service_name,
-            )
-        store.child("lookups", service_name, "true").inc()
-        return self.resource(service_name, resource_id, text(owner), reply[2])
-
-    async def get_resources(self, service_name: str, resource_ids: Iterable[str]) -> dict[str, Resource]:
-        """Owners of many resources; ids nobody owns are left out."""
-        sk = await self.store.service(service_name, "lookup")
-        ids = validate_resource_ids(resource_ids, max_count=self.store.settings.max_batch_size)
-        rows = await self._read(sk, ids, grants=True)
-        return {rid: self.resource(service_name, rid, o, g) for rid, o, g in rows if o is not None}
-
-    async def list_resources(self, service_name: str, instance_id: str | None) -> list[Resource]:
-        """Resources currently owned in the service, or by one instance; sorted by resource id."""
-        store = self.store
-        sk = await store.service(service_name, "list_resources")
-        if instance_id is not None:
-            validate_instance_id(instance_id)
-        instance_ids = [instance_id] if instance_id is not None else await self.leases.instance_ids(service_name)
-        if not instance_ids:
-            return []
-
-        async def members() -> list[Any]:
-            async with store.redis.pipeline(transaction=False) as pipe:
-                for iid in instance_ids:
-                    for part in sk.parts:
-                        pipe.hkeys(part.owned(iid))
-                result: list[Any] = await pipe.execute()
-                return result
-
-        member_sets = await call_redis("list_resources", members, settings=store.settings, idempotent=True)
-        ids = sorted({text(r) for members_ in member_sets for r in members_})
-        if not ids:
-            return []
-        rows = await self._read(sk, ids, grants=True)
-        return [
-            self.resource(service_name, rid, owner, grant)
-            for rid, owner, grant in rows
-            if owner is not None and (instance_id is None or owner == instance_id)
-        ]
-
-    def resource(self, service_name: str, resource_id: str, owner: str, grant: Any) -> Resource:
-        parsed = parse_grant(grant)
-        if parsed is None:
-            # Cannot happen through the scripts (the owner key and the grant record are written
-            # together); keep the owner, which is authoritative, and say the rest is unknown.
-            logger.warning("resource.grant_missing", service_name=service_name, resource_id=resource_id)
-            parsed = (0, 0, {})
-        return trusted(
-            Resource,
-            {
-                "resource_id": resource_id,
-                "owner_instance_id": owner,
-                "service_name": service_name,
-                "registered_at": ms_to_datetime(parsed[1]),
-                "fencing_token": parsed[0],
-                "metadata": parsed[2],
-            },
-        )

@@ -23,8 +23,8 @@ from resource_router.ids import validate_instance_id
 from resource_router.models import HeartbeatResult, InstanceInfo, ms_to_datetime
 from resource_router.observability.logs import get_logger, id_fields, timed
 from resource_router.ownership.keys import ServiceKeys
-from resource_router.ownership.scripts import STATUS_INSTANCE_NOT_ALIVE
 from resource_router.ownership.store import ScriptCall, Store, text, ttl_ms
+from resource_router.status import ScriptStatus
 from resource_router.transport.retry import call_redis
 
 __all__ = ["Leases", "not_alive"]
@@ -128,7 +128,7 @@ class Leases:
         ]
         with timed(store.metrics, "heartbeat") as info:
             replies = await store.run_all("heartbeat", calls, idempotent=False)
-        if any(r[0] == STATUS_INSTANCE_NOT_ALIVE for r in replies):
+        if any(r[0] == ScriptStatus.INSTANCE_NOT_ALIVE for r in replies):
             raise not_alive(service_name, instance_id)
         owned_count = sum(int(r[1]) for r in replies[1:])
         lost = [text(rid) for r in replies[1:] for rid in r[2]]

@@ -2,7 +2,8 @@
 
 * ``leases.py``: instances register, heartbeat (one lease key per partition, whatever they own),
   deregister, and are swept after they die;
-* ``grants.py``: resources are registered, released and looked up, partition by partition;
+* ``grants.py``: resources are registered and released, partition by partition;
+* ``owners.py``: owners are read (one resource, many, everything an instance or a service owns);
 * ``volunteers.py``: the records of placement volunteers;
 * ``events.py``: the audit streams, read back;
 * ``store.py``: what they share (client, scripts, settings, keys, metrics, the partition check).
@@ -47,6 +48,7 @@ from resource_router.ownership.events import EventLog
 from resource_router.ownership.grants import Grants
 from resource_router.ownership.keys import KeySpace, ServiceKeys
 from resource_router.ownership.leases import Leases
+from resource_router.ownership.owners import Owners
 from resource_router.ownership.store import Store, text
 from resource_router.ownership.volunteers import Volunteer, Volunteers
 from resource_router.settings import RouterSettings
@@ -96,7 +98,8 @@ class ResourceRegistry:
         self.metrics = get_metrics(metrics_registry)
         self.store = Store(self.redis, self.settings, self.keys, self.metrics)
         self.leases = Leases(self.store)
-        self.grants = Grants(self.store, self.leases)
+        self.owners = Owners(self.store, self.leases)
+        self.grants = Grants(self.store, self.leases, self.owners)
         self.volunteers = Volunteers(self.store)
         self.events = EventLog(self.redis, self.keys, self.settings)
 
@@ -222,7 +225,7 @@ class ResourceRegistry:
     async def get_resource_owner(self, service_name: str, resource_id: str) -> Resource:
         """The resource's owner, fencing token and metadata in one round trip."""
         with otel.operation_span("lookup", service_name=service_name, resource_id=resource_id):
-            return await self.grants.get_resource_owner(service_name, resource_id)
+            return await self.owners.get_resource_owner(service_name, resource_id)
 
     async def get_owner_id(self, service_name: str, resource_id: str) -> str | None:
         """Just the owner's instance id, or None."""
@@ -233,15 +236,15 @@ class ResourceRegistry:
         """The valid owner of each id (None: no owner), every partition at once."""
         sk = await self.store.service(service_name, "lookup")
         ids = list(resource_ids) if not isinstance(resource_ids, str) else [resource_ids]
-        return await self.grants.read_owners(sk, validate_resource_ids(ids, max_count=self.settings.max_batch_size))
+        return await self.owners.read_owners(sk, validate_resource_ids(ids, max_count=self.settings.max_batch_size))
 
     async def get_resources(self, service_name: str, resource_ids: Iterable[str]) -> dict[str, Resource]:
         """Owners of many resources; ids nobody owns are left out."""
-        return await self.grants.get_resources(service_name, resource_ids)
+        return await self.owners.get_resources(service_name, resource_ids)
 
     async def list_resources(self, service_name: str, instance_id: str | None = None) -> list[Resource]:
         """Resources currently owned in the service, or by one instance; sorted by resource id."""
-        return await self.grants.list_resources(service_name, instance_id)
+        return await self.owners.list_resources(service_name, instance_id)
 
     async def list_services(self) -> list[str]:
         raw = await call_redis(

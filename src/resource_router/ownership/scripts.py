@@ -2,8 +2,8 @@
 
 Each operation is one file named verb_noun; ``_prelude.lua`` (shared helpers) is prepended to each.
 Scripts run with EVALSHA; redis-py loads a script again when the server answers NOSCRIPT (after a
-restart or SCRIPT FLUSH). Scripts answer with a small status code first; ``STATUS_ERRORS`` is the
-registry's ``_STATUS_ERRORS`` table maps codes to exceptions, and an unknown code raises.
+restart or SCRIPT FLUSH). Scripts answer with a ``ScriptStatus`` code first (``status.py``):
+``check_status`` turns it into the enum, and an unknown code raises ``UnknownScriptStatusError``.
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ from typing import Any, Final
 
 from redis.commands.core import AsyncScript
 
+from resource_router.errors import UnknownScriptStatusError
+from resource_router.status import ScriptStatus
+
 __all__ = [
     "SCRIPT_NAMES",
-    "STATUS_INSTANCE_NOT_ALIVE",
-    "STATUS_LIMIT_EXCEEDED",
-    "STATUS_NOT_OWNER",
-    "STATUS_OK",
-    "STATUS_OVER_BUDGET",
     "ScriptSet",
-    "UnknownScriptStatusError",
     "check_status",
     "script_source",
 ]
@@ -47,20 +44,6 @@ SCRIPT_NAMES: Final = (
     "lookup_resource",
     "read_owners",
 )
-
-#: The one status table: the first element of every script reply.
-STATUS_OK: Final = 0
-STATUS_INSTANCE_NOT_ALIVE: Final = 1
-STATUS_LIMIT_EXCEEDED: Final = 2
-STATUS_NOT_OWNER: Final = 3
-STATUS_OVER_BUDGET: Final = 4
-KNOWN_STATUSES: Final = frozenset(
-    {STATUS_OK, STATUS_INSTANCE_NOT_ALIVE, STATUS_LIMIT_EXCEEDED, STATUS_NOT_OWNER, STATUS_OVER_BUDGET}
-)
-
-
-class UnknownScriptStatusError(RuntimeError):
-    """A script answered with a status code this version does not know (mismatched deployment)."""
 
 
 def _lua_dir() -> Any:
@@ -109,11 +92,11 @@ class ScriptSet:
         return cls(**{name: client.register_script(script_source(name)) for name in SCRIPT_NAMES})
 
 
-def check_status(reply: Any, script: str) -> int:
-    """Return the status code at the head of a script reply; raise on anything unexpected."""
+def check_status(reply: Any, script: str) -> ScriptStatus:
+    """The status at the head of a script reply; ``UnknownScriptStatusError`` on anything unexpected."""
     if not isinstance(reply, list) or not reply or not isinstance(reply[0], int):
         raise UnknownScriptStatusError(f"{script}: malformed reply {reply!r:.200}")
-    status = reply[0]
-    if status not in KNOWN_STATUSES:
-        raise UnknownScriptStatusError(f"{script}: unknown status code {status}")
-    return status
+    try:
+        return ScriptStatus(reply[0])
+    except ValueError:
+        raise UnknownScriptStatusError(f"{script}: unknown status code {reply[0]}") from None

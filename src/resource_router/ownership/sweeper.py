@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from resource_router.errors import ResourceRouterError
 from resource_router.observability.logs import get_logger
 from resource_router.ownership.registry import ResourceRegistry
-from resource_router.transport.deadline import stop_task
+from resource_router.transport.tasks import stop_task
 
 logger = get_logger(__name__)
 

@@ -1,8 +1,11 @@
 """The ownership view of one instance: what it owns, until when, and the hooks run when that changes.
 
-No Redis here. The lease keeper (``lease.py``) feeds the view from registrations, heartbeats and
-ownership events; the dispatcher (``dispatcher.py``) reads it for every request; moves (``handoff.py``)
-take ids out of it. Everything is plain state and asyncio, so it is tested without a server.
+No Redis here. The lease keeper (``routing/lease_keeper.py``) feeds the view from registrations,
+heartbeats and ownership events; the dispatcher reads it for every request (through its admission
+rule, ``routing/admission.py``); moves (``placement/handoff.py``) take ids out of it. Everything is
+plain state and asyncio, so it is tested without a server. Every change goes through a method, which
+bumps ``epoch``: a request admitted at one epoch may run without asking again while the epoch and the
+lease clock say nothing changed.
 
 * ``owned``: resource id -> fencing token, the ids the instance serves.
 * The **lease clock**: ``lease_until = t_sent + ttl`` of the last successful heartbeat (or
@@ -10,11 +13,15 @@ take ids out of it. Everything is plain state and asyncio, so it is tested witho
   never outlives the one in Redis; once it has run out the instance serves nothing.
 * ``placed``: ids the instance got by placement (activation on a call) or by handoff, with the time of
   their last request: the ones ``idle_timeout`` may release. Ids registered explicitly are not in it.
+* **Moves**: ids being released or handed over (``leaving``) and ids being adopted (``adopting``) are
+  not served; requests for them wait for ``settled(id)``, which resolves when the move or the
+  adoption is over (``end_leave``, ``end_adopt``).
 * **Lifecycle hooks.** ``on_activate(resource_id)`` runs once before the first request the instance
   serves for a resource it gained (by registration, activation or handoff); ``on_deactivate(
-  resource_id, reason)`` runs once when it loses a resource it had activated, with one of the
-  ``REASON_*`` values. Hooks may be plain or ``async`` functions. A failing ``on_activate`` fails the
-  request (and the dispatcher releases the resource); a failing ``on_deactivate`` is logged.
+  resource_id, reason)`` runs once when it loses a resource it had activated, with a ``LossReason``.
+  Hooks may be plain or ``async`` functions. A failing ``on_activate`` fails the request (and the
+  dispatcher releases the resource); a failing ``on_deactivate`` is logged. ``on_deactivate`` waits
+  for the requests still running for the resource (``RunningRequests.quiesce``).
 * ``on_resource_lost(ids)``: the application's callback for ids lost *involuntarily* (expired, taken
   by force), called once per loss, before anything else runs.
 """
@@ -25,26 +32,19 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
+from resource_router.errors import ActivationError
 from resource_router.observability.logs import Logger, get_logger, id_fields
+from resource_router.reasons import LossReason
+from resource_router.transport.tasks import TaskSet
 
 __all__ = [
-    "NO_RESOURCE",
-    "REASONS",
-    "REASON_DRAINED",
-    "REASON_EXPIRED",
-    "REASON_IDLE",
-    "REASON_REBALANCED",
-    "REASON_RELEASED",
-    "REASON_STOPPED",
-    "REASON_TAKEN",
-    "REFUSE",
     "ActivateHook",
-    "ActivationError",
     "DeactivateHook",
     "OwnershipView",
     "ResourceLostCallback",
+    "RunningRequests",
 ]
 
 #: ``async def on_activate(resource_id: str) -> None`` (a plain function is accepted too).
@@ -54,36 +54,14 @@ DeactivateHook = Callable[[str, str], Awaitable[None] | None]
 #: Called with the ids an instance lost (sync, or async: then run as a task).
 ResourceLostCallback = Callable[[list[str]], Awaitable[None] | None]
 
-#: Why ``on_deactivate`` runs.
-REASON_RELEASED: Final = "released"  # release_resource
-REASON_DRAINED: Final = "drained"  # handed to another instance by drain()
-REASON_REBALANCED: Final = "rebalanced"  # handed to a volunteer that joined (rebalance=True)
-REASON_IDLE: Final = "idle"  # not called for idle_timeout seconds
-REASON_EXPIRED: Final = "expired"  # the lease ran out (in Redis, or by the local clock)
-REASON_TAKEN: Final = "taken"  # taken over by force by another instance
-REASON_STOPPED: Final = "stopped"  # the instance stopped gracefully and released everything
-REASONS: Final = (
-    REASON_RELEASED,
-    REASON_DRAINED,
-    REASON_REBALANCED,
-    REASON_IDLE,
-    REASON_EXPIRED,
-    REASON_TAKEN,
-    REASON_STOPPED,
-)
-
-REFUSE: Final = -1  # may_serve: answer "not owner"
-NO_RESOURCE: Final = 0  # may_serve: a service-level call (tokens are positive)
 _MOVED_LIMIT: Final = 100_000
 
 
-class ActivationError(Exception):
-    """``on_activate`` raised ``cause`` for ``resource_id``."""
+class RunningRequests(Protocol):
+    """The instance's requests, as the view waits for them before ``on_deactivate``."""
 
-    def __init__(self, resource_id: str, cause: BaseException) -> None:
-        super().__init__(f"on_activate({resource_id!r}) raised {type(cause).__name__}: {cause}")
-        self.resource_id = resource_id
-        self.cause = cause
+    async def quiesce(self, ids: list[str], grace: float | None = None) -> None:
+        """Wait until no request for ``ids`` runs; after ``grace`` seconds, cancel them."""
 
 
 async def _call_hook(fn: Callable[..., Awaitable[None] | None], *args: Any) -> None:
@@ -99,13 +77,17 @@ class OwnershipView:
         self,
         ttl: float,
         *,
+        requests: RunningRequests | None = None,
+        tasks: TaskSet | None = None,
         log: Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl = ttl
         self.owned: dict[str, int] = {}
         self.lease_until = 0.0
-        self.serving = False
+        #: bumped by every change of what is served (see the module docstring)
+        self.epoch = 0
+        self._serving = False
         self.placed: dict[str, float] = {}
         #: ids not served while a takeover is confirmed (see ``suspend``)
         self.suspended: dict[str, int] = {}
@@ -116,19 +98,30 @@ class OwnershipView:
         self.adopting: set[str] = set()
         #: id -> where it went (an instance id, or None when it was only released): redirect hints
         self.moved: dict[str, str | None] = {}
+        #: the view may differ from Redis (a lost reply, a failed move): re-read it at the next heartbeat
+        self.needs_reconcile = False
+        self._settled: dict[str, asyncio.Future[None]] = {}
         self._on_activate: ActivateHook | None = None
         self._on_deactivate: DeactivateHook | None = None
         #: True when a hook is set (then resources are activated before their first request)
         self.hooks = False
         self.on_resource_lost: ResourceLostCallback | None = None
-        #: waits until requests running for the given ids are done (set by the instance)
-        self.quiesce: Callable[[list[str]], Awaitable[None]] | None = None
+        self._requests = requests
         self._activating: dict[str, asyncio.Future[None]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = tasks if tasks is not None else TaskSet()
         self._clock = clock
         self._log = log or get_logger(__name__)
 
-    # -- the lease clock ---------------------------------------------------------------------------
+    # -- serving and the lease clock ---------------------------------------------------------------
+    @property
+    def serving(self) -> bool:
+        return self._serving
+
+    @serving.setter
+    def serving(self, value: bool) -> None:
+        self._serving = value
+        self.epoch += 1
+
     def renewed(self, sent: float) -> None:
         """A heartbeat (or registration) sent at ``sent`` (monotonic) succeeded."""
         self.lease_until = sent + self.ttl
@@ -140,22 +133,14 @@ class OwnershipView:
     def lease_valid(self) -> bool:
         return self._clock() < self.lease_until
 
-    def may_serve(self, resource_id: str | None, expected_token: int | None) -> int:
-        """``REFUSE`` when a request must be answered "not owner"; ``NO_RESOURCE`` for a service call;
-        else the fencing token of the resource."""
-        if not self.serving or self._clock() >= self.lease_until:
-            return REFUSE
-        if resource_id is None:
-            return NO_RESOURCE
-        token = self.owned.get(resource_id)
-        if token is None or (expected_token is not None and expected_token != token):
-            return REFUSE
-        return token
+    def clock(self) -> float:
+        return self._clock()
 
     # -- gaining and losing ------------------------------------------------------------------------
     def gain(self, tokens: Mapping[str, int], *, placed: bool = False) -> None:
         """Ids granted to this instance (by registration, activation, handoff or adoption)."""
         self.owned.update(tokens)
+        self.epoch += 1
         moved = self.moved
         for rid in tokens:
             moved.pop(rid, None)
@@ -169,10 +154,27 @@ class OwnershipView:
         for rid in ids:
             self.placed.pop(rid, None)
 
+    def sync(self, server: Mapping[str, int], *, placed: bool) -> dict[str, int]:
+        """Make the view equal to ``server`` (what Redis says the instance owns, with tokens): ids it
+        does not name are lost (expired), suspended ids it names are served again, ids being moved
+        stay out. Returns the ids gained (adopted)."""
+        self.lose([rid for rid in [*self.owned, *self.suspended] if rid not in server], LossReason.EXPIRED)
+        self.restore({rid: tok for rid, tok in server.items() if rid in self.suspended})
+        current = {rid: tok for rid, tok in server.items() if rid not in self.leaving}
+        adopted = {rid: tok for rid, tok in current.items() if rid not in self.owned}
+        self.owned.update(current)
+        self.epoch += 1
+        if adopted:
+            self.gain(adopted, placed=placed)
+        self.needs_reconcile = False
+        return adopted
+
     def suspend(self, ids: Iterable[str]) -> dict[str, int]:
         """Stop serving ``ids`` at once (a takeover was seen); the caller confirms, then ``restore``s or
         ``lose``s them. Returns the ids that were owned, with their tokens."""
         taken = {rid: self.owned.pop(rid) for rid in ids if rid in self.owned}
+        if taken:
+            self.epoch += 1
         self.suspended.update(taken)
         return taken
 
@@ -181,6 +183,7 @@ class OwnershipView:
         for rid, token in tokens.items():
             if self.suspended.pop(rid, None) is not None:
                 self.owned.setdefault(rid, token)
+        self.epoch += 1
 
     def begin_leave(self, ids: Iterable[str]) -> list[str]:
         """Stop serving ``ids`` because they are being released or handed over (requests for them wait
@@ -191,14 +194,17 @@ class OwnershipView:
             if token is not None:
                 self.leaving[rid] = token
                 out.append(rid)
+        if out:
+            self.epoch += 1
         return out
 
     def end_leave(
         self, ids: Iterable[str], *, moved: Mapping[str, str | None] | None = None, keep: Iterable[str] = ()
     ) -> None:
         """The move of ``ids`` is over: ``keep`` are served again (the release did not happen), the others
-        are gone (``moved`` says where to, for redirects)."""
+        are gone (``moved`` says where to, for redirects). Requests that waited for them go on."""
         kept = set(keep)
+        ids = list(ids)
         for rid in ids:
             token = self.leaving.pop(rid, None)
             if rid in kept and token is not None:
@@ -207,6 +213,42 @@ class OwnershipView:
                 self.placed.pop(rid, None)
         if moved:
             self.moved_to(moved)
+        self.epoch += 1
+        self._settle(ids)
+
+    def begin_adopt(self, ids: Iterable[str]) -> None:
+        """Ids an event says were registered for this instance elsewhere: requests wait for ``end_adopt``."""
+        self.adopting.update(ids)
+        self.epoch += 1
+
+    def end_adopt(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        self.adopting.difference_update(ids)
+        self.epoch += 1
+        self._settle(ids)
+
+    def settled(self, resource_id: str) -> asyncio.Future[None]:
+        """Resolved when ``resource_id`` is no longer being moved or adopted (at once when it is not)."""
+        fut = self._settled.get(resource_id)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            if resource_id in self.leaving or resource_id in self.adopting:
+                self._settled[resource_id] = fut
+            else:
+                fut.set_result(None)
+        return fut
+
+    def settle_all(self) -> None:
+        """Let every waiting request go on (the instance stops)."""
+        self._settle(list(self._settled))
+
+    def _settle(self, ids: list[str]) -> None:
+        for rid in ids:
+            if rid in self.leaving or rid in self.adopting:
+                continue
+            fut = self._settled.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
     def lose(self, ids: Iterable[str], reason: str, *, involuntary: bool = True) -> list[str]:
         """Drop ids (owned or suspended) from the view. Involuntary losses (expired, taken) are logged and
@@ -226,11 +268,12 @@ class OwnershipView:
             dropped.append(rid)
         if not dropped:
             return dropped
+        self.epoch += 1
         if involuntary:
             self._log.warning("instance.resources_lost", reason=reason, **id_fields(dropped))
             self._notify_lost(dropped)
         if active and self.on_deactivate is not None:
-            self._spawn(self._deactivate_after_requests(active, reason))
+            self._tasks.spawn(self._deactivate_after_requests(active, reason))
         return dropped
 
     def clear(self, reason: str, *, involuntary: bool) -> list[str]:
@@ -308,8 +351,8 @@ class OwnershipView:
                 )
 
     async def _deactivate_after_requests(self, ids: list[str], reason: str) -> None:
-        if self.quiesce is not None:
-            await self.quiesce(ids)
+        if self._requests is not None:
+            await self._requests.quiesce(ids)
         await self._run_deactivate(ids, reason)
 
     # -- idle and moves ----------------------------------------------------------------------------
@@ -338,7 +381,7 @@ class OwnershipView:
             self._log.exception("instance.on_resource_lost_failed")
             return
         if inspect.isawaitable(result):
-            self._spawn(self._await_logged(result))
+            self._tasks.spawn(self._await_logged(result))
 
     async def _await_logged(self, awaitable: Awaitable[Any]) -> None:
         try:
@@ -346,12 +389,6 @@ class OwnershipView:
         except Exception:
             self._log.exception("instance.on_resource_lost_failed")
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def aclose(self) -> None:
         """Wait for the hooks and callbacks still running (a stopping instance lets them finish)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.wait()

@@ -47,10 +47,11 @@ from resource_router.errors import (
 from resource_router.models import ResourceReleaseResponse
 from resource_router.observability.logs import Logger, id_fields
 from resource_router.ownership.registry import ResourceRegistry
-from resource_router.ownership.view import REASON_DRAINED, REASON_IDLE, REASON_REBALANCED, OwnershipView
+from resource_router.ownership.view import OwnershipView
 from resource_router.ownership.volunteers import Volunteer
 from resource_router.placement.directory import VolunteerDirectory
 from resource_router.placement.strategies import rank, service_strategy
+from resource_router.reasons import LossReason
 
 __all__ = ["MoveReport", "Mover"]
 
@@ -82,9 +83,6 @@ class Requests(Protocol):
     async def quiesce(self, ids: list[str], grace: float | None = None) -> None:
         """Wait until no request for ``ids`` runs here; after ``grace`` seconds, cancel them."""
 
-    def unpark(self, ids: list[str]) -> None:
-        """Answer the requests that waited while ``ids`` moved."""
-
     def busy(self) -> set[str]:
         """Resources with a request running, queued or waiting here."""
 
@@ -97,18 +95,17 @@ class Mover:
         *,
         registry: ResourceRegistry,
         view: OwnershipView,
-        dispatcher: Requests,
+        requests: Requests,
         lock: asyncio.Lock,
         directory: VolunteerDirectory,
         service_name: str,
         instance_id: str,
         log: Logger,
         metrics_registry: CollectorRegistry | None,
-        on_failure: Callable[[], None],
     ) -> None:
         self._registry = registry
         self._view = view
-        self._dispatcher = dispatcher
+        self._requests = requests
         self._lock = lock
         self.directory = directory
         self._service = service_name
@@ -116,7 +113,6 @@ class Mover:
         self._log = log
         self._metrics_registry = metrics_registry
         self._moves = registry.metrics.moves
-        self._on_failure = on_failure
         self._by_limit: dict[int, ResourceRegistry] = {}
 
     # -- a release --------------------------------------------------------------------------------
@@ -128,7 +124,7 @@ class Mover:
         view = self._view
         keep: list[str] = []
         try:
-            await self._dispatcher.quiesce(leaving, grace)
+            await self._requests.quiesce(leaving, grace)
             await view.deactivate(leaving, reason)
             async with self._lock:
                 try:
@@ -138,11 +134,10 @@ class Mover:
                     if isinstance(owners, dict):  # 403: nothing was released; ids owned by others are gone
                         keep = [rid for rid in leaving if rid not in owners]
                     else:  # Redis failed: the release may or may not have happened
-                        self._on_failure()
+                        self._view.needs_reconcile = True  # the release may or may not have happened
                     raise
         finally:
             view.end_leave(leaving, keep=keep)
-            self._dispatcher.unpark(leaving)
 
     async def release_quietly(self, ids: list[str], reason: str, *, grace: float) -> None:
         try:
@@ -162,7 +157,7 @@ class Mover:
         if not leaving:
             return report
         try:
-            await self._dispatcher.quiesce(leaving, grace)
+            await self._requests.quiesce(leaving, grace)
             try:
                 await asyncio.wait_for(view.deactivate(leaving, reason), max(grace, 0.001))
             except TimeoutError:
@@ -186,7 +181,6 @@ class Mover:
             )
         finally:
             view.end_leave(leaving, moved=report.moved, keep=report.kept)
-            self._dispatcher.unpark(leaving)
             for result, ids_ in (("moved", report.moved), ("released", report.released), ("kept", report.kept)):
                 self._moves.labels(self._service, reason, result).inc(len(ids_))
         return report
@@ -208,7 +202,7 @@ class Mover:
                     self._log.warning("instance.move_release_failed", error=str(again))
             except ResourceRouterError as exc:
                 self._log.warning("instance.move_release_failed", error=str(exc))
-            self._on_failure()
+            self._view.needs_reconcile = True  # the release may or may not have happened
             return None, {}
 
     async def _metadata(self, ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -287,7 +281,7 @@ class Mover:
                 break
             for start in range(0, len(ids), _BATCH):
                 grace = max(0.0, deadline - time.monotonic())
-                report.add(await self.move(ids[start : start + _BATCH], REASON_DRAINED, volunteers, grace=grace))
+                report.add(await self.move(ids[start : start + _BATCH], LossReason.DRAINED, volunteers, grace=grace))
         return report
 
     # -- rebalance -------------------------------------------------------------------------------
@@ -313,7 +307,7 @@ class Mover:
         for start in range(0, len(wanted), batch):
             chunk = [rid for rid in wanted[start : start + batch] if rid in self._view.owned]
             # Among the others, the hash choice of an id this instance does not win stays the same.
-            report = await self.move(chunk, REASON_REBALANCED, others, grace=5.0)
+            report = await self.move(chunk, LossReason.REBALANCED, others, grace=5.0)
             moved += len(report.moved)
             await pause(len(chunk) / rate)
         self._log.info("instance.rebalanced", moved=moved, strategy=strategy)
@@ -322,11 +316,11 @@ class Mover:
     # -- idle ------------------------------------------------------------------------------------
     async def release_idle(self, idle_timeout: float, grace: float) -> int:
         """Release placed ids not called for ``idle_timeout`` seconds (and not busy); returns how many."""
-        busy = self._dispatcher.busy()
+        busy = self._requests.busy()
         ids = [rid for rid in self._view.idle(idle_timeout) if rid not in busy]
         released = 0
         for start in range(0, len(ids), _BATCH):
-            report = await self.move(ids[start : start + _BATCH], REASON_IDLE, None, grace=grace)
+            report = await self.move(ids[start : start + _BATCH], LossReason.IDLE, None, grace=grace)
             released += len(report.released)
         return released
 

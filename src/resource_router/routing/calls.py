@@ -19,12 +19,12 @@ import asyncio
 import contextlib
 import time
 
-from resource_router.errors import RedisUnavailableError, ResourceRouterError
+from resource_router.errors import ProtocolError, RedisUnavailableError, ResourceRouterError
 from resource_router.ids import RandomIds
 from resource_router.observability.logs import LogThrottle, get_logger
 from resource_router.observability.metrics import Metrics
 from resource_router.routing.call import Call, Target
-from resource_router.routing.protocol import ProtocolError, Reply, decode_reply, encode_request
+from resource_router.routing.protocol import Reply, decode_reply, encode_request
 from resource_router.routing.signing import Signer
 from resource_router.settings import RouterSettings
 from resource_router.transport.hub import PubSubHub

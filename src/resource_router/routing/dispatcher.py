@@ -1,70 +1,68 @@
-"""The request side of an instance: decode, check, run the handler, reply.
+"""The request side of an instance: each message on its channel goes through the steps of
+``docs/protocol.md`` §4, in this order, each one method here:
 
-Each message on the instance's channel goes through the steps of ``docs/protocol.md`` §4: decode and
-validate, service and deadline, ownership by the ``OwnershipView`` (an unknown method is a 404), then a
-job runs it, at most ``max_concurrency`` at a time:
+=====  ====================================================  ==============================================
+step   check                                                 when it fails
+=====  ====================================================  ==============================================
+0      ``_authenticate``: sealed, fresh, not replayed        dropped (signing keys set)
+1-5    ``_decode``: a protocol-1 request map, in size        dropped, or a 400 when it says where to answer
+6      ``_check_reply_channel``: inside the namespace         dropped
+7      ``_check_service``: this instance's service            400
+8      ``_check_deadline``: not passed                        dropped
+9      ``_admit``: the admission rule (``admission.py``)      "not owner"; a resource being moved waits
+                                                             (parked); an activation request is claimed
+10     ``_handler``: a handler for the method                 404
+11     ``_job``: a slot (``jobs.py``; per resource when serial)
+12     steps 8 and 9 again when the wait may have changed them
+13     ``staleness.py``: a stale request confirmed in Redis   "not owner"
+14     ``_run_handler``: the handler, then the reply           an error reply
+=====  ====================================================  ==============================================
 
-* **Concurrent** (the default): each request is a task of its own.
-* **Serial per resource** (``serial_per_resource=True``): requests for one resource run one after
-  another in arrival order, from a mailbox drained by one task per busy resource; requests for
-  different resources still run concurrently. The actor guarantee: a handler never runs while
-  another handler of the same resource runs on this instance.
-
-Before the handler, a job checks the deadline and ownership again (the wait may have been long), runs
-``on_activate`` the first time a resource is served, and:
-
-* **Activation** (a request with ``act``, for a resource nobody owned when the caller looked): the
-  resource is claimed first through the registry's atomic grant (``claim``); a conflict is answered
-  "not owner" naming the real owner, a full instance "not owner" with reason ``full``.
-* **Stale requests** (issue 10): a request that waited longer than ``confirm_after`` since its caller
-  sent it (``ts``), or that was read while or just after the event loop stalled (a GC pause, SIGSTOP,
-  an overloaded host: a timer that should tick every few ms did not), may have been queued in the
-  socket *ahead of* the event that took its resource away. Its ownership is confirmed in Redis first
-  (one batched read of owners, ``registry.get_owner_ids``, for all the requests waiting), and it is
-  refused if another instance owns the resource now.
-* **Moves**: requests for a resource being handed over wait (parked) until the move is done, then
-  are answered "not owner" naming where it went, so the caller follows at once. Requests for a
-  resource registered for this instance elsewhere (a handoff to it, a replica) wait the same way
-  until the instance has adopted it, instead of being refused in that moment.
+Activation (a request with ``act`` for a resource nobody owned when the caller looked, on a volunteer):
+the resource is claimed through the registry's atomic grant (``placement/volunteering.py``); a
+conflict is answered "not owner" naming the real owner, a full instance "not owner" with reason
+``full``. ``on_activate`` runs before the first request a resource gets here. Requests parked while
+their resource moves are served here afterwards if it stayed, else answered "not owner" naming
+where it went, so the caller follows at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from resource_router.errors import InvalidRequestError, MethodNotFoundError, RemoteHandlerError, ResourceRouterError
+from resource_router.errors import (
+    ActivationError,
+    InvalidRequestError,
+    MethodNotFoundError,
+    ProtocolError,
+    RemoteHandlerError,
+    ResourceRouterError,
+)
 from resource_router.models import RouteRequest, trusted
 from resource_router.observability import otel
-from resource_router.observability.logs import Logger, LogThrottle
+from resource_router.observability.logs import Logger
 from resource_router.observability.metrics import Metrics
-from resource_router.ownership.view import NO_RESOURCE, REFUSE, ActivationError, OwnershipView
-from resource_router.placement.volunteering import Claim
-from resource_router.routing.protocol import (
-    REASON_CONFLICT,
-    REASON_DRAINING,
-    REASON_FULL,
-    REASON_MOVED,
-    ProtocolError,
-    Request,
-    decode_request,
-    encode_error_reply,
-    encode_not_owner_reply,
-    encode_ok_reply,
-    handler_error,
-)
+from resource_router.ownership.view import OwnershipView
+from resource_router.placement.handoff import Mover
+from resource_router.placement.volunteering import Volunteering
+from resource_router.reasons import LossReason, RefusalReason
+from resource_router.routing.admission import Admission, Refusal, Verdict
+from resource_router.routing.jobs import Jobs
+from resource_router.routing.protocol import Request, decode_request, handler_error
+from resource_router.routing.replies import Replies
 from resource_router.routing.signing import SEAL_OVERHEAD, Signer
+from resource_router.routing.staleness import Staleness
+from resource_router.transport.tasks import TaskSet
 
 __all__ = ["Dispatcher", "Handler"]
 
-_SUSPECT = float("-inf")  # "received" of a request that must be confirmed in Redis before it runs
-
 #: ``async def handler(request: RouteRequest) -> Any`` (plain functions are accepted too).
 Handler = Callable[[RouteRequest], Awaitable[Any] | Any]
+
+_OUTCOMES = ("ok", "error", "not_owner", "method_not_found", "invalid")
 
 
 class Dispatcher:
@@ -72,348 +70,247 @@ class Dispatcher:
 
     def __init__(
         self,
-        view: OwnershipView,
         *,
+        view: OwnershipView,
+        jobs: Jobs,
+        replies: Replies,
+        staleness: Staleness,
+        handlers: dict[str, Handler],
         service_name: str,
         instance_id: str,
-        handlers: dict[str, Handler],
+        channel: str,
+        reply_prefix: str,
         metrics: Metrics,
         max_payload: int,
-        reply_prefix: str,
-        publish: Callable[[str, bytes], None],
-        owners: Callable[[list[str]], Awaitable[dict[str, str | None]]],
-        owners_batch: int = 5000,
-        signer: Signer | None = None,
-        channel: str = "",
-        on_stale: Callable[[list[str]], None],
+        signer: Signer | None,
+        volunteering: Volunteering | None,
+        mover: Mover,
+        tasks: TaskSet,
+        drain_timeout: float,
         log: Logger,
-        max_concurrency: int = 256,
-        serial: bool = False,
-        confirm_after: float = 0.1,
-        claim: Callable[[str], Awaitable[Claim]] | None = None,
-        on_activation_failed: Callable[[str], None] | None = None,
     ) -> None:
         self._view = view
+        self._admission = Admission(view)
+        self._jobs = jobs
+        self._replies = replies
+        self._staleness = staleness
+        self._handlers = handlers
         self._service = service_name
         self._iid = instance_id
-        self._handlers = handlers
-        self._metrics = metrics
-        self._max_payload = max_payload
-        # Signing: requests are verified before anything else, replies sealed with the caller's key.
-        self._signer = signer
         self._channel = channel
-        self._max_request = max_payload + (0 if signer is None else SEAL_OVERHEAD)
-        self._reply_keys: dict[str, int] = {}  # reply channel -> number of the key its caller signs with
-        self._drop_log = LogThrottle()
         self._reply_prefix = reply_prefix
-        self._publish = publish
-        self._owners = owners
-        self._owners_batch = owners_batch
-        self._on_stale = on_stale
+        self._signer = signer
+        self._max_request = max_payload + (0 if signer is None else SEAL_OVERHEAD)
+        self._volunteering = volunteering  # None: no activations here
+        self._mover = mover
+        self._tasks = tasks
+        self._drain_timeout = drain_timeout
         self._log = log
-        self._serial = serial
-        self._claim = claim
-        self._on_activation_failed = on_activation_failed
-        self._semaphore = asyncio.Semaphore(max_concurrency)
-        self._inflight: dict[asyncio.Task[None], str | None] = {}
-        self._mailboxes: dict[str, deque[tuple[Request, Handler, float]]] = {}
         self._parked: dict[str, list[Request]] = {}
-        self._outcome = {
-            name: metrics.route_requests.labels(service_name, name)
-            for name in ("ok", "error", "not_owner", "method_not_found", "invalid")
-        }
-        # Stale-request detection: a request older than ``confirm_after`` (by its send time), or read
-        # while the loop was stalled longer than that or within ``confirm_after`` after it noticed.
-        self.confirm_after = confirm_after
-        self._tick = min(0.05, max(0.005, confirm_after / 2.0))
-        self._stall_limit = self._tick + confirm_after
-        self._last_tick = time.monotonic()
-        self._stalled_at = float("-inf")
-        self._tick_handle: asyncio.TimerHandle | None = None
-        self._confirming: dict[str, list[asyncio.Future[bool]]] = {}
-        self._confirm_task: asyncio.Task[None] | None = None
+        self._outcome = {name: metrics.route_requests.labels(service_name, name) for name in _OUTCOMES}
 
-    # -- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._last_tick = time.monotonic()
-        self._tick_handle = asyncio.get_running_loop().call_later(self._tick, self._on_tick)
-
-    def stop_ticking(self) -> None:
-        if self._tick_handle is not None:
-            self._tick_handle.cancel()
-            self._tick_handle = None
-
-    def _on_tick(self) -> None:
-        now = time.monotonic()
-        if now - self._last_tick > self._stall_limit:
-            self._stalled_at = now
-            self._log.warning("instance.loop_stalled", stalled_ms=round((now - self._last_tick) * 1000.0, 1))
-        self._last_tick = now
-        self._tick_handle = asyncio.get_running_loop().call_later(self._tick, self._on_tick)
-
+    # -- what moves and the instance ask of it -------------------------------------------------------
     @property
     def in_flight(self) -> int:
-        return len(self._inflight)
+        return self._jobs.in_flight
 
-    async def finish(self, grace: float) -> None:
-        """Let running requests finish (up to ``grace`` seconds), cancel the rest; answer parked ones."""
-        if self._inflight:
-            _done, pending = await asyncio.wait(set(self._inflight), timeout=grace)
-            if pending:
-                self._log.warning("instance.drain_timeout", cancelled=len(pending))
-        await self._cancel(list(self._inflight))
-        self.unpark(list(self._parked))
-        self.stop_ticking()
-
-    async def quiesce(self, ids: Iterable[str], grace: float | None = None) -> None:
-        """Wait until no request for ``ids`` is running or queued here; after ``grace`` seconds, cancel them."""
-        wanted = set(ids)
-        me = asyncio.current_task()  # a handler releasing its own resource does not wait for itself
-        tasks = [task for task, rid in self._inflight.items() if rid in wanted and task is not me]
-        if not tasks:
-            return
-        _done, pending = await asyncio.wait(tasks, timeout=grace)
-        if pending:
-            self._log.warning("instance.move_timeout", cancelled=len(pending))
-            await self._cancel(list(pending))
+    async def quiesce(self, ids: list[str], grace: float | None = None) -> None:
+        await self._jobs.quiesce(ids, grace)
 
     def busy(self) -> set[str]:
         """Resources with a request running, queued or parked here."""
-        out = {rid for rid in self._inflight.values() if rid is not None}
-        out.update(self._parked)
-        return out
+        return self._jobs.busy() | set(self._parked)
 
-    @staticmethod
-    async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+    async def finish(self, grace: float) -> None:
+        """Let running requests finish (up to ``grace`` seconds), cancel the rest; answer parked ones."""
+        await self._jobs.finish(grace)
+        for rid in list(self._parked):
+            self._unpark(rid)
+        self._staleness.stop()
 
-    # -- receiving -------------------------------------------------------------------------------
+    # -- steps 0 to 10: receiving (the hub's callback, in arrival order; never blocks) ---------------
     def on_message(self, data: bytes) -> None:
-        """The hub's callback for the instance's channel (called in arrival order; never blocks)."""
-        key = 0
-        if self._signer is not None:  # authenticated first: an unauthenticated envelope is never answered
-            verdict = self._signer.verify(self._channel, data, replay=True)
-            if isinstance(verdict, str):
-                self._dropped(verdict, "the envelope is not authenticated")
-                return
-            key = verdict
-        try:
-            req = decode_request(data, max_bytes=self._max_request)
-        except ProtocolError as exc:
-            self._undecodable(exc, key)
+        key = self._authenticate(data)
+        if key is None:
             return
-        if not req.reply_channel.startswith(self._reply_prefix):
-            self._dropped("foreign", "reply channel outside the namespace")
-            return
-        if key or self._reply_keys:
-            self._note_reply_key(req.reply_channel, key)
-        if req.service_name != self._service:
-            self._outcome["invalid"].inc()
-            error = InvalidRequestError(
-                f"instance {self._iid!r} serves {self._service!r}, not {req.service_name!r}", field="service_name"
-            )
-            self._reply(
-                req.reply_channel,
-                encode_error_reply(req.request_id, error, instance_id=self._iid, trace_id=req.trace_id),
-            )
+        req = self._decode(data, key)
+        if req is None or not self._check_reply_channel(req, key) or not self._check_service(req):
             return
         now = time.time()
-        if req.deadline is not None and now > req.deadline:
-            self._expired(req)
+        if not self._check_deadline(req, now):
             return
-        view = self._view
-        mono = time.monotonic()
-        if not view.serving or mono >= view.lease_until:
-            self._not_owner(req)
+        verdict, epoch = self._admission.admit(req.resource_id, req.fencing_token)
+        if isinstance(verdict, Refusal) and not self._activation(req, verdict):
+            self._refuse(req, verdict)
             return
-        rid = req.resource_id
-        if rid is not None:
-            token = view.owned.get(rid)
-            if token is None:
-                self._unowned(req)
-                return
-            if req.fencing_token is not None and req.fencing_token != token:
-                self._not_owner(req)
-                return
         handler = self._handler(req)
         if handler is None:
             return
-        # A request that may have sat behind a takeover event is confirmed in Redis before it runs.
-        received = mono
-        if rid is not None:
-            limit = self._stall_limit
-            sent = req.sent_at
-            if (
-                mono - self._last_tick > limit
-                or mono - self._stalled_at < limit
-                or (sent is not None and now - sent > self.confirm_after)
-            ):
-                received = _SUSPECT
-            if self._serial:
-                self._start(req, handler, received)
-                return
-        # ``_start`` without the serial branch, inline: the hot path
-        task = asyncio.get_running_loop().create_task(self._run(req, handler, received))
-        self._inflight[task] = rid
-        task.add_done_callback(self._done)
+        mono = time.monotonic()
+        received = mono if req.resource_id is None else self._staleness.received(mono, now, req.sent_at)
+        self._jobs.start(req.resource_id, self._job(req, handler, verdict, epoch, received))
 
-    def _unowned(self, req: Request) -> None:
-        rid = req.resource_id
-        assert rid is not None
-        if self._parked_while_moving(req, rid):
-            return
-        if req.activate and self._claim is not None and req.fencing_token is None:
-            handler = self._handler(req)
-            if handler is not None:
-                self._start(req, handler, time.monotonic())
+    def _authenticate(self, data: bytes) -> int | None:
+        """Step 0: the number of the key the envelope was sealed with (0 when signing is off)."""
+        if self._signer is None:
+            return 0
+        verdict = self._signer.verify(self._channel, data, replay=True)
+        if isinstance(verdict, str):  # never answered: an unauthenticated envelope says nothing true
+            self._replies.dropped(verdict, "the envelope is not authenticated")
+            return None
+        return verdict
+
+    def _decode(self, data: bytes, key: int) -> Request | None:
+        """Steps 1 to 5."""
+        try:
+            return decode_request(data, max_bytes=self._max_request)
+        except ProtocolError as exc:
+            answer = (
+                exc.reason != "foreign"
+                and exc.request_id is not None
+                and exc.reply_channel is not None
+                and exc.reply_channel.startswith(self._reply_prefix)
+            )
+            self._replies.dropped(exc.reason, exc.message, answered=answer, trace_id=exc.trace_id)
+            if answer and exc.reply_channel is not None:
+                self._replies.note_key(exc.reply_channel, key)
+                self._outcome["invalid"].inc()
+                self._replies.invalid(exc)
+            return None
+
+    def _check_reply_channel(self, req: Request, key: int) -> bool:
+        """Step 6: answers go nowhere but the namespace's reply channels."""
+        if not req.reply_channel.startswith(self._reply_prefix):
+            self._replies.dropped("foreign", "reply channel outside the namespace")
+            return False
+        self._replies.note_key(req.reply_channel, key)
+        return True
+
+    def _check_service(self, req: Request) -> bool:
+        """Step 7."""
+        if req.service_name == self._service:
+            return True
+        self._outcome["invalid"].inc()
+        self._replies.error(
+            req,
+            InvalidRequestError(
+                f"instance {self._iid!r} serves {self._service!r}, not {req.service_name!r}", field="service_name"
+            ),
+        )
+        return False
+
+    def _check_deadline(self, req: Request, now: float) -> bool:
+        """Step 8 (and 12): a request past its deadline is dropped, never run."""
+        if req.deadline is not None and now > req.deadline:
+            self._replies.expired(req)
+            return False
+        return True
+
+    def _activation(self, req: Request, refusal: Refusal) -> bool:
+        """Step 9 for a resource nobody owns here: True when the request may claim it (placement)."""
+        return (
+            refusal is Refusal.NOT_OWNED
+            and req.activate
+            and self._volunteering is not None
+            and req.fencing_token is None
+        )
+
+    def _refuse(self, req: Request, refusal: Refusal) -> None:
+        """A request that is not served as it is: parked while its resource moves, else "not owner"."""
+        if refusal is Refusal.MOVING:
+            self._park(req)
         else:
             self._not_owner(req)
 
-    def _parked_while_moving(self, req: Request, rid: str) -> bool:
-        """Park ``req`` when its resource is leaving or being adopted (answered once that ends)."""
-        if rid in self._view.leaving or rid in self._view.adopting:
-            self._parked.setdefault(rid, []).append(req)
-            return True
-        return False
-
     def _handler(self, req: Request) -> Handler | None:
+        """Step 10."""
         handler = self._handlers.get(req.method)
         if handler is None:
             self._outcome["method_not_found"].inc()
             self._log.info(
                 "route.method_not_found", method=req.method, trace_id=req.trace_id, resource_id=req.resource_id
             )
-            error = MethodNotFoundError(
-                f"service {self._service!r} (instance {self._iid!r}) has no handler for {req.method!r}",
-                method=req.method,
-            )
-            self._reply(
-                req.reply_channel,
-                encode_error_reply(req.request_id, error, instance_id=self._iid, trace_id=req.trace_id),
+            self._replies.error(
+                req,
+                MethodNotFoundError(
+                    f"service {self._service!r} (instance {self._iid!r}) has no handler for {req.method!r}",
+                    method=req.method,
+                ),
             )
         return handler
 
-    def _start(self, req: Request, handler: Handler, received: float) -> None:
-        """Run ``req`` (received at ``received``, monotonic; ``_SUSPECT`` to confirm it in any case)."""
-        rid = req.resource_id
-        if self._serial and rid is not None:
-            box = self._mailboxes.get(rid)
-            if box is not None:
-                box.append((req, handler, received))
+    # -- steps 11 to 14: running ---------------------------------------------------------------------
+    async def _job(self, req: Request, handler: Handler, verdict: Verdict, epoch: int, received: float) -> None:
+        async with self._jobs.slot:
+            if not self._check_deadline(req, time.time()):  # the wait for a slot may have been long
                 return
-            box = self._mailboxes[rid] = deque([(req, handler, received)])
-            task = asyncio.get_running_loop().create_task(self._serve_mailbox(rid, box))
-        else:
-            task = asyncio.get_running_loop().create_task(self._run(req, handler, received))
-        self._inflight[task] = rid
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        del self._inflight[task]
-
-    async def _serve_mailbox(self, rid: str, box: deque[tuple[Request, Handler, float]]) -> None:
-        try:
-            while box:
-                req, handler, received = box[0]
-                try:
-                    await self._run(req, handler, received)
-                except Exception:  # never leave the mailbox with requests in it
-                    self._log.exception("route.dispatch_failed", resource_id=rid)
-                box.popleft()
-        finally:
-            if self._mailboxes.get(rid) is box:
-                del self._mailboxes[rid]
-
-    def unpark(self, ids: Iterable[str]) -> None:
-        """Requests parked while ``ids`` were moving: served here if still owned, else redirected."""
-        for rid in ids:
-            for req in self._parked.pop(rid, ()):
-                if rid in self._view.owned:
-                    handler = self._handlers.get(req.method)
-                    if handler is not None:
-                        self._start(req, handler, time.monotonic())
-                        continue
-                self._not_owner(req)  # names where it went, when it was moved
-
-    # -- running ---------------------------------------------------------------------------------
-    async def _run(self, req: Request, handler: Handler, received: float) -> None:
-        async with self._semaphore:
-            # Checked again right before running: waiting for a slot may have taken a while.
-            if req.deadline is not None and time.time() > req.deadline:
-                self._expired(req)
-                return
-            view = self._view
             rid = req.resource_id
             if rid is not None:
-                if rid not in view.owned and req.activate and self._claim is not None and rid not in view.leaving:
-                    if not await self._activate(req):
+                if verdict is Refusal.NOT_OWNED:  # an activation: claim the resource first
+                    if not await self._claim(req):
                         return
-                else:
-                    # Stale: it waited here longer than the bound (for a slot, in a mailbox, across a
-                    # stall), or was suspect when read, or the loop is stalled right now.
-                    now = time.monotonic()
-                    if (
-                        now - received > self.confirm_after or now - self._last_tick > self._stall_limit
-                    ) and not await self._confirm(rid):
-                        self._not_owner(req)
-                        return
-            token = view.may_serve(rid, req.fencing_token)
-            if token == REFUSE:
-                if rid is None or not self._parked_while_moving(req, rid):
+                    epoch = -1
+                elif self._staleness.stale(received) and not await self._staleness.confirm(rid):
                     self._not_owner(req)
-                return
+                    return
+            if not self._admission.still(epoch):
+                verdict, epoch = self._admission.admit(rid, req.fencing_token)
+                if isinstance(verdict, Refusal):
+                    self._refuse(req, verdict)
+                    return
             if rid is not None:
+                view = self._view
                 if view.needs_activation(rid):
                     try:
                         await view.activate(rid)
                     except ActivationError as exc:
                         self._activation_failed(req, exc)
                         return
-                    token = view.may_serve(rid, req.fencing_token)
-                    if token == REFUSE:
+                    verdict, epoch = self._admission.admit(rid, req.fencing_token)
+                    if isinstance(verdict, Refusal):
                         self._not_owner(req)
                         return
-                if rid in view.placed:
-                    view.touch(rid)
-            await self._call(req, handler, None if token == NO_RESOURCE else token)
+                view.touch(rid)
+            assert not isinstance(verdict, Refusal)
+            await self._run_handler(req, handler, verdict)
 
-    async def _activate(self, req: Request) -> bool:
+    async def _claim(self, req: Request) -> bool:
         """Claim the resource of an activation request; False when it was answered instead."""
-        assert self._claim is not None
+        assert self._volunteering is not None
         assert req.resource_id is not None
+        if req.resource_id in self._view.owned or req.resource_id in self._view.leaving:
+            return True  # it became this instance's meanwhile (or is leaving: admission decides)
         try:
-            claim = await self._claim(req.resource_id)
+            claim = await self._volunteering.claim(req.resource_id)
         except ResourceRouterError as exc:
             self._outcome["error"].inc()
-            self._reply(
-                req.reply_channel, encode_error_reply(req.request_id, exc, instance_id=self._iid, trace_id=req.trace_id)
-            )
+            self._replies.error(req, exc)
             return False
         if claim.token is not None:
             return True
         if claim.owner is not None:
-            self._not_owner(req, redirect=claim.owner, reason=REASON_CONFLICT)
+            self._not_owner(req, redirect=claim.owner, reason=RefusalReason.CONFLICT)
         else:
-            self._not_owner(req, reason=REASON_FULL if claim.full else REASON_DRAINING)
+            self._not_owner(req, reason=RefusalReason.FULL if claim.full else RefusalReason.DRAINING)
         return False
 
     def _activation_failed(self, req: Request, exc: ActivationError) -> None:
+        """``on_activate`` raised: the request fails with 500 and the resource is released."""
         self._outcome["error"].inc()
-        error = RemoteHandlerError(
-            f"{exc}; the resource was released",
-            remote_type=type(exc.cause).__name__,
-            remote_message=str(exc.cause),
+        self._replies.error(
+            req,
+            RemoteHandlerError(
+                f"{exc}; the resource was released",
+                remote_type=type(exc.cause).__name__,
+                remote_message=str(exc.cause),
+            ),
         )
-        self._reply(
-            req.reply_channel, encode_error_reply(req.request_id, error, instance_id=self._iid, trace_id=req.trace_id)
-        )
-        if self._on_activation_failed is not None and exc.resource_id in self._view.owned:
-            self._on_activation_failed(exc.resource_id)
+        leaving = self._view.begin_leave([exc.resource_id]) if exc.resource_id in self._view.owned else []
+        if leaving and self._view.serving:
+            self._tasks.spawn(self._mover.release_quietly(leaving, LossReason.RELEASED, grace=self._drain_timeout))
 
-    async def _call(self, req: Request, handler: Handler, fencing_token: int | None) -> None:
+    async def _run_handler(self, req: Request, handler: Handler, fencing_token: int | None) -> None:
+        """Step 14."""
         request = trusted(  # every field given, values the dispatcher checked: no validation again
             RouteRequest,
             {
@@ -448,18 +345,10 @@ class Dispatcher:
                     result = await result
         except ResourceRouterError as exc:  # a library error raised on purpose: passed on as is
             outcome, error_type = "error", exc.type
-            reply = encode_error_reply(
-                req.request_id, exc, instance_id=self._iid, trace_id=req.trace_id, fencing_token=fencing_token
-            )
+            self._replies.error(req, exc, fencing_token)
         except Exception as exc:
             outcome, error_type = "error", type(exc).__name__
-            reply = encode_error_reply(
-                req.request_id,
-                handler_error(req.method, exc),
-                instance_id=self._iid,
-                trace_id=req.trace_id,
-                fencing_token=fencing_token,
-            )
+            self._replies.error(req, handler_error(req.method, exc), fencing_token)
             self._log.warning(
                 "route.handler_error",
                 method=req.method,
@@ -469,16 +358,8 @@ class Dispatcher:
             )
         else:
             outcome = "ok"
-            reply = encode_ok_reply(
-                req.request_id,
-                result,
-                instance_id=self._iid,
-                trace_id=req.trace_id,
-                fencing_token=fencing_token,
-                max_bytes=self._max_payload,
-            )
+            self._replies.ok(req, result, fencing_token)
         self._outcome[outcome].inc()
-        self._reply(req.reply_channel, reply)
         self._log.debug(
             "route.dispatch",
             method=req.method,
@@ -491,96 +372,32 @@ class Dispatcher:
             operation="dispatch",
         )
 
-    # -- confirming ownership in Redis -------------------------------------------------------------
-    def _confirm(self, rid: str) -> asyncio.Future[bool]:
-        """True when Redis says this instance owns ``rid`` (one batched read for every id waiting)."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._confirming.setdefault(rid, []).append(fut)
-        if self._confirm_task is None:
-            self._confirm_task = asyncio.get_running_loop().create_task(self._confirm_batches())
-        return fut
+    # -- parking and "not owner" ---------------------------------------------------------------------
+    def _park(self, req: Request) -> None:
+        """Wait until the request's resource is no longer moving or being adopted (``view.settled``)."""
+        rid = req.resource_id
+        assert rid is not None
+        waiting = self._parked.get(rid)
+        if waiting is None:
+            waiting = self._parked[rid] = []
+            self._view.settled(rid).add_done_callback(lambda _fut, rid=rid: self._unpark(rid))  # type: ignore[misc]
+        waiting.append(req)
 
-    async def _confirm_batches(self) -> None:
-        try:
-            while self._confirming:
-                batch, self._confirming = self._confirming, {}
-                ids = list(batch)
-                try:
-                    owners: dict[str, str | None] = {}
-                    step = self._owners_batch
-                    for start in range(0, len(ids), step):
-                        owners.update(await self._owners(ids[start : start + step]))
-                except ResourceRouterError as exc:
-                    self._log.warning("instance.confirm_failed", error=str(exc), resources=len(ids))
-                    owners = {}  # cannot confirm: refuse (the caller re-resolves)
-                stale = {rid for rid in ids if owners.get(rid) != self._iid}
-                self._log.info("instance.ownership_confirmed", resources=len(ids), stale=len(stale))
-                for rid, futures in batch.items():
-                    ok = rid not in stale
-                    for fut in futures:
-                        if not fut.done():
-                            fut.set_result(ok)
-                if owners:  # the read worked: ids another instance owns now leave the view
-                    taken = [rid for rid in ids if rid in stale and rid in self._view.owned]
-                    if taken:
-                        self._on_stale(taken)
-        finally:
-            self._confirm_task = None
-
-    # -- answers ---------------------------------------------------------------------------------
-    def _reply(self, channel: str, data: bytes) -> None:
-        if self._signer is not None:  # answered with the key the caller signed with
-            data = self._signer.seal(channel, data, key=self._reply_keys.get(channel, 0))
-        self._publish(channel, data)
-
-    def _note_reply_key(self, channel: str, key: int) -> None:
-        """Remember which of this instance's keys the (authenticated) caller behind ``channel`` signs
-        with, to answer with it; only keys other than the first are kept (during a rotation)."""
-        if key:
-            if len(self._reply_keys) >= 10_000:
-                self._reply_keys.clear()
-            self._reply_keys[channel] = key
-        else:
-            self._reply_keys.pop(channel, None)
-
-    def _dropped(self, reason: str, error: str, **fields: Any) -> None:
-        """Count a dropped message; log it (rate-limited: anyone may publish garbage on the channel)."""
-        self._metrics.dropped_messages.labels(reason).inc()
-        suppressed = self._drop_log.allow()
-        if suppressed is not None:
-            self._log.warning("route.dropped", reason=reason, error=error, suppressed=suppressed, **fields)
-
-    def _undecodable(self, exc: ProtocolError, key: int) -> None:
-        answer = (
-            exc.reason != "foreign"
-            and exc.request_id is not None
-            and exc.reply_channel is not None
-            and exc.reply_channel.startswith(self._reply_prefix)
-        )
-        self._dropped(exc.reason, exc.message, answered=answer, trace_id=exc.trace_id)
-        if answer and exc.request_id is not None and exc.reply_channel is not None:
-            self._note_reply_key(exc.reply_channel, key)
-            self._outcome["invalid"].inc()
-            self._reply(
-                exc.reply_channel,
-                encode_error_reply(exc.request_id, exc.to_error(), instance_id=self._iid, trace_id=exc.trace_id),
-            )
-
-    def _expired(self, req: Request) -> None:
-        self._metrics.dropped_messages.labels("expired").inc()
-        self._log.info(
-            "route.expired",
-            method=req.method,
-            trace_id=req.trace_id,
-            resource_id=req.resource_id,
-            late_by_ms=round((time.time() - (req.deadline or 0.0)) * 1000.0, 3),
-        )
+    def _unpark(self, rid: str) -> None:
+        """Requests parked while ``rid`` moved: served here if it stayed, else redirected."""
+        for req in self._parked.pop(rid, ()):
+            if rid in self._view.owned:
+                handler = self._handlers.get(req.method)
+                if handler is not None:
+                    self._jobs.start(rid, self._job(req, handler, None, -1, time.monotonic()))
+                    continue
+            self._not_owner(req)  # names where it went, when it was moved
 
     def _not_owner(self, req: Request, *, redirect: str | None = None, reason: str | None = None) -> None:
         if redirect is None and req.resource_id is not None:
             redirect = self._view.moved.get(req.resource_id)
             if redirect is not None and reason is None:
-                reason = REASON_MOVED
+                reason = RefusalReason.MOVED
         if redirect == self._iid:
             redirect = None
         self._outcome["not_owner"].inc()
@@ -593,9 +410,4 @@ class Dispatcher:
             redirect=redirect,
             reason=reason,
         )
-        self._reply(
-            req.reply_channel,
-            encode_not_owner_reply(
-                req.request_id, instance_id=self._iid, trace_id=req.trace_id, redirect=redirect, reason=reason
-            ),
-        )
+        self._replies.not_owner(req, redirect=redirect, reason=reason)

@@ -1,17 +1,19 @@
 """A service instance: owns resources, serves requests for them on its own channel.
 
 ``async with ServiceInstance(redis, "user-service") as inst`` subscribes the instance's channel
-``{ns}:rpc:{S}:{instance_id}``, takes a lease (``register_instance``), and then runs three parts:
+``{ns}:rpc:{S}:{instance_id}``, takes a lease (``register_instance``), and then runs its parts, each
+given the objects it works on:
 
-* the **ownership view** (``ownership.py``): what it owns, its lease clock, lifecycle hooks;
-* the **lease keeper** (``lease.py``): heartbeats every ``ttl / 3`` renewing the lease and every owned
-  resource in one round trip, lost ids, forced takeovers seen at once on the events channel, adoption
-  of ids registered for it elsewhere;
-* the **dispatcher** (``dispatcher.py``): each request to its handler, at most ``max_concurrency`` at a
-  time; "not owner" (and nothing run) for a resource it does not own or when its lease may have run
-  out by its own clock; requests past their deadline dropped; requests that may have been queued
-  behind a takeover (they waited more than ``confirm_after``, or the event loop stalled) confirmed in
-  Redis before they run.
+* the **ownership view** (``ownership/view.py``): what it owns, its lease clock, lifecycle hooks;
+* the **lease keeper** (``lease_keeper.py``): heartbeats every ``ttl / 3`` renewing the lease and every
+  owned resource in one round trip, lost ids, forced takeovers seen at once on the events channel,
+  adoption of ids registered for it elsewhere;
+* the **dispatcher** (``dispatcher.py``): each request through the ordered steps of the protocol to
+  its handler, at most ``max_concurrency`` at a time (``jobs.py``), admitted by one rule
+  (``admission.py``), confirmed in Redis when it may have queued behind a takeover (``staleness.py``),
+  answered through ``replies.py``;
+* for placement, the volunteer's claims and the moves of drain, rebalance and idle release
+  (``placement/``).
 
 It also sweeps its service every ``sweep_interval`` so that dead peers are cleaned up (safe in every
 process at once). Leaving the context stops taking requests, lets running handlers finish (up to
@@ -22,9 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -36,35 +37,36 @@ from resource_router.observability.logs import get_logger
 from resource_router.ownership.events import parse_event
 from resource_router.ownership.registry import ResourceRegistry
 from resource_router.ownership.sweeper import Sweeper
-from resource_router.ownership.view import (
-    REASON_RELEASED,
-    REASON_STOPPED,
-    ActivateHook,
-    DeactivateHook,
-    OwnershipView,
-    ResourceLostCallback,
-)
+from resource_router.ownership.view import ActivateHook, DeactivateHook, OwnershipView, ResourceLostCallback
 from resource_router.placement.directory import VolunteerDirectory
 from resource_router.placement.handoff import Mover, MoveReport
-from resource_router.placement.strategies import DEFAULT_STRATEGY, validate_strategy
-from resource_router.placement.volunteering import Claim, Volunteering
+from resource_router.placement.strategies import DEFAULT_STRATEGY
+from resource_router.placement.volunteering import Volunteering
+from resource_router.reasons import LossReason
 from resource_router.routing.dispatcher import Dispatcher, Handler
+from resource_router.routing.jobs import Jobs
 from resource_router.routing.lease_keeper import LeaseKeeper
+from resource_router.routing.options import InstanceOptions
+from resource_router.routing.replies import Replies
 from resource_router.routing.signing import Signer
-from resource_router.settings import DEFAULT_TIMEOUT, DEFAULT_TTL, MAX_TTL, MIN_TTL, RouterSettings
+from resource_router.routing.staleness import Staleness
+from resource_router.settings import (
+    DEFAULT_CONFIRM_AFTER,
+    DEFAULT_CONFIRM_BATCH,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_REBALANCE_RATE,
+    DEFAULT_TIMEOUT,
+    DEFAULT_TTL,
+    RouterSettings,
+    validate_seconds,
+)
 from resource_router.transport.connection import RedisLike
-from resource_router.transport.deadline import stop_task
 from resource_router.transport.hub import PubSubHub
+from resource_router.transport.tasks import TaskSet, stop_task
 
 logger = get_logger(__name__)
 
 __all__ = ["Handler", "MoveReport", "ResourceLostCallback", "ServiceInstance"]
-
-
-def _seconds(value: object, field: str, *, low: float, high: float = float("inf")) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InvalidRequestError(f"{field} must be a number of seconds in [{low:g}, {high:g}]", field=field)
-    return float(value)
 
 
 class ServiceInstance:
@@ -81,25 +83,35 @@ class ServiceInstance:
         max_resources_per_instance: int | None = None,
         partitions: int | None = None,
         on_resource_lost: ResourceLostCallback | None = None,
-        max_concurrency: int = 256,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         metadata: dict[str, Any] | None = None,
         sweep_interval: float | None = None,
         drain_timeout: float = DEFAULT_TIMEOUT,
         accept_placement: bool = False,
         placement: str = DEFAULT_STRATEGY,
         rebalance: bool = False,
-        rebalance_rate: float = 100.0,
+        rebalance_rate: float = DEFAULT_REBALANCE_RATE,
         idle_timeout: float | None = None,
         serial_per_resource: bool = False,
-        confirm_after: float = 0.1,
+        confirm_after: float = DEFAULT_CONFIRM_AFTER,
         settings: RouterSettings | None = None,
         metrics_registry: CollectorRegistry | None = None,
     ) -> None:
-        self.ttl = _seconds(ttl, "ttl", low=MIN_TTL, high=MAX_TTL)
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise InvalidRequestError("max_concurrency must be a positive integer", field="max_concurrency")
-        confirm = _seconds(confirm_after, "confirm_after", low=0.0, high=self.ttl)
-        self._registry = ResourceRegistry(
+        self.options = InstanceOptions.checked(
+            ttl=ttl,
+            metadata=metadata,
+            max_concurrency=max_concurrency,
+            sweep_interval=sweep_interval,
+            drain_timeout=drain_timeout,
+            accept_placement=accept_placement,
+            placement=placement,
+            rebalance=rebalance,
+            rebalance_rate=rebalance_rate,
+            idle_timeout=idle_timeout,
+            serial_per_resource=serial_per_resource,
+            confirm_after=confirm_after,
+        )
+        self._registry = registry = ResourceRegistry(
             redis,
             namespace=namespace,
             max_resources_per_instance=max_resources_per_instance,
@@ -107,99 +119,151 @@ class ServiceInstance:
             settings=settings,
             metrics_registry=metrics_registry,
         )
-        self._keys = self._registry.store.service_keys(service_name)
+        self._keys = registry.store.service_keys(service_name)
         self._instance_id = validate_instance_id(instance_id if instance_id is not None else default_instance_id())
-        self.metadata = dict(metadata or {})
-        self.sweep_interval = self.ttl if sweep_interval is None else float(sweep_interval)
-        self.drain_timeout = float(drain_timeout)
-        self.max_concurrency = max_concurrency
-        self.serial_per_resource = bool(serial_per_resource)
-        self.accept_placement = bool(accept_placement)
-        self.placement = validate_strategy(placement)
-        self.rebalance = bool(rebalance)
-        self.rebalance_rate = _seconds(rebalance_rate, "rebalance_rate", low=0.1)  # ids per second
-        self.idle_timeout = None if idle_timeout is None else _seconds(idle_timeout, "idle_timeout", low=0.01)
-        self._settings = self._registry.settings
-        self._metrics = self._registry.metrics
+        self._settings = registry.settings
+        self._metrics = registry.metrics
         self._channel = self._keys.rpc_channel(self._instance_id)
         self._log = logger.bind(service_name=self._keys.service_name, instance_id=self._instance_id)
-
+        self._metrics.labels.learn_service(self._keys.service_name, own=True)  # metric labels: see metrics.py
         self._handlers: dict[str, Handler] = {}
         self._started = False
         self._closed = False
-        self._background: set[asyncio.Task[Any]] = set()
         self._hub: PubSubHub | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._sweeper: Sweeper | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._build(on_resource_lost, metrics_registry)
 
-        self._metrics.labels.learn_service(self._keys.service_name, own=True)  # metric labels: see metrics.py
-        self._view = OwnershipView(self.ttl, log=self._log)
+    def _build(self, on_resource_lost: ResourceLostCallback | None, metrics_registry: CollectorRegistry | None) -> None:
+        """The instance's parts, each given the objects it works on (module docstring)."""
+        options, registry, log = self.options, self._registry, self._log
+        service, iid = self._keys.service_name, self._instance_id
+        self._tasks = TaskSet()
+        self._lock = asyncio.Lock()  # every change of the view that talks to Redis holds it
+        self._jobs = Jobs(options.max_concurrency, serial=options.serial_per_resource, log=log)
+        self._view = OwnershipView(options.ttl, requests=self._jobs, log=log)
         self._view.on_resource_lost = on_resource_lost
-        self._keeper = LeaseKeeper(
-            self._registry,
-            self._view,
-            service_name=self._keys.service_name,
-            instance_id=self._instance_id,
-            ttl=self.ttl,
-            metadata=self.metadata,
-            log=self._log,
-            spawn=self._spawn,
-            placed_on_adopt=lambda: self.accept_placement,
-            on_adopted=self._unpark,
-            on_registered_again=self._rejoin,
-        )
-        self._dispatcher = Dispatcher(
-            self._view,
-            service_name=self._keys.service_name,
-            instance_id=self._instance_id,
-            handlers=self._handlers,
-            metrics=self._metrics,
-            max_payload=self._settings.max_payload_bytes,
-            reply_prefix=self._registry.keys.reply_prefix,
-            publish=self._publish,
-            signer=Signer.from_settings(self._settings),
-            channel=self._channel,
-            owners=functools.partial(self._registry.get_owner_ids, self._keys.service_name),
-            owners_batch=min(5000, self._registry.settings.max_batch_size),
-            on_stale=self._keeper.stale,
-            log=self._log,
-            max_concurrency=max_concurrency,
-            serial=self.serial_per_resource,
-            confirm_after=confirm,
-            claim=self._claim if self.accept_placement else None,
-            on_activation_failed=self._activation_failed,
-        )
-        self._view.quiesce = self._dispatcher.quiesce
         self._mover = Mover(
-            registry=self._registry,
+            registry=registry,
             view=self._view,
-            dispatcher=self._dispatcher,
-            lock=self._keeper.lock,
-            directory=VolunteerDirectory(self._registry, max_age=0.5),
-            service_name=self._keys.service_name,
-            instance_id=self._instance_id,
-            log=self._log,
+            requests=self._jobs,
+            lock=self._lock,
+            directory=VolunteerDirectory(registry, max_age=0.5),
+            service_name=service,
+            instance_id=iid,
+            log=log,
             metrics_registry=metrics_registry,
-            on_failure=self._reconcile_later,
         )
         self._volunteering = Volunteering(
-            registry=self._registry,
+            registry=registry,
             view=self._view,
             mover=self._mover,
-            lock=self._keeper.lock,
-            service_name=self._keys.service_name,
-            instance_id=self._instance_id,
-            placement=self.placement,
-            ttl=self.ttl,
-            rebalance=self.rebalance,
-            rebalance_rate=self.rebalance_rate,
-            idle_timeout=self.idle_timeout,
-            drain_timeout=self.drain_timeout,
-            log=self._log,
+            lock=self._lock,
+            service_name=service,
+            instance_id=iid,
+            placement=options.placement,
+            ttl=options.ttl,
+            rebalance=options.rebalance,
+            rebalance_rate=options.rebalance_rate,
+            idle_timeout=options.idle_timeout,
+            drain_timeout=options.drain_timeout,
+            log=log,
         )
-        self._loops: list[asyncio.Task[None]] = []
+        self._keeper = LeaseKeeper(
+            registry,
+            self._view,
+            lock=self._lock,
+            tasks=self._tasks,
+            service_name=service,
+            instance_id=iid,
+            ttl=options.ttl,
+            metadata=options.metadata,
+            placed_on_adopt=options.accept_placement,
+            volunteering=self._volunteering,
+            log=log,
+        )
+        signer = Signer.from_settings(self._settings)
+        self._replies = Replies(
+            instance_id=iid, metrics=self._metrics, signer=signer, max_payload=self._settings.max_payload_bytes, log=log
+        )
+        staleness = Staleness(
+            confirm_after=options.confirm_after,
+            registry=registry,
+            view=self._view,
+            keeper=self._keeper,
+            service_name=service,
+            instance_id=iid,
+            batch=min(DEFAULT_CONFIRM_BATCH, self._settings.max_batch_size),
+            log=log,
+        )
+        self._dispatcher = Dispatcher(
+            view=self._view,
+            jobs=self._jobs,
+            replies=self._replies,
+            staleness=staleness,
+            handlers=self._handlers,
+            service_name=service,
+            instance_id=iid,
+            channel=self._channel,
+            reply_prefix=registry.keys.reply_prefix,
+            metrics=self._metrics,
+            max_payload=self._settings.max_payload_bytes,
+            signer=signer,
+            volunteering=self._volunteering if options.accept_placement else None,
+            mover=self._mover,
+            tasks=self._tasks,
+            drain_timeout=options.drain_timeout,
+            log=log,
+        )
+        self._staleness = staleness
 
-    # -- properties ------------------------------------------------------------------------------
+    # -- options ---------------------------------------------------------------------------------
+    @property
+    def ttl(self) -> float:
+        return self.options.ttl
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.options.metadata
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.options.max_concurrency
+
+    @property
+    def sweep_interval(self) -> float:
+        return self.options.sweep_interval
+
+    @property
+    def drain_timeout(self) -> float:
+        return self.options.drain_timeout
+
+    @property
+    def accept_placement(self) -> bool:
+        return self.options.accept_placement
+
+    @property
+    def placement(self) -> str:
+        return self.options.placement
+
+    @property
+    def rebalance(self) -> bool:
+        return self.options.rebalance
+
+    @property
+    def rebalance_rate(self) -> float:
+        return self.options.rebalance_rate
+
+    @property
+    def idle_timeout(self) -> float | None:
+        return self.options.idle_timeout
+
+    @property
+    def serial_per_resource(self) -> bool:
+        return self.options.serial_per_resource
+
+    # -- state ------------------------------------------------------------------------------------
     @property
     def instance_id(self) -> str:
         return self._instance_id
@@ -320,10 +384,11 @@ class ServiceInstance:
             return
         self._started = True
         try:
-            self._hub = await PubSubHub.acquire(self._registry.redis, self._settings)
-            await self._hub.subscribe(self._channel, self._dispatcher.on_message, self._on_channel_state)
+            self._hub = hub = await PubSubHub.acquire(self._registry.redis, self._settings)
+            self._replies.attach(hub)
+            await hub.subscribe(self._channel, self._dispatcher.on_message, self._on_channel_state)
             for events in self._keys.events_channels:
-                await self._hub.subscribe(events, self._on_event, self._keeper.on_events_state)
+                await hub.subscribe(events, self._on_event, self._keeper.on_events_state)
             await self._keeper.register()
             self._view.serving = True
             if self.accept_placement:
@@ -331,7 +396,7 @@ class ServiceInstance:
         except BaseException:
             await self._shutdown(deregister=False)
             raise
-        self._dispatcher.start()
+        self._staleness.start()
         self._heartbeat_task = asyncio.create_task(self._keeper.loop(), name=f"rr-heartbeat-{self._instance_id}")
         if self.sweep_interval > 0:
             self._sweeper = Sweeper(self._registry, services=[self.service_name], interval=self.sweep_interval)
@@ -372,7 +437,7 @@ class ServiceInstance:
         if deregister and self._view.active:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    self._view.deactivate(list(self._view.active), REASON_STOPPED), self.drain_timeout
+                    self._view.deactivate(list(self._view.active), LossReason.STOPPED), self.drain_timeout
                 )
         await stop_task(self._heartbeat_task)
         self._heartbeat_task = None
@@ -381,12 +446,12 @@ class ServiceInstance:
             self._sweeper = None
         released: list[str] = []
         if deregister:
-            async with self._keeper.lock:
+            async with self._lock:
                 try:
                     released = await self._registry.deregister_instance(self.service_name, self._instance_id)
                 except ResourceRouterError as exc:
                     self._log.warning("instance.deregister_failed", error=str(exc))
-                self._view.clear(REASON_STOPPED, involuntary=False)
+                self._view.clear(LossReason.STOPPED, involuntary=False)
                 self._view.expire()
         hub = self._hub
         if hub is not None:
@@ -397,13 +462,11 @@ class ServiceInstance:
                 with contextlib.suppress(ResourceRouterError):
                     await hub.unsubscribe(channel, callback, listener)  # requests until then: "not owner"
             self._hub = None
+            self._replies.attach(None)
             await hub.release()
         self._metrics.forget_instance(self.service_name, self._instance_id)  # its gauges go with it
         await self._view.aclose()
-        for task in list(self._background):
-            task.cancel()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._tasks.cancel()
         self._log.info("instance.stop", graceful=deregister, released=len(released))
         await self._registry.aclose()
 
@@ -418,7 +481,7 @@ class ServiceInstance:
     ) -> ResourceRegistrationResponse:
         """Claim resources for this instance (see ``ResourceRegistry.register_resource``)."""
         self._check_running()
-        async with self._keeper.lock:
+        async with self._lock:
             response = await self._registry.register_resource(
                 self.service_name, self._instance_id, resource_ids, force=force, metadata=metadata, trace_id=trace_id
             )
@@ -437,13 +500,7 @@ class ServiceInstance:
             max_count=self._settings.max_batch_size,
         )
         leaving = self._view.begin_leave(ids)
-        return await self._mover.release(ids, leaving, REASON_RELEASED, grace=self.drain_timeout, trace_id=trace_id)
-
-    def _activation_failed(self, resource_id: str) -> None:
-        """``on_activate`` raised: the resource is released (the next call may activate it again)."""
-        leaving = self._view.begin_leave([resource_id])
-        if leaving and not self._closed:
-            self._spawn(self._mover.release_quietly(leaving, REASON_RELEASED, grace=self.drain_timeout))
+        return await self._mover.release(ids, leaving, LossReason.RELEASED, grace=self.drain_timeout, trace_id=trace_id)
 
     def _check_running(self) -> None:
         if not self._started or self._closed:
@@ -471,7 +528,7 @@ class ServiceInstance:
         there. Calls made during a drain are not failed. Without other volunteers, resources are
         released. The instance keeps serving service-level calls until it stops."""
         self._check_running()
-        seconds = self.drain_timeout if timeout is None else _seconds(timeout, "timeout", low=0.0)
+        seconds = self.drain_timeout if timeout is None else validate_seconds(timeout, "timeout", low=0.0)
         await self._volunteering.leave()
         started = time.perf_counter()
         report = await self._mover.drain(seconds)
@@ -484,29 +541,7 @@ class ServiceInstance:
         )
         return report
 
-    def _reconcile_later(self) -> None:
-        self._keeper.needs_reconcile = True
-
-    # -- plumbing --------------------------------------------------------------------------------
-    async def _claim(self, resource_id: str) -> Claim:
-        return await self._volunteering.claim(resource_id)
-
-    async def _rejoin(self) -> None:
-        await self._volunteering.rejoin()
-
-    def _unpark(self, resource_ids: list[str]) -> None:
-        self._dispatcher.unpark(resource_ids)
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def _publish(self, channel: str, data: bytes) -> None:
-        hub = self._hub
-        if hub is not None:
-            hub.publish_nowait(channel, data)
-
+    # -- channel and events ------------------------------------------------------------------------
     def _on_channel_state(self, heard: bool) -> None:
         if heard:
             self._log.info("instance.listening", channel=self._channel)

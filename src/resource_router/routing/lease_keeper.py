@@ -13,20 +13,26 @@
 
 Every change of the view that talks to Redis holds ``lock`` (registrations, releases and moves hold
 it too), so that a reply read from Redis is never applied over a newer one.
+
+The keeper gets the objects it acts on: the registry, the view, the lock, the instance's background
+tasks and, for a placement volunteer, its ``Volunteering`` (listed again after the lease had to be
+registered anew).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from resource_router.errors import InstanceNotAliveError, ResourceRouterError
 from resource_router.models import OwnershipEvent
 from resource_router.observability.logs import Logger, id_fields
 from resource_router.ownership.registry import ResourceRegistry
-from resource_router.ownership.view import REASON_EXPIRED, REASON_TAKEN, OwnershipView
+from resource_router.ownership.view import OwnershipView
+from resource_router.placement.volunteering import Volunteering
+from resource_router.reasons import LossReason
+from resource_router.transport.tasks import TaskSet
 
 __all__ = ["LeaseKeeper"]
 
@@ -39,15 +45,15 @@ class LeaseKeeper:
         registry: ResourceRegistry,
         view: OwnershipView,
         *,
+        lock: asyncio.Lock,
+        tasks: TaskSet,
         service_name: str,
         instance_id: str,
         ttl: float,
         metadata: dict[str, Any],
+        placed_on_adopt: bool,
+        volunteering: Volunteering | None,
         log: Logger,
-        spawn: Callable[[Awaitable[Any]], None],
-        placed_on_adopt: Callable[[], bool],
-        on_adopted: Callable[[list[str]], None] | None = None,
-        on_registered_again: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.registry = registry
         self.view = view
@@ -55,15 +61,13 @@ class LeaseKeeper:
         self.instance_id = instance_id
         self.ttl = ttl
         self.metadata = metadata
-        self.lock = asyncio.Lock()
+        self.lock = lock
         self.heartbeats = 0
-        self.needs_reconcile = False
         self.closed = False
-        self._log = log
-        self._spawn = spawn
+        self._tasks = tasks
         self._placed_on_adopt = placed_on_adopt
-        self._on_adopted = on_adopted
-        self._on_registered_again = on_registered_again
+        self._volunteering = volunteering
+        self._log = log
 
     # -- the lease -----------------------------------------------------------------------------------
     async def register(self) -> None:
@@ -97,12 +101,12 @@ class LeaseKeeper:
                 return
             except ResourceRouterError:
                 # The reply (and its report of lost ids) may be gone: re-read ownership next time.
-                self.needs_reconcile = True
+                self.view.needs_reconcile = True
                 raise
             self.view.renewed(sent)
             self.heartbeats += 1
             owned = self.view.owned
-            if self.needs_reconcile or (result.owned_count != len(owned) and not result.lost):
+            if self.view.needs_reconcile or (result.owned_count != len(owned) and not result.lost):
                 await self.reconcile()
             elif result.lost:
                 await self._confirm_lost(result.lost)
@@ -113,39 +117,30 @@ class LeaseKeeper:
         """The lease ran out in Redis: everything is gone. Register again (empty-handed)."""
         self.view.expire()
         self._log.warning("instance.lease_expired", owned=len(self.view.owned))
-        self.view.clear(REASON_EXPIRED, involuntary=True)
-        self.needs_reconcile = False
+        self.view.clear(LossReason.EXPIRED, involuntary=True)
+        self.view.needs_reconcile = False
         await self.register()
-        if self._on_registered_again is not None:
-            await self._on_registered_again()
+        if self._volunteering is not None:
+            await self._volunteering.rejoin()
 
     async def _confirm_lost(self, ids: list[str]) -> None:
         """Drop ids reported lost unless Redis says this instance owns them (it took them back)."""
         owners = await self.registry.get_owner_ids(self.service_name, ids)
         me = self.instance_id
-        self.view.lose([rid for rid in ids if owners.get(rid) is None], REASON_EXPIRED)
-        self.view.lose([rid for rid in ids if owners.get(rid) not in (None, me)], REASON_TAKEN)
+        self.view.lose([rid for rid in ids if owners.get(rid) is None], LossReason.EXPIRED)
+        self.view.lose([rid for rid in ids if owners.get(rid) not in (None, me)], LossReason.TAKEN)
 
     async def reconcile(self) -> None:
         """Make the view equal to what Redis says this instance owns."""
         resources = await self.registry.list_resources(self.service_name, self.instance_id)
-        server = {r.resource_id: r.fencing_token for r in resources}
-        view = self.view
-        view.lose([rid for rid in [*view.owned, *view.suspended] if rid not in server], REASON_EXPIRED)
-        view.restore({rid: tok for rid, tok in server.items() if rid in view.suspended})
-        current = {rid: tok for rid, tok in server.items() if rid not in view.leaving}
-        adopted = {rid: tok for rid, tok in current.items() if rid not in view.owned}
-        view.owned.update(current)
-        if adopted:
-            view.gain(adopted, placed=self._placed_on_adopt())
-        self.needs_reconcile = False
-        self._log.info("instance.reconciled", owned=len(view.owned), adopted=len(adopted))
+        adopted = self.view.sync({r.resource_id: r.fencing_token for r in resources}, placed=self._placed_on_adopt)
+        self._log.info("instance.reconciled", owned=len(self.view.owned), adopted=len(adopted))
 
     # -- ownership events ----------------------------------------------------------------------------
     def on_events_state(self, heard: bool) -> None:
         if not heard:
             # Takeover events published meanwhile are lost: re-read ownership at the next heartbeat.
-            self.needs_reconcile = True
+            self.view.needs_reconcile = True
 
     def on_event(self, event: OwnershipEvent) -> None:
         if event.type != "ResourceRegistered":
@@ -157,8 +152,8 @@ class LeaseKeeper:
             missing = [rid for rid in event.resource_ids if rid not in owned]
             if missing:
                 # Requests for them that arrive meanwhile wait for the adoption instead of being refused.
-                self.view.adopting.update(missing)
-                self._spawn(self.adopt(missing))
+                self.view.begin_adopt(missing)
+                self._tasks.spawn(self.adopt(missing))
             return
         # Taken by force (the event names this instance as the previous owner), or granted to another
         # instance although this one believed it owned them (its key was removed by hand, say).
@@ -169,16 +164,14 @@ class LeaseKeeper:
         suspended = self.view.suspend(mine)
         if suspended:
             self._log.info("instance.takeover_seen", by=event.instance_id, **id_fields(list(suspended)))
-            self._spawn(self.check_takeover(suspended))
+            self._tasks.spawn(self.check_takeover(suspended))
 
     async def adopt(self, resource_ids: list[str]) -> dict[str, int]:
         """Serve the ids Redis says this instance owns among ``resource_ids``. Returns them."""
         try:
             return await self._adopt(resource_ids)
         finally:
-            self.view.adopting.difference_update(resource_ids)
-            if self._on_adopted is not None:
-                self._on_adopted(resource_ids)
+            self.view.end_adopt(resource_ids)
 
     async def _adopt(self, resource_ids: list[str]) -> dict[str, int]:
         async with self.lock:  # after any register_resource of ours that is in flight
@@ -192,11 +185,11 @@ class LeaseKeeper:
                 found = await self.registry.get_resources(self.service_name, missing)
             except ResourceRouterError as exc:
                 self._log.warning("instance.adopt_failed", error=str(exc))
-                self.needs_reconcile = True
+                self.view.needs_reconcile = True
                 return {}
             adopted = {rid: r.fencing_token for rid, r in found.items() if r.owner_instance_id == self.instance_id}
             if adopted:
-                self.view.gain(adopted, placed=self._placed_on_adopt())
+                self.view.gain(adopted, placed=self._placed_on_adopt)
                 self._log.info("instance.adopted", **id_fields(list(adopted)))
             return adopted
 
@@ -206,7 +199,7 @@ class LeaseKeeper:
         suspended = self.view.suspend(resource_ids)
         if suspended:
             self._log.warning("instance.stale_requests_refused", **id_fields(list(suspended)))
-            self._spawn(self.check_takeover(suspended))
+            self._tasks.spawn(self.check_takeover(suspended))
 
     async def check_takeover(self, suspended: dict[str, int]) -> None:
         async with self.lock:
@@ -217,8 +210,8 @@ class LeaseKeeper:
             except ResourceRouterError as exc:
                 # Still suspended (not served); the next heartbeat re-reads ownership.
                 self._log.warning("instance.takeover_check_failed", error=str(exc))
-                self.needs_reconcile = True
+                self.view.needs_reconcile = True
                 return
             kept = {rid: tok for rid, tok in suspended.items() if owners.get(rid) == self.instance_id}
             self.view.restore(kept)
-            self.view.lose([rid for rid in suspended if rid not in kept], REASON_TAKEN)
+            self.view.lose([rid for rid in suspended if rid not in kept], LossReason.TAKEN)

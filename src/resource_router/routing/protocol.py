@@ -34,21 +34,17 @@ from typing import Any, Final
 import msgpack
 from pydantic import BaseModel
 
-from resource_router.errors import InvalidRequestError, RemoteHandlerError, ResourceRouterError
+from resource_router.errors import InvalidRequestError, ProtocolError, RemoteHandlerError, ResourceRouterError
+from resource_router.status import ReplyStatus
 
 __all__ = [
     "KIND_REPLY",
     "KIND_REQUEST",
     "MAX_REQUEST_ID_LENGTH",
     "PROTOCOL_VERSION",
-    "REASON_CONFLICT",
-    "REASON_DRAINING",
-    "REASON_FULL",
-    "REASON_MOVED",
     "STATUS_ERROR",
     "STATUS_NOT_OWNER",
     "STATUS_OK",
-    "ProtocolError",
     "Reply",
     "Request",
     "decode_reply",
@@ -63,46 +59,12 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 KIND_REQUEST: Final = "req"
 KIND_REPLY: Final = "rep"
-STATUS_OK: Final = "ok"
-STATUS_ERROR: Final = "error"
-STATUS_NOT_OWNER: Final = "not_owner"
+STATUS_OK: Final = ReplyStatus.OK
+STATUS_ERROR: Final = ReplyStatus.ERROR
+STATUS_NOT_OWNER: Final = ReplyStatus.NOT_OWNER
 MAX_REQUEST_ID_LENGTH: Final = 256
-#: ``why`` of a "not owner" reply: another instance won the activation (``to`` names it)...
-REASON_CONFLICT: Final = "conflict"
-#: ...the volunteer is at its per-instance limit (try another one)...
-REASON_FULL: Final = "full"
-#: ...the instance takes no activations (it is draining, or its lease is being renewed)...
-REASON_DRAINING: Final = "draining"
-#: ...the resource was handed over (``to`` names the new owner when there is one).
-REASON_MOVED: Final = "moved"
-
 _packb = msgpack.packb
 _unpackb = msgpack.unpackb
-
-
-class ProtocolError(Exception):
-    """A message that cannot be served. ``reason`` labels the drop metric (``malformed``, ``foreign``,
-    ``version``, ``oversized``); ``request_id`` and ``reply_channel`` are set when they could be read,
-    so that the receiver can still answer with an ``InvalidRequestError``."""
-
-    def __init__(
-        self,
-        reason: str,
-        message: str,
-        *,
-        request_id: str | None = None,
-        reply_channel: str | None = None,
-        trace_id: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.request_id = request_id
-        self.reply_channel = reply_channel
-        self.trace_id = trace_id
-
-    def to_error(self) -> InvalidRequestError:
-        return InvalidRequestError(self.message, field="v" if self.reason == "version" else "request")
 
 
 @dataclass(slots=True)
@@ -334,7 +296,7 @@ def encode_not_owner_reply(
     reason: str | None = None,
 ) -> bytes:
     """ "Not owner": the request was not run. ``redirect`` names the instance that has the resource now
-    (when known), ``reason`` says why (``REASON_*``)."""
+    (when known), ``reason`` says why (a ``RefusalReason``)."""
     message = _reply(request_id, STATUS_NOT_OWNER, instance_id, trace_id, fencing_token)
     if redirect is not None:
         message["to"] = redirect

@@ -37,8 +37,8 @@ from resource_router.placement.directory import VolunteerDirectory
 from resource_router.placement.strategies import rank, service_strategy
 from resource_router.reasons import EventReason
 from resource_router.routing.call import Call, Target
-from resource_router.transport.deadline import stop_task
 from resource_router.transport.hub import PubSubHub
+from resource_router.transport.tasks import stop_task
 
 __all__ = ["OwnerResolver"]
 

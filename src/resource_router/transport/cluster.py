@@ -12,9 +12,9 @@ from redis.exceptions import RedisError, ResponseError
 from resource_router.observability.logs import get_logger
 from resource_router.settings import RouterSettings
 from resource_router.transport.base import StateCallback, Transport, connection_factory
-from resource_router.transport.deadline import stop_task
 from resource_router.transport.link import MessageHandler, NodeLink
 from resource_router.transport.redis_errors import is_redirect, redis_errors
+from resource_router.transport.tasks import stop_task
 
 __all__ = ["ClusterTransport"]
 

@@ -1,13 +1,9 @@
-"""Deadlines: one bound per operation, cheap on hot paths, and loops that always stop.
+"""Deadlines: one bound per operation, cheap on hot paths.
 
 ``bounded(fn, seconds)`` awaits ``fn()`` and cancels it with ``TimeoutError`` after ``seconds``. A
 routed call runs entirely inside one ``bounded`` scope (lookup, publish and the wait for the reply),
 so one deadline covers it from start to reply; each attempt of a registry operation runs inside one
 too (``operation_timeout``).
-
-``stop_task(task)`` cancels a background task and waits for it, cancelling again if the task
-swallowed a cancellation (a library under it may turn a cancellation into another error): loops
-stop even then, as long as they also check their own stop flag.
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-__all__ = ["bounded", "stop_task"]
+__all__ = ["bounded"]
 
 T = TypeVar("T")
 
@@ -99,15 +95,3 @@ class _Watchdog:
             self._fired.add(key)
             task.cancel()
         self._handle = self._loop.call_later(self.TICK, self._tick) if self._inflight else None
-
-
-async def stop_task(task: asyncio.Task[Any] | None, *, grace: float = 0.05) -> None:
-    """Cancel ``task`` and wait until it has ended, cancelling again every ``grace`` seconds while it
-    runs (a cancellation swallowed below must not leave the loop running)."""
-    if task is None or task is asyncio.current_task():
-        return
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=grace)
-    if not task.cancelled():
-        task.exception()  # retrieved: never "exception was never retrieved"

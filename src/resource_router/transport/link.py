@@ -35,9 +35,9 @@ from resource_router.errors import RedisUnavailableError
 from resource_router.observability.logs import get_logger
 from resource_router.settings import RouterSettings
 from resource_router.transport._fastwire import FastWire
-from resource_router.transport.deadline import stop_task
 from resource_router.transport.redis_errors import map_redis_error
 from resource_router.transport.retry import Backoff
+from resource_router.transport.tasks import stop_task
 from resource_router.transport.wire import ConnectionWire, Wire
 
 __all__ = ["MessageHandler", "NodeLink", "StateHandler", "make_wire"]
