@@ -4,20 +4,31 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-# The oldest supported redis-py (pyproject's lower bound) gets a venv of its own: `make test` runs the
-# routing, registry, cluster and chaos suites there too.
+# The oldest supported versions get a venv of their own: every dependency of the package and of its
+# extras pinned to its declared lower bound (tests/floors.py writes the constraints from pyproject.toml;
+# redis-py 5.2.1 among them). `make test` runs the routing, registry, cluster, chaos, command-line,
+# gateway and quiet-start suites there too.
 OLDEST       ?= .venv-oldest
 OLDEST_BIN   := $(OLDEST)/bin
 OLDEST_STAMP := $(OLDEST)/.installed
-OLDEST_REDIS := redis[hiredis]==5.2.1
+FLOORS       := $(OLDEST)/floors.txt
 OLDEST_TESTS := tests/test_routing.py tests/test_routing_pubsub.py tests/test_client.py tests/test_instance.py \
                 tests/test_registry.py tests/test_registry_leases.py tests/test_registry_races.py \
                 tests/test_chaos_redis.py tests/test_connection.py tests/test_wire.py tests/test_cluster.py \
                 tests/test_partitions.py tests/test_readme.py \
                 tests/test_link_health.py tests/test_connection_faults.py tests/test_signing.py \
-                tests/test_stale_owner.py tests/test_lifecycle.py tests/test_placement.py tests/test_handoff.py
+                tests/test_stale_owner.py tests/test_lifecycle.py tests/test_placement.py tests/test_handoff.py \
+                tests/test_cli.py tests/test_gateway.py tests/test_gateway_route.py tests/test_quiet_start.py \
+                tests/test_floors.py
 
-.PHONY: demo test test-fast test-oldest lint typecheck bench bench-quick constraints clean help
+# A venv is resolved again, every dependency upgraded to the newest release its range allows
+# (`--upgrade-strategy eager`), when pyproject.toml changed or its last resolution is older than
+# RESOLVE_MINUTES (12 h): the newest pass runs on today's releases, not on those of the day .venv was made.
+RESOLVE_MINUTES ?= 720
+PIP_RESOLVE     := --quiet --upgrade --upgrade-strategy eager
+expired          = $(if $(shell find $(1) -mmin +$(RESOLVE_MINUTES) 2>/dev/null),FORCE)
+
+.PHONY: FORCE demo test test-fast test-oldest lint typecheck bench bench-quick constraints clean help
 
 help:
 	@echo "make demo         run the demo (embedded memory:// unless RESOURCE_ROUTER_REDIS_URL is set)"
@@ -28,17 +39,22 @@ help:
 
 # The package with every extra (memory:// for the demo and tests), plus the dev and bench dependency
 # groups (pip >= 25.1 installs PEP 735 groups).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(call expired,$(STAMP))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
-	$(BIN)/python -m pip install --quiet -e ".[cli,gateway,memory,nats,otel]" --group dev --group bench
+	$(BIN)/python -m pip install $(PIP_RESOLVE) -e ".[cli,gateway,memory,nats,otel]" --group dev --group bench
 	touch $(STAMP)
 
-$(OLDEST_STAMP): pyproject.toml
+# The floors pin the package's dependencies; what they depend on resolves to the newest it allows.
+$(OLDEST_STAMP): pyproject.toml tests/floors.py $(call expired,$(OLDEST_STAMP))
 	test -x $(OLDEST_BIN)/python || $(PYTHON) -m venv $(OLDEST)
 	$(OLDEST_BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
-	$(OLDEST_BIN)/python -m pip install --quiet -e ".[cli,gateway,memory,nats,otel]" --group dev --group bench "$(OLDEST_REDIS)"
+	$(OLDEST_BIN)/python tests/floors.py > $(FLOORS)
+	$(OLDEST_BIN)/python -m pip install $(PIP_RESOLVE) -e ".[cli,gateway,memory,nats,otel]" --group dev --group bench \
+		-c $(FLOORS)
 	touch $(OLDEST_STAMP)
+
+FORCE:
 
 demo: $(STAMP)
 	$(BIN)/resource-router demo
@@ -53,6 +69,7 @@ typecheck: $(STAMP)
 test: $(STAMP) lint typecheck test-oldest
 	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
 
+# The last lines of both passes name the versions they ran on (redis-py, pydantic, fakeredis, fastapi, ...).
 test-oldest: $(OLDEST_STAMP)
 	$(OLDEST_BIN)/python -m pytest -q -p no:cacheprovider $(OLDEST_TESTS) $(PYTEST_ARGS)
 

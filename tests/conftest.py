@@ -19,6 +19,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from importlib import metadata
 
 import pytest
 import redis
@@ -58,16 +59,43 @@ def _redis_plan() -> str:
     return "a testcontainers Redis (redis:7) if Docker works, else none (the Redis tests fail)"
 
 
+#: Dependencies whose versions the header and the summary name (the oldest pass runs on their floors).
+KEY_DEPENDENCIES = (
+    "pydantic",
+    "pydantic-settings",
+    "fakeredis",
+    "msgpack",
+    "tenacity",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "typer",
+    "click",
+)
+
+
+def _installed(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _versions() -> str:
+    return ", ".join(f"{name} {_installed(name)}" for name in KEY_DEPENDENCIES)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     return [
         f"redis: {_redis_plan()}; memory:// (fakeredis with Lua) as the second backend",
-        f"redis-py {redis.__version__}",
+        f"redis-py {redis.__version__}; {_versions()}",
     ]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _USED:
         terminalreporter.write_line(f"redis used: {_USED[0]} (redis-py {redis.__version__})")
+    terminalreporter.write_line(f"with {_versions()}")  # shown under -q too, unlike the header
 
 
 def _testcontainers_url() -> tuple[str, object] | None:
