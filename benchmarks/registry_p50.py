@@ -1,4 +1,4 @@
-"""p50 of one registration, one lookup and one 1000-id registration (issue 2).
+"""p50 of one registration, one lookup and one 1000-id registration.
 
     python benchmarks/registry_p50.py [--redis-url URL] [-n 2000]
 

@@ -153,7 +153,7 @@ def evaluate_goals(row_list: list[Row], scales: tuple[int, ...], scale_label: An
     """(goals, informational ratios)."""
     rows = {r.id: r for r in row_list}
     goals = [
-        # issue 8: the transport, any redis-py, Redis Cluster
+        # the transport, any redis-py, Redis Cluster
         _ratio(rows, "routed call p50 <= 0.9x NATS request-reply p50", "routed_call", "nats_request_reply", 0.9),
         _ratio(
             rows,
@@ -177,7 +177,7 @@ def evaluate_goals(row_list: list[Row], scales: tuple[int, ...], scale_label: An
         ),
         _ratio(rows, "cluster routed call p50 <= 1.2x single Redis", "routed_call_cluster", "routed_call_single", 1.2),
         _absolute(rows, "cached owner lookup p50 <= 10 us", "cached_lookup", "p50_us", 10),
-        # issue 9: partitions, leases by reference
+        # partitions, leases by reference
         _ratio(
             rows, "heartbeat p50, 100,000 owned <= 1.5x 10 owned", "heartbeat_owned_100000", "heartbeat_owned_10", 1.5
         ),

@@ -1,4 +1,4 @@
-"""Instances and clients under dead connections (issue 10, items 1 and 2).
+"""Instances and clients under dead connections.
 
 1. A half-open connection (``tests/tcp_proxy.py`` stops forwarding without closing) under an
    instance is noticed within the health-check bound; meanwhile the instance says it is not

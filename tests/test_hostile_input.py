@@ -1,4 +1,4 @@
-"""Garbage on the channels does not flood the logs (issue 10, item 9): every dropped message is
+"""Garbage on the channels does not flood the logs: every dropped message is
 counted, the warnings about them are rate-limited and say how many were left out."""
 
 from __future__ import annotations

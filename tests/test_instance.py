@@ -669,7 +669,7 @@ def test_constructor_checks_its_arguments(backend_url: str) -> None:
         inst.add_handler("m", "not callable")  # type: ignore[arg-type]
 
 
-# -- stale requests: confirmed in Redis before they run (issue 10) ---------------------------------------
+# -- stale requests: confirmed in Redis before they run ---------------------------------------
 async def _steal_silently(backend_url: str, inst: ServiceInstance, rid: str, thief: str) -> None:
     """Make Redis say ``thief`` owns ``rid`` without any event: only a confirmation can notice."""
     redis = connect(backend_url)

@@ -1,4 +1,4 @@
-"""The links' health checks against dead connections (issue 10, item 1).
+"""The links' health checks against dead connections.
 
 Half-open connections are made with ``tests/tcp_proxy.py``: the proxy stops forwarding both ways
 without closing anything, as a NAT or load balancer that forgot the flow does. Nothing tells the

@@ -1,4 +1,4 @@
-"""Metric labels come from bounded sets (issue 10, item 8).
+"""Metric labels come from bounded sets.
 
 Every distinct ``service_name`` a caller sent used to create series that were never dropped (20k
 names: 80,000 samples and 33 MB in a client; any HTTP caller of a replica can send them), and

@@ -1,4 +1,4 @@
-"""Signed envelopes (issue 10, item 6).
+"""Signed envelopes.
 
 Without signing, anyone who may PUBLISH can make an instance run a method with arbitrary params,
 and anyone who may subscribe can answer a call first with a forged reply. With

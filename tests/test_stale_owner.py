@@ -1,4 +1,4 @@
-"""A paused owner whose ids were taken meanwhile never runs the requests queued for them (issue 10).
+"""A paused owner whose ids were taken meanwhile never runs the requests queued for them.
 
 An instance process is stopped (SIGSTOP: its socket keeps receiving) for less than its ttl; requests
 for its ids are queued in its socket, then the ids are taken by force; on SIGCONT the requests come

@@ -82,11 +82,20 @@ DEFAULT_CONFIRM_BATCH = 5000
 DEFAULT_REBALANCE_RATE = 100.0
 
 
-def validate_seconds(value: object, field: str, *, low: float, high: float = float("inf")) -> float:
-    """A duration in seconds within ``[low, high]``, as a float; ``InvalidRequestError`` naming ``field``
-    otherwise (booleans are not numbers here). The one check of every duration an entry object takes."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InvalidRequestError(f"{field} must be a number of seconds in [{low:g}, {high:g}]", field=field)
+def validate_seconds(
+    value: object, field: str, *, low: float, high: float = float("inf"), low_open: bool = False
+) -> float:
+    """A duration in seconds within ``[low, high]`` (``(low, high]`` with ``low_open``), as a float;
+    ``InvalidRequestError`` naming ``field`` otherwise (booleans are not numbers here). The one check
+    of every duration the library takes (ttls, timeouts, intervals)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (low < value if low_open else low <= value)
+        or not value <= high
+    ):
+        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise InvalidRequestError(f"{field} must be a number of seconds in {bounds}", field=field)
     return float(value)
 
 

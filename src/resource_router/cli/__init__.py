@@ -1,4 +1,8 @@
-"""The ``resource-router`` command line (see ``app.py``)."""
+"""Floor 5, a face: the ``resource-router`` command line (``app.py`` lists the commands).
+
+One module per command group (``inspect.py``, ``serve.py``) over what they share (``context.py``,
+``output.py``, ``exit_codes.py``). May import every floor below, the gateway and the demo included.
+"""
 
 from __future__ import annotations
 

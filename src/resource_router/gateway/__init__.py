@@ -1,5 +1,6 @@
-"""Stateless router replicas: the HTTP gateway behind ``resource-router serve``, and its HTTP bodies
-(``ResourceRegistrationRequest``, ``ResourceReleaseRequest``, ``RouteResponse``, ``ErrorResponse``).
+"""Floor 5, a face: stateless router replicas, the HTTP (and NATS) gateway behind ``resource-router
+serve``, and its HTTP bodies (``ResourceRegistrationRequest``, ``ResourceReleaseRequest``,
+``RouteResponse``, ``ErrorResponse``). May import every floor below it, not the CLI.
 
 Needs the ``gateway`` extra (FastAPI, uvicorn, structlog): ``pip install 'resource-router[gateway]'``.
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from resource_router._trusted import trusted
 from resource_router.models import (
     Resource,
     ResourceRegistrationRequest,
@@ -15,7 +16,6 @@ from resource_router.models import (
     ResourceReleaseResponse,
     RouteRequest,
     RouteResponse,
-    trusted,
 )
 
 from .bodies import RouteCall

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from resource_router._trusted import trusted
 from resource_router.errors import (
     ResourceLimitExceededError,
     ResourceReleaseError,
@@ -45,7 +46,6 @@ from resource_router.ids import (
 from resource_router.models import (
     ResourceRegistrationResponse,
     ResourceReleaseResponse,
-    trusted,
 )
 from resource_router.observability.logs import get_logger
 from resource_router.ownership.keys import PartitionKeys, ServiceKeys

@@ -11,9 +11,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from resource_router._trusted import trusted
 from resource_router.errors import ResourceNotFoundError
 from resource_router.ids import validate_instance_id, validate_resource_id, validate_resource_ids
-from resource_router.models import Resource, ms_to_datetime, trusted
+from resource_router.models import Resource, ms_to_datetime
 from resource_router.observability.logs import get_logger
 from resource_router.ownership.keys import PartitionKeys, ServiceKeys
 from resource_router.ownership.leases import Leases

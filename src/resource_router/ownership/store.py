@@ -22,7 +22,7 @@ from resource_router.observability.logs import id_fields
 from resource_router.observability.metrics import Metrics
 from resource_router.ownership.keys import KeySpace, PartitionKeys, ServiceKeys
 from resource_router.ownership.scripts import ScriptSet, check_status
-from resource_router.settings import MAX_TTL, MIN_TTL, RouterSettings
+from resource_router.settings import MAX_TTL, MIN_TTL, RouterSettings, validate_seconds
 from resource_router.transport.connection import Client, is_cluster
 from resource_router.transport.retry import call_redis
 
@@ -58,9 +58,7 @@ def text(value: Any) -> str:
 
 
 def ttl_ms(ttl: object) -> int:
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not MIN_TTL <= ttl <= MAX_TTL:
-        raise InvalidRequestError(f"ttl must be a number of seconds in [{MIN_TTL}, {MAX_TTL}]", field="ttl")
-    return max(1, round(ttl * 1000))
+    return max(1, round(validate_seconds(ttl, "ttl", low=MIN_TTL, high=MAX_TTL) * 1000))
 
 
 def pairs(flat: Sequence[Any]) -> dict[str, str]:

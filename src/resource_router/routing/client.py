@@ -43,7 +43,13 @@ from resource_router.routing.calls import CallTable
 from resource_router.routing.protocol import STATUS_NOT_OWNER, STATUS_OK, Reply
 from resource_router.routing.resolver import OwnerResolver
 from resource_router.routing.signing import Signer
-from resource_router.settings import DEFAULT_OWNER_CACHE_TTL, DEFAULT_TIMEOUT, MAX_CALL_TIMEOUT, RouterSettings
+from resource_router.settings import (
+    DEFAULT_OWNER_CACHE_TTL,
+    DEFAULT_TIMEOUT,
+    MAX_CALL_TIMEOUT,
+    RouterSettings,
+    validate_seconds,
+)
 from resource_router.transport.connection import RedisLike
 from resource_router.transport.deadline import bounded
 from resource_router.transport.hub import PubSubHub
@@ -75,8 +81,7 @@ class ServiceClient:
         settings: RouterSettings | None = None,
         metrics_registry: CollectorRegistry | None = None,
     ) -> None:
-        if isinstance(owner_cache_ttl, bool) or not isinstance(owner_cache_ttl, int | float) or owner_cache_ttl < 0:
-            raise InvalidRequestError("owner_cache_ttl must be a number of seconds >= 0", field="owner_cache_ttl")
+        owner_cache_ttl = validate_seconds(owner_cache_ttl, "owner_cache_ttl", low=0.0)
         self._registry = ResourceRegistry(
             redis, namespace=namespace, partitions=partitions, settings=settings, metrics_registry=metrics_registry
         )
@@ -379,6 +384,4 @@ class ServiceClient:
 
 
 def _check_timeout(timeout: object) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_CALL_TIMEOUT:
-        raise InvalidRequestError(f"timeout must be a number of seconds in (0, {MAX_CALL_TIMEOUT:g}]", field="timeout")
-    return float(timeout)
+    return validate_seconds(timeout, "timeout", low=0.0, high=MAX_CALL_TIMEOUT, low_open=True)

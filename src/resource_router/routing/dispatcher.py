@@ -33,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from resource_router._trusted import trusted
 from resource_router.errors import (
     ActivationError,
     InvalidRequestError,
@@ -41,7 +42,7 @@ from resource_router.errors import (
     RemoteHandlerError,
     ResourceRouterError,
 )
-from resource_router.models import RouteRequest, trusted
+from resource_router.models import RouteRequest
 from resource_router.observability import otel
 from resource_router.observability.logs import Logger
 from resource_router.observability.metrics import Metrics

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -37,22 +37,15 @@ from resource_router.observability.logs import get_logger
 from resource_router.ownership.events import parse_event
 from resource_router.ownership.registry import ResourceRegistry
 from resource_router.ownership.sweeper import Sweeper
-from resource_router.ownership.view import ActivateHook, DeactivateHook, OwnershipView, ResourceLostCallback
-from resource_router.placement.directory import VolunteerDirectory
-from resource_router.placement.handoff import Mover, MoveReport
+from resource_router.ownership.view import ActivateHook, DeactivateHook, ResourceLostCallback
+from resource_router.placement.handoff import MoveReport
 from resource_router.placement.strategies import DEFAULT_STRATEGY
-from resource_router.placement.volunteering import Volunteering
 from resource_router.reasons import LossReason
-from resource_router.routing.dispatcher import Dispatcher, Handler
-from resource_router.routing.jobs import Jobs
-from resource_router.routing.lease_keeper import LeaseKeeper
+from resource_router.routing.dispatcher import Handler
 from resource_router.routing.options import InstanceOptions
-from resource_router.routing.replies import Replies
-from resource_router.routing.signing import Signer
-from resource_router.routing.staleness import Staleness
+from resource_router.routing.parts import InstanceParts
 from resource_router.settings import (
     DEFAULT_CONFIRM_AFTER,
-    DEFAULT_CONFIRM_BATCH,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_REBALANCE_RATE,
     DEFAULT_TIMEOUT,
@@ -62,11 +55,25 @@ from resource_router.settings import (
 )
 from resource_router.transport.connection import RedisLike
 from resource_router.transport.hub import PubSubHub
-from resource_router.transport.tasks import TaskSet, stop_task
+from resource_router.transport.tasks import stop_task
 
 logger = get_logger(__name__)
 
 __all__ = ["Handler", "MoveReport", "ResourceLostCallback", "ServiceInstance"]
+
+
+T = TypeVar("T")
+
+
+class _Option(Generic[T]):
+    """A read-only attribute of ``ServiceInstance`` that reads its ``InstanceOptions``."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __get__(self, instance: ServiceInstance | None, owner: type[ServiceInstance]) -> T:
+        value: T = getattr(instance.options, self._name)  # type: ignore[union-attr]
+        return value
 
 
 class ServiceInstance:
@@ -133,135 +140,33 @@ class ServiceInstance:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._sweeper: Sweeper | None = None
         self._loops: list[asyncio.Task[None]] = []
-        self._build(on_resource_lost, metrics_registry)
-
-    def _build(self, on_resource_lost: ResourceLostCallback | None, metrics_registry: CollectorRegistry | None) -> None:
-        """The instance's parts, each given the objects it works on (module docstring)."""
-        options, registry, log = self.options, self._registry, self._log
-        service, iid = self._keys.service_name, self._instance_id
-        self._tasks = TaskSet()
-        self._lock = asyncio.Lock()  # every change of the view that talks to Redis holds it
-        self._jobs = Jobs(options.max_concurrency, serial=options.serial_per_resource, log=log)
-        self._view = OwnershipView(options.ttl, requests=self._jobs, log=log)
-        self._view.on_resource_lost = on_resource_lost
-        self._mover = Mover(
-            registry=registry,
-            view=self._view,
-            requests=self._jobs,
-            lock=self._lock,
-            directory=VolunteerDirectory(registry, max_age=0.5),
-            service_name=service,
-            instance_id=iid,
-            log=log,
-            metrics_registry=metrics_registry,
-        )
-        self._volunteering = Volunteering(
-            registry=registry,
-            view=self._view,
-            mover=self._mover,
-            lock=self._lock,
-            service_name=service,
-            instance_id=iid,
-            placement=options.placement,
-            ttl=options.ttl,
-            rebalance=options.rebalance,
-            rebalance_rate=options.rebalance_rate,
-            idle_timeout=options.idle_timeout,
-            drain_timeout=options.drain_timeout,
-            log=log,
-        )
-        self._keeper = LeaseKeeper(
+        parts = InstanceParts.build(
+            self.options,
             registry,
-            self._view,
-            lock=self._lock,
-            tasks=self._tasks,
-            service_name=service,
-            instance_id=iid,
-            ttl=options.ttl,
-            metadata=options.metadata,
-            placed_on_adopt=options.accept_placement,
-            volunteering=self._volunteering,
-            log=log,
-        )
-        signer = Signer.from_settings(self._settings)
-        self._replies = Replies(
-            instance_id=iid, metrics=self._metrics, signer=signer, max_payload=self._settings.max_payload_bytes, log=log
-        )
-        staleness = Staleness(
-            confirm_after=options.confirm_after,
-            registry=registry,
-            view=self._view,
-            keeper=self._keeper,
-            service_name=service,
-            instance_id=iid,
-            batch=min(DEFAULT_CONFIRM_BATCH, self._settings.max_batch_size),
-            log=log,
-        )
-        self._dispatcher = Dispatcher(
-            view=self._view,
-            jobs=self._jobs,
-            replies=self._replies,
-            staleness=staleness,
-            handlers=self._handlers,
-            service_name=service,
-            instance_id=iid,
+            service_name=self._keys.service_name,
+            instance_id=self._instance_id,
             channel=self._channel,
-            reply_prefix=registry.keys.reply_prefix,
-            metrics=self._metrics,
-            max_payload=self._settings.max_payload_bytes,
-            signer=signer,
-            volunteering=self._volunteering if options.accept_placement else None,
-            mover=self._mover,
-            tasks=self._tasks,
-            drain_timeout=options.drain_timeout,
-            log=log,
+            handlers=self._handlers,
+            on_resource_lost=on_resource_lost,
+            metrics_registry=metrics_registry,
+            log=self._log,
         )
-        self._staleness = staleness
+        self._tasks, self._lock, self._jobs, self._view = parts.tasks, parts.lock, parts.jobs, parts.view
+        self._mover, self._volunteering, self._keeper = parts.mover, parts.volunteering, parts.keeper
+        self._replies, self._staleness, self._dispatcher = parts.replies, parts.staleness, parts.dispatcher
 
-    # -- options ---------------------------------------------------------------------------------
-    @property
-    def ttl(self) -> float:
-        return self.options.ttl
-
-    @property
-    def metadata(self) -> dict[str, Any]:
-        return self.options.metadata
-
-    @property
-    def max_concurrency(self) -> int:
-        return self.options.max_concurrency
-
-    @property
-    def sweep_interval(self) -> float:
-        return self.options.sweep_interval
-
-    @property
-    def drain_timeout(self) -> float:
-        return self.options.drain_timeout
-
-    @property
-    def accept_placement(self) -> bool:
-        return self.options.accept_placement
-
-    @property
-    def placement(self) -> str:
-        return self.options.placement
-
-    @property
-    def rebalance(self) -> bool:
-        return self.options.rebalance
-
-    @property
-    def rebalance_rate(self) -> float:
-        return self.options.rebalance_rate
-
-    @property
-    def idle_timeout(self) -> float | None:
-        return self.options.idle_timeout
-
-    @property
-    def serial_per_resource(self) -> bool:
-        return self.options.serial_per_resource
+    # -- options (read-only; ``options`` holds them all) -------------------------------------------
+    ttl = _Option[float]("ttl")
+    metadata = _Option[dict[str, Any]]("metadata")
+    max_concurrency = _Option[int]("max_concurrency")
+    sweep_interval = _Option[float]("sweep_interval")
+    drain_timeout = _Option[float]("drain_timeout")
+    accept_placement = _Option[bool]("accept_placement")
+    placement = _Option[str]("placement")
+    rebalance = _Option[bool]("rebalance")
+    rebalance_rate = _Option[float]("rebalance_rate")
+    idle_timeout = _Option[float | None]("idle_timeout")
+    serial_per_resource = _Option[bool]("serial_per_resource")
 
     # -- state ------------------------------------------------------------------------------------
     @property
