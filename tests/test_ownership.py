@@ -29,7 +29,7 @@ def may_serve(view: OwnershipView, resource_id: str | None, token: int | None) -
 def view_with(clock: Clock, **owned: int) -> OwnershipView:
     view = OwnershipView(10.0, clock=clock)
     view.renewed(clock.now)
-    view.serving = True
+    view.set_serving(True)
     view.gain(owned)
     return view
 
@@ -55,7 +55,7 @@ def test_the_lease_clock_and_the_admission_rule() -> None:
     view.renewed(clock.now)
     assert may_serve(view, "x", None) == 7
     _verdict, epoch = admission.admit("x", None)
-    view.serving = False
+    view.set_serving(False)
     assert not admission.still(epoch)  # every change of the view moves its epoch
     assert may_serve(view, "x", None) is Refusal.NOT_SERVING
 

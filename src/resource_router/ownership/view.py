@@ -87,7 +87,8 @@ class OwnershipView:
         self.lease_until = 0.0
         #: bumped by every change of what is served (see the module docstring)
         self.epoch = 0
-        self._serving = False
+        #: False until the instance serves, and from the moment it stops (``set_serving``)
+        self.serving = False
         self.placed: dict[str, float] = {}
         #: ids not served while a takeover is confirmed (see ``suspend``)
         self.suspended: dict[str, int] = {}
@@ -109,17 +110,14 @@ class OwnershipView:
         self._requests = requests
         self._activating: dict[str, asyncio.Future[None]] = {}
         self._tasks = tasks if tasks is not None else TaskSet()
-        self._clock = clock
+        #: the monotonic clock the lease is kept by (a plain function: read on every request)
+        self.clock = self._clock = clock
         self._log = log or get_logger(__name__)
 
     # -- serving and the lease clock ---------------------------------------------------------------
-    @property
-    def serving(self) -> bool:
-        return self._serving
-
-    @serving.setter
-    def serving(self, value: bool) -> None:
-        self._serving = value
+    def set_serving(self, value: bool) -> None:
+        """Start (or stop) serving: every request is refused while it is False."""
+        self.serving = value
         self.epoch += 1
 
     def renewed(self, sent: float) -> None:
@@ -132,9 +130,6 @@ class OwnershipView:
     @property
     def lease_valid(self) -> bool:
         return self._clock() < self.lease_until
-
-    def clock(self) -> float:
-        return self._clock()
 
     # -- gaining and losing ------------------------------------------------------------------------
     def gain(self, tokens: Mapping[str, int], *, placed: bool = False) -> None:

@@ -231,7 +231,14 @@ class ServiceClient:
                 call.span = span
                 call.traceparent = otel.span_traceparent(span)
             try:
-                reply = await self._deliver(call)
+                try:  # resolve, send and wait within the one deadline of the call
+                    to = self._to_owner if resource_id is not None else self._to_any_instance
+                    reply = await bounded(lambda: to(call), seconds)
+                except TimeoutError:
+                    raise call.timeout_error() from None
+                self._metrics.labels.learn_service(service_name)  # an instance answered: a metric label
+                if reply.status != STATUS_OK:  # the outcome: the result, or the library's error
+                    raise error_from_dict(reply.error or {})
             except ResourceRouterError as exc:
                 self._failed(call, exc, started)
                 raise
@@ -242,24 +249,11 @@ class ServiceClient:
                     span.set_attribute("fencing_token", reply.fencing_token)
             return reply
 
-    async def _deliver(self, call: Call) -> Reply:
-        """The reply to ``call``, within its deadline; an error reply raised as the library's error."""
-        try:
-            if call.resource_id is None:
-                reply = await bounded(lambda: self._to_any_instance(call), call.seconds)
-            else:
-                reply = await bounded(lambda: self._to_owner(call), call.seconds)
-        except TimeoutError:
-            raise call.timeout_error() from None
-        self._metrics.labels.learn_service(call.sk.service_name)  # an instance answered: a metric label
-        if reply.status != STATUS_OK:
-            raise error_from_dict(reply.error or {})
-        return reply
-
     async def _to_owner(self, call: Call) -> Reply:
         """Resolve, send, wait; on a refusal ask the routing policy where to go next."""
         resolver = self._resolver
-        await resolver.prepare(call)
+        if not resolver.prepared(call):
+            await resolver.prepare(call)
         target = resolver.cached(call)
         attempts: Attempts | None = None  # made at the first refusal (the usual call has none)
         while True:

@@ -6,12 +6,12 @@ step   check                                                 when it fails
 =====  ====================================================  ==============================================
 0      ``_authenticate``: sealed, fresh, not replayed        dropped (signing keys set)
 1-5    ``_decode``: a protocol-1 request map, in size        dropped, or a 400 when it says where to answer
-6      ``_check_reply_channel``: inside the namespace         dropped
-7      ``_check_service``: this instance's service            400
-8      ``_check_deadline``: not passed                        dropped
-9      ``_admit``: the admission rule (``admission.py``)      "not owner"; a resource being moved waits
+6      the reply channel is inside the namespace             dropped (``_foreign_reply_channel``)
+7      the request is for this instance's service            400 (``_wrong_service``)
+8      its deadline has not passed                           dropped (``Replies.expired``)
+9      the admission rule (``admission.py``)                 "not owner"; a resource being moved waits
                                                              (parked); an activation request is claimed
-10     ``_handler``: a handler for the method                 404
+10     a handler for the method                              404 (``_method_not_found``)
 11     ``_job``: a slot (``jobs.py``; per resource when serial)
 12     steps 8 and 9 again when the wait may have changed them
 13     ``staleness.py``: a stale request confirmed in Redis   "not owner"
@@ -21,9 +21,10 @@ step   check                                                 when it fails
 Activation (a request with ``act`` for a resource nobody owned when the caller looked, on a volunteer):
 the resource is claimed through the registry's atomic grant (``placement/volunteering.py``); a
 conflict is answered "not owner" naming the real owner, a full instance "not owner" with reason
-``full``. ``on_activate`` runs before the first request a resource gets here. Requests parked while
-their resource moves are served here afterwards if it stayed, else answered "not owner" naming
-where it went, so the caller follows at once.
+``full``. ``on_message`` runs steps 0 to 10 in that order (a step that passes costs one comparison)
+and starts ``_job`` for 11 to 14. ``on_activate`` runs before the first request a resource gets
+here. Requests parked while their resource moves are served here afterwards if it stayed, else
+answered "not owner" naming where it went, so the caller follows at once.
 """
 
 from __future__ import annotations
@@ -131,25 +132,36 @@ class Dispatcher:
 
     # -- steps 0 to 10: receiving (the hub's callback, in arrival order; never blocks) ---------------
     def on_message(self, data: bytes) -> None:
-        key = self._authenticate(data)
+        # Each step costs a comparison when it passes; its method runs only when it does not.
+        key = 0 if self._signer is None else self._authenticate(data)  # step 0
         if key is None:
             return
-        req = self._decode(data, key)
-        if req is None or not self._check_reply_channel(req, key) or not self._check_service(req):
+        req = self._decode(data, key)  # steps 1 to 5
+        if req is None:
+            return
+        if not req.reply_channel.startswith(self._reply_prefix):  # step 6
+            self._foreign_reply_channel()
+            return
+        if self._signer is not None:  # answered with the key the caller signed with
+            self._replies.note_key(req.reply_channel, key)
+        if req.service_name != self._service:  # step 7
+            self._wrong_service(req)
             return
         now = time.time()
-        if not self._check_deadline(req, now):
+        if req.deadline is not None and now > req.deadline:  # step 8
+            self._replies.expired(req)
             return
-        verdict, epoch = self._admission.admit(req.resource_id, req.fencing_token)
+        verdict, epoch = self._admission.admit(req.resource_id, req.fencing_token)  # step 9
         if isinstance(verdict, Refusal) and not self._activation(req, verdict):
             self._refuse(req, verdict)
             return
-        handler = self._handler(req)
+        handler = self._handlers.get(req.method)  # step 10
         if handler is None:
+            self._method_not_found(req)
             return
         mono = time.monotonic()
         received = mono if req.resource_id is None else self._staleness.received(mono, now, req.sent_at)
-        self._jobs.start(req.resource_id, self._job(req, handler, verdict, epoch, received))
+        self._jobs.start(req.resource_id, self._job(req, handler, verdict, epoch, received))  # steps 11 to 14
 
     def _authenticate(self, data: bytes) -> int | None:
         """Step 0: the number of the key the envelope was sealed with (0 when signing is off)."""
@@ -179,18 +191,12 @@ class Dispatcher:
                 self._replies.invalid(exc)
             return None
 
-    def _check_reply_channel(self, req: Request, key: int) -> bool:
-        """Step 6: answers go nowhere but the namespace's reply channels."""
-        if not req.reply_channel.startswith(self._reply_prefix):
-            self._replies.dropped("foreign", "reply channel outside the namespace")
-            return False
-        self._replies.note_key(req.reply_channel, key)
-        return True
+    def _foreign_reply_channel(self) -> None:
+        """Step 6 failed: answers go nowhere but the namespace's reply channels."""
+        self._replies.dropped("foreign", "reply channel outside the namespace")
 
-    def _check_service(self, req: Request) -> bool:
-        """Step 7."""
-        if req.service_name == self._service:
-            return True
+    def _wrong_service(self, req: Request) -> None:
+        """Step 7 failed: a request for another service."""
         self._outcome["invalid"].inc()
         self._replies.error(
             req,
@@ -198,14 +204,6 @@ class Dispatcher:
                 f"instance {self._iid!r} serves {self._service!r}, not {req.service_name!r}", field="service_name"
             ),
         )
-        return False
-
-    def _check_deadline(self, req: Request, now: float) -> bool:
-        """Step 8 (and 12): a request past its deadline is dropped, never run."""
-        if req.deadline is not None and now > req.deadline:
-            self._replies.expired(req)
-            return False
-        return True
 
     def _activation(self, req: Request, refusal: Refusal) -> bool:
         """Step 9 for a resource nobody owns here: True when the request may claim it (placement)."""
@@ -223,27 +221,23 @@ class Dispatcher:
         else:
             self._not_owner(req)
 
-    def _handler(self, req: Request) -> Handler | None:
-        """Step 10."""
-        handler = self._handlers.get(req.method)
-        if handler is None:
-            self._outcome["method_not_found"].inc()
-            self._log.info(
-                "route.method_not_found", method=req.method, trace_id=req.trace_id, resource_id=req.resource_id
-            )
-            self._replies.error(
-                req,
-                MethodNotFoundError(
-                    f"service {self._service!r} (instance {self._iid!r}) has no handler for {req.method!r}",
-                    method=req.method,
-                ),
-            )
-        return handler
+    def _method_not_found(self, req: Request) -> None:
+        """Step 10 failed: no handler for the method."""
+        self._outcome["method_not_found"].inc()
+        self._log.info("route.method_not_found", method=req.method, trace_id=req.trace_id, resource_id=req.resource_id)
+        self._replies.error(
+            req,
+            MethodNotFoundError(
+                f"service {self._service!r} (instance {self._iid!r}) has no handler for {req.method!r}",
+                method=req.method,
+            ),
+        )
 
     # -- steps 11 to 14: running ---------------------------------------------------------------------
     async def _job(self, req: Request, handler: Handler, verdict: Verdict, epoch: int, received: float) -> None:
         async with self._jobs.slot:
-            if not self._check_deadline(req, time.time()):  # the wait for a slot may have been long
+            if req.deadline is not None and time.time() > req.deadline:  # step 12: the wait may have been long
+                self._replies.expired(req)
                 return
             rid = req.resource_id
             if rid is not None:
@@ -271,7 +265,8 @@ class Dispatcher:
                     if isinstance(verdict, Refusal):
                         self._not_owner(req)
                         return
-                view.touch(rid)
+                if rid in view.placed:
+                    view.touch(rid)
             assert not isinstance(verdict, Refusal)
             await self._run_handler(req, handler, verdict)
 

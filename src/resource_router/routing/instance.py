@@ -295,7 +295,7 @@ class ServiceInstance:
             for events in self._keys.events_channels:
                 await hub.subscribe(events, self._on_event, self._keeper.on_events_state)
             await self._keeper.register()
-            self._view.serving = True
+            self._view.set_serving(True)
             if self.accept_placement:
                 await self._volunteering.join()
         except BaseException:
@@ -332,7 +332,7 @@ class ServiceInstance:
     async def _shutdown(self, *, deregister: bool, drain: bool = True) -> None:
         self._closed = True
         self._keeper.closed = True
-        self._view.serving = False
+        self._view.set_serving(False)
         if deregister:
             await self._volunteering.leave()
         self._volunteering.accepting = False

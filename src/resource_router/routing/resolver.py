@@ -104,9 +104,14 @@ class OwnerResolver:
     # -- the owner cache -----------------------------------------------------------------------------
     def cached(self, call: Call) -> Target | None:
         """The owner this client would call without a lookup, if any."""
-        assert call.resource_id is not None
-        owner = self.cached_owner(call.sk.service_name, call.resource_id)
-        return None if owner is None else Target(owner, fresh=False)
+        key = (call.sk.service_name, call.resource_id)
+        entry = self._owners.get(key)  # type: ignore[arg-type]
+        if entry is None:
+            return None
+        if entry[1] < time.monotonic():
+            del self._owners[key]  # type: ignore[arg-type]
+            return None
+        return Target(entry[0], fresh=False)
 
     def cached_owner(self, service_name: str, resource_id: str) -> str | None:
         key = (service_name, resource_id)
@@ -142,10 +147,13 @@ class OwnerResolver:
         self._live.pop(service_name, None)
 
     # -- resolving -----------------------------------------------------------------------------------
+    def prepared(self, call: Call) -> bool:
+        """True once the service's partition count was checked."""
+        return call.sk.service_name in self._ready
+
     async def prepare(self, call: Call) -> None:
         """Check the service's partition count (once per service, shared by concurrent first calls)."""
-        if call.sk.service_name not in self._ready:
-            await self._once(call.sk.service_name, "partitions", self._check_partitions)
+        await self._once(call.sk.service_name, "partitions", self._check_partitions)
 
     async def resolve(self, call: Call, skipped: dict[str, str]) -> Target | ResourceRouterError:
         """The owner Redis names, else the volunteer to activate the resource on; else the error to
