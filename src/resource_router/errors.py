@@ -17,6 +17,7 @@
     ├── OwnerUnavailableError        503     owner registered but not listening      .resource_id .instance_id
     ├── ServiceUnavailableError      503     no live instance of the service         .service_name
     ├── RedisUnavailableError        503     Redis unreachable after retries         .operation
+    │   └── DurabilityError          503     too few replicas acknowledged a write   .acknowledged .required
     └── RouteTimeoutError            504     no reply before the timeout             .timeout
 
 Redis exceptions never reach callers raw: they are wrapped with ``raise ... from exc``.
@@ -28,6 +29,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "ActivationError",
+    "DurabilityError",
     "InstanceNotAliveError",
     "InvalidRequestError",
     "MethodNotFoundError",
@@ -214,11 +216,24 @@ class RedisUnavailableError(ResourceRouterError):
     """Redis could not be reached (after retries, for idempotent operations)."""
 
     code = 503
-    detail_fields = ("operation",)
+    detail_fields: ClassVar[tuple[str, ...]] = ("operation",)
 
     def __init__(self, message: str, *, operation: str) -> None:
         super().__init__(message)
         self.operation = operation
+
+
+class DurabilityError(RedisUnavailableError):
+    """A write of ownership (a grant, a renewal, a release, a takeover) was applied by the master but
+    acknowledged by fewer replicas than ``min_replicas`` within ``replica_timeout``: it is not
+    reported as done, since a failover now could lose it (README, "High availability")."""
+
+    detail_fields: ClassVar[tuple[str, ...]] = ("operation", "acknowledged", "required")
+
+    def __init__(self, message: str, *, operation: str, acknowledged: int, required: int) -> None:
+        super().__init__(message, operation=operation)
+        self.acknowledged = acknowledged
+        self.required = required
 
 
 class RouteTimeoutError(ResourceRouterError):
@@ -245,6 +260,7 @@ _BY_NAME: dict[str, type[ResourceRouterError]] = {
         OwnerUnavailableError,
         ServiceUnavailableError,
         RedisUnavailableError,
+        DurabilityError,
         RouteTimeoutError,
     )
 }

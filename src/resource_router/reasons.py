@@ -23,6 +23,7 @@ class LossReason(StrEnum):
     EXPIRED = "expired"  # the lease ran out (in Redis, or by the local clock)
     TAKEN = "taken"  # taken over by force by another instance
     STOPPED = "stopped"  # the instance stopped gracefully and released everything
+    FAILOVER = "failover"  # another Redis master answers now, and it does not have the grant
 
 
 class RefusalReason(StrEnum):

@@ -208,6 +208,12 @@ class RouterSettings(SettingsBase):
     signing_accept_unsigned: bool = False
     #: Partitions of a service's ownership (recorded per service in Redis).
     partitions: int = Field(default=1, ge=1, le=1024)
+    #: Replicas that must acknowledge every write that grants, renews, releases or takes over
+    #: ownership (``WAIT``) before it is reported done; 0: reported once the master applied it.
+    #: README "High availability" says what each choice guarantees.
+    min_replicas: int = Field(default=0, ge=0, le=16)
+    #: Seconds a write waits for ``min_replicas`` acknowledgements; fewer by then: ``DurabilityError``.
+    replica_timeout: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("signing_keys", mode="before")
     @classmethod

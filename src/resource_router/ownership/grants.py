@@ -347,6 +347,21 @@ class Grants:
             return ids
         return []
 
+    # -- fences ------------------------------------------------------------------------------------
+    async def raise_fences(self, service_name: str, tokens: dict[str, int]) -> None:
+        """Make every later token of the resources' partitions larger than ``tokens`` (the largest
+        token held per partition): after a master change, the new master's counters may lag."""
+        store = self.store
+        sk = await store.service(service_name, "raise_fence")
+        highest: dict[int, int] = {}
+        for p, group in sk.split(list(tokens)).items():
+            highest[p] = max(tokens[rid] for rid in group)
+        calls: list[ScriptCall] = [
+            (store.scripts.raise_fence, [sk.parts[p].fence], [token]) for p, token in highest.items()
+        ]
+        if calls:
+            await store.run_all("raise_fence", calls, idempotent=True)
+
     # -- release -----------------------------------------------------------------------------------
     async def release(
         self, service_name: str, instance_id: str, resource_ids: Iterable[str] | str, trace_id: str | None

@@ -117,6 +117,7 @@ class ResourceRegistry:
         return self.settings.max_resources_per_instance
 
     async def aclose(self) -> None:
+        await self.store.aclose()
         if self._owns_client:
             await close_client(self.redis)
 
@@ -226,6 +227,11 @@ class ResourceRegistry:
         """The resource's owner, fencing token and metadata in one round trip."""
         with otel.operation_span("lookup", service_name=service_name, resource_id=resource_id):
             return await self.owners.get_resource_owner(service_name, resource_id)
+
+    async def raise_fences(self, service_name: str, tokens: dict[str, int]) -> None:
+        """Make every later fencing token of these resources larger than the given ones (used after
+        a master change, when the new master may not have seen the latest grants)."""
+        await self.grants.raise_fences(service_name, tokens)
 
     async def get_owner_id(self, service_name: str, resource_id: str) -> str | None:
         """Just the owner's instance id, or None."""

@@ -21,6 +21,7 @@ from resource_router.status import ScriptStatus
 
 __all__ = [
     "SCRIPT_NAMES",
+    "WRITE_SCRIPTS",
     "ScriptSet",
     "check_status",
     "script_source",
@@ -43,6 +44,21 @@ SCRIPT_NAMES: Final = (
     "release_resources",
     "lookup_resource",
     "read_owners",
+    "raise_fence",
+)
+#: The scripts that grant, renew, release or take over ownership: with ``min_replicas`` each is
+#: followed by ``WAIT`` (``durable.py``).
+WRITE_SCRIPTS: Final = (
+    "register_instance",
+    "renew_instance",
+    "deregister_instance",
+    "sweep_instance",
+    "open_lease",
+    "renew_lease",
+    "close_lease",
+    "register_resources",
+    "release_resources",
+    "raise_fence",
 )
 
 
@@ -86,6 +102,12 @@ class ScriptSet:
     release_resources: AsyncScript
     lookup_resource: AsyncScript
     read_owners: AsyncScript
+    raise_fence: AsyncScript
+
+    @property
+    def shas(self) -> dict[str, str]:
+        """Each script's SHA1, by name."""
+        return {name: getattr(self, name).sha for name in SCRIPT_NAMES}
 
     @classmethod
     def for_client(cls, client: Any) -> ScriptSet:

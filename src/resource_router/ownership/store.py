@@ -20,10 +20,11 @@ from redis.exceptions import NoScriptError
 from resource_router.errors import InvalidRequestError
 from resource_router.observability.logs import id_fields
 from resource_router.observability.metrics import Metrics
+from resource_router.ownership.durable import Replicated
 from resource_router.ownership.keys import KeySpace, PartitionKeys, ServiceKeys
-from resource_router.ownership.scripts import ScriptSet, check_status
+from resource_router.ownership.scripts import WRITE_SCRIPTS, ScriptSet, check_status
 from resource_router.settings import MAX_TTL, MIN_TTL, RouterSettings, validate_seconds
-from resource_router.transport.connection import Client, is_cluster
+from resource_router.transport.connection import Client, is_cluster, is_memory
 from resource_router.transport.retry import call_redis
 
 __all__ = ["ScriptCall", "Store", "log_context", "pairs", "parse_grant", "text", "ttl_ms"]
@@ -105,6 +106,16 @@ class Store:
         self._keys: dict[str, ServiceKeys] = {}
         self._checked: set[str] = set()
         self._children: dict[tuple[str, ...], Any] = {}
+        #: with min_replicas: the writes of ownership run followed by WAIT (``durable.py``)
+        self.replicated: Replicated | None = None
+        if settings.min_replicas:
+            if is_memory(redis):
+                raise InvalidRequestError(
+                    "min_replicas needs a replicated Redis: the embedded memory:// store has no replicas",
+                    field="min_replicas",
+                )
+            self.replicated = Replicated(redis, settings)
+        self._writes = {self.scripts.shas[name] for name in WRITE_SCRIPTS}
 
     # -- services ----------------------------------------------------------------------------------
     def service_keys(self, service_name: str) -> ServiceKeys:
@@ -162,10 +173,21 @@ class Store:
     async def run(
         self, operation: str, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any], *, idempotent: bool
     ) -> list[Any]:
-        """One script run under the retry policy; the reply, its status checked."""
-        reply: list[Any] = await call_redis(
-            operation, lambda: script(keys=keys, args=args), settings=self.settings, idempotent=idempotent
-        )
+        """One script run under the retry policy; the reply, its status checked. A write of ownership
+        is followed by ``WAIT`` when ``min_replicas`` asks for it (``durable.py``)."""
+        replicated = self.replicated
+        if replicated is not None and script.sha in self._writes:
+            replies = await call_redis(
+                operation,
+                lambda: replicated.run(operation, [(script, keys, args)]),
+                settings=self.settings,
+                idempotent=idempotent,
+            )
+            reply: list[Any] = replies[0]
+        else:
+            reply = await call_redis(
+                operation, lambda: script(keys=keys, args=args), settings=self.settings, idempotent=idempotent
+            )
         check_status(reply, operation)
         return reply
 
@@ -181,8 +203,13 @@ class Store:
         if len(calls) == 1:
             script, keys, args = calls[0]
             return [await self.run(operation, script, keys, args, idempotent=idempotent)]
-        if self.cluster:
-            replies: list[list[Any]] = await call_redis(
+        replicated = self.replicated
+        if replicated is not None and any(script.sha in self._writes for script, _k, _a in calls):
+            replies = await call_redis(
+                operation, lambda: replicated.run(operation, calls), settings=self.settings, idempotent=idempotent
+            )
+        elif self.cluster:
+            replies = await call_redis(
                 operation,
                 lambda: asyncio.gather(*(script(keys=keys, args=args) for script, keys, args in calls)),
                 settings=self.settings,
@@ -224,6 +251,10 @@ class Store:
                 raise result
             out.append(result)
         return out
+
+    async def aclose(self) -> None:
+        if self.replicated is not None:
+            await self.replicated.aclose()
 
     # -- metrics -------------------------------------------------------------------------------------
     def child(self, metric: str, *labels: str) -> Any:

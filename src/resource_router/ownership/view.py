@@ -97,6 +97,9 @@ class OwnershipView:
         self.leaving: dict[str, int] = {}
         #: ids registered for this instance elsewhere, being adopted: requests for them wait
         self.adopting: set[str] = set()
+        #: suspended ids whose requests wait for the confirmation (after a master change) instead
+        #: of being refused
+        self.holding: set[str] = set()
         #: id -> where it went (an instance id, or None when it was only released): redirect hints
         self.moved: dict[str, str | None] = {}
         #: the view may differ from Redis (a lost reply, a failed move): re-read it at the next heartbeat
@@ -164,21 +167,26 @@ class OwnershipView:
         self.needs_reconcile = False
         return adopted
 
-    def suspend(self, ids: Iterable[str]) -> dict[str, int]:
+    def suspend(self, ids: Iterable[str], *, hold: bool = False) -> dict[str, int]:
         """Stop serving ``ids`` at once (a takeover was seen); the caller confirms, then ``restore``s or
-        ``lose``s them. Returns the ids that were owned, with their tokens."""
+        ``lose``s them. With ``hold``, requests for them wait for that instead of being refused (a
+        master change: they are most likely still this instance's). Returns the ids that were owned,
+        with their tokens."""
         taken = {rid: self.owned.pop(rid) for rid in ids if rid in self.owned}
         if taken:
             self.epoch += 1
+            if hold:
+                self.holding.update(taken)
         self.suspended.update(taken)
         return taken
 
     def restore(self, tokens: Mapping[str, int]) -> None:
-        """Serve suspended ids again (Redis says they are still this instance's)."""
+        """Serve suspended ids again (Redis says they are still this instance's), with ``tokens``."""
         for rid, token in tokens.items():
             if self.suspended.pop(rid, None) is not None:
                 self.owned.setdefault(rid, token)
         self.epoch += 1
+        self._unhold(tokens)
 
     def begin_leave(self, ids: Iterable[str]) -> list[str]:
         """Stop serving ``ids`` because they are being released or handed over (requests for them wait
@@ -223,15 +231,25 @@ class OwnershipView:
         self._settle(ids)
 
     def settled(self, resource_id: str) -> asyncio.Future[None]:
-        """Resolved when ``resource_id`` is no longer being moved or adopted (at once when it is not)."""
+        """Resolved when ``resource_id`` is no longer being moved, adopted or held (at once when it is not)."""
         fut = self._settled.get(resource_id)
         if fut is None:
             fut = asyncio.get_running_loop().create_future()
-            if resource_id in self.leaving or resource_id in self.adopting:
+            if self.waiting(resource_id):
                 self._settled[resource_id] = fut
             else:
                 fut.set_result(None)
         return fut
+
+    def waiting(self, resource_id: str) -> bool:
+        """True while requests for ``resource_id`` wait (it is being moved, adopted or confirmed)."""
+        return resource_id in self.leaving or resource_id in self.adopting or resource_id in self.holding
+
+    def _unhold(self, ids: Iterable[str]) -> None:
+        if self.holding:
+            ids = [rid for rid in ids if rid in self.holding]
+            self.holding.difference_update(ids)
+            self._settle(ids)
 
     def settle_all(self) -> None:
         """Let every waiting request go on (the instance stops)."""
@@ -239,7 +257,7 @@ class OwnershipView:
 
     def _settle(self, ids: list[str]) -> None:
         for rid in ids:
-            if rid in self.leaving or rid in self.adopting:
+            if self.waiting(rid):
                 continue
             fut = self._settled.pop(rid, None)
             if fut is not None and not fut.done():
@@ -261,6 +279,7 @@ class OwnershipView:
             elif not (was_owned or was_suspended):
                 continue
             dropped.append(rid)
+        self._unhold(dropped)
         if not dropped:
             return dropped
         self.epoch += 1

@@ -25,7 +25,7 @@ class Refusal(Enum):
     NOT_SERVING = "not_serving"  # stopping, not started, or the local lease ran out: "not owner"
     NOT_OWNED = "not_owned"  # the instance does not own the resource (an activation may claim it)
     STALE_TOKEN = "stale_token"  # it owns the resource under another grant than the request names
-    MOVING = "moving"  # being released, handed over or adopted: the request waits for the move
+    MOVING = "moving"  # being released, handed over, adopted or confirmed: the request waits for it
 
 
 #: A fencing token (serve; None for a call without a resource), or why not.
@@ -50,7 +50,7 @@ class Admission:
             return None, epoch
         token = view.owned.get(resource_id)
         if token is None:
-            if resource_id in view.leaving or resource_id in view.adopting:
+            if view.waiting(resource_id):
                 return Refusal.MOVING, epoch
             return Refusal.NOT_OWNED, epoch
         if expected_token is not None and expected_token != token:

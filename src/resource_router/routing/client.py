@@ -140,6 +140,7 @@ class ServiceClient:
                     await hub.release()
                     raise
                 self._resolver.attach(hub)
+                hub.on_master_change(self._resolver.master_changed)
                 self._hub = hub
 
     async def aclose(self) -> None:
@@ -149,6 +150,7 @@ class ServiceClient:
         hub, self._hub = self._hub, None
         await self._calls.close()
         if hub is not None:
+            hub.off_master_change(self._resolver.master_changed)
             with contextlib.suppress(ResourceRouterError):
                 await self._resolver.close(hub)
             await hub.release()

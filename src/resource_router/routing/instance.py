@@ -101,6 +101,7 @@ class ServiceInstance:
         idle_timeout: float | None = None,
         serial_per_resource: bool = False,
         confirm_after: float = DEFAULT_CONFIRM_AFTER,
+        reclaim_after_failover: bool = True,
         settings: RouterSettings | None = None,
         metrics_registry: CollectorRegistry | None = None,
     ) -> None:
@@ -117,6 +118,7 @@ class ServiceInstance:
             idle_timeout=idle_timeout,
             serial_per_resource=serial_per_resource,
             confirm_after=confirm_after,
+            reclaim_after_failover=reclaim_after_failover,
         )
         self._registry = registry = ResourceRegistry(
             redis,
@@ -167,6 +169,7 @@ class ServiceInstance:
     rebalance_rate = _Option[float]("rebalance_rate")
     idle_timeout = _Option[float | None]("idle_timeout")
     serial_per_resource = _Option[bool]("serial_per_resource")
+    reclaim_after_failover = _Option[bool]("reclaim_after_failover")
 
     # -- state ------------------------------------------------------------------------------------
     @property
@@ -291,6 +294,7 @@ class ServiceInstance:
         try:
             self._hub = hub = await PubSubHub.acquire(self._registry.redis, self._settings)
             self._replies.attach(hub)
+            hub.on_master_change(self._keeper.master_changed)
             await hub.subscribe(self._channel, self._dispatcher.on_message, self._on_channel_state)
             for events in self._keys.events_channels:
                 await hub.subscribe(events, self._on_event, self._keeper.on_events_state)
@@ -367,6 +371,7 @@ class ServiceInstance:
                 with contextlib.suppress(ResourceRouterError):
                     await hub.unsubscribe(channel, callback, listener)  # requests until then: "not owner"
             self._hub = None
+            hub.off_master_change(self._keeper.master_changed)
             self._replies.attach(None)
             await hub.release()
         self._metrics.forget_instance(self.service_name, self._instance_id)  # its gauges go with it

@@ -10,6 +10,12 @@
   for this instance by someone else (a router replica, a handoff from another instance) are adopted
   at once rather than at the next reconciliation.
 * A lease that ran out in Redis loses everything; the instance registers again, empty-handed.
+* **Master change** (a failover, a restart: the hub identified another server): every owned id is
+  held at once (requests for it wait), the fencing counters are raised past the tokens the instance
+  holds, and each id is confirmed against the new master. Ids it still has are served again; ids it
+  does not have (the grant was lost with the old master) or that another instance owns now are
+  reported to ``on_resource_lost`` (reason ``failover``); with ``reclaim_after_failover`` the free
+  ones are registered again at once (a new, larger token) and the waiting requests run here.
 
 Every change of the view that talks to Redis holds ``lock`` (registrations, releases and moves hold
 it too), so that a reply read from Redis is never applied over a newer one.
@@ -54,6 +60,7 @@ class LeaseKeeper:
         placed_on_adopt: bool,
         volunteering: Volunteering | None,
         log: Logger,
+        reclaim_after_failover: bool = True,
     ) -> None:
         self.registry = registry
         self.view = view
@@ -68,6 +75,8 @@ class LeaseKeeper:
         self._placed_on_adopt = placed_on_adopt
         self._volunteering = volunteering
         self._log = log
+        self.reclaim_after_failover = reclaim_after_failover
+        self.failovers = 0
 
     # -- the lease -----------------------------------------------------------------------------------
     async def register(self) -> None:
@@ -105,6 +114,8 @@ class LeaseKeeper:
                 raise
             self.view.renewed(sent)
             self.heartbeats += 1
+            if self.view.holding:  # a master change is being confirmed: that re-reads ownership
+                return
             owned = self.view.owned
             if self.view.needs_reconcile or (result.owned_count != len(owned) and not result.lost):
                 await self.reconcile()
@@ -135,6 +146,67 @@ class LeaseKeeper:
         resources = await self.registry.list_resources(self.service_name, self.instance_id)
         adopted = self.view.sync({r.resource_id: r.fencing_token for r in resources}, placed=self._placed_on_adopt)
         self._log.info("instance.reconciled", owned=len(self.view.owned), adopted=len(adopted))
+
+    # -- master changes ------------------------------------------------------------------------------
+    def master_changed(self, where: str) -> None:
+        """The hub's listener: another server answers now. Hold every owned id until it is confirmed
+        there (called before anything else is read from the new server)."""
+        if self.closed:
+            return
+        held = self.view.suspend(list(self.view.owned), hold=True)
+        self.failovers += 1
+        self._log.warning("instance.master_changed", where=where, held=len(held))
+        if held:
+            self._tasks.spawn(self.confirm_after_failover(held))
+
+    async def confirm_after_failover(self, held: dict[str, int]) -> None:
+        """Confirm ``held`` against the new master (retried while the local lease lasts)."""
+        pause = min(0.25, self.ttl / 10.0)
+        while not self.closed:
+            try:
+                async with self.lock:
+                    await self._reconfirm(held)
+                return
+            except ResourceRouterError as exc:
+                self._log.warning("instance.failover_confirm_failed", error=str(exc), resources=len(held))
+            if not self.view.lease_valid:  # its lease ran out meanwhile: nothing is this instance's
+                self.view.lose(list(held), LossReason.FAILOVER)
+                return
+            await asyncio.sleep(pause)
+
+    async def _reconfirm(self, held: dict[str, int]) -> None:
+        ids = [rid for rid in held if rid in self.view.suspended]
+        if not ids:
+            return
+        await self.registry.raise_fences(self.service_name, {rid: held[rid] for rid in ids})
+        found = await self.registry.get_resources(self.service_name, ids)
+        me = self.instance_id
+        kept = {rid: r.fencing_token for rid, r in found.items() if r.owner_instance_id == me}
+        missing = [rid for rid in ids if rid not in found]
+        taken = [rid for rid in ids if rid in found and found[rid].owner_instance_id != me]
+        regained: dict[str, int] = {}
+        if missing and self.reclaim_after_failover:
+            try:
+                try:
+                    response = await self.registry.register_resource(self.service_name, me, missing)
+                except InstanceNotAliveError:  # the new master lost the lease too (a restart): take it again
+                    await self.register()
+                    if self._volunteering is not None:
+                        await self._volunteering.rejoin()
+                    response = await self.registry.register_resource(self.service_name, me, missing)
+                regained = response.fencing_tokens
+            except ResourceRouterError as exc:  # reported lost; callers activate them elsewhere
+                self._log.warning("instance.failover_reclaim_failed", error=str(exc), resources=len(missing))
+        placed = {rid for rid in regained if rid in self.view.placed}
+        # One synchronous step: requests that waited see the outcome, never a moment between.
+        self.view.restore(kept)
+        self.view.lose([*missing, *taken], LossReason.FAILOVER)
+        if regained:
+            self.view.gain({rid: tok for rid, tok in regained.items() if rid not in placed})
+            self.view.gain({rid: tok for rid, tok in regained.items() if rid in placed}, placed=True)
+        self._log.warning(
+            "instance.failover_confirmed", kept=len(kept), lost=len(missing) + len(taken), reclaimed=len(regained)
+        )
 
     # -- ownership events ----------------------------------------------------------------------------
     def on_events_state(self, heard: bool) -> None:

@@ -28,6 +28,7 @@ class InstanceOptions:
     idle_timeout: float | None
     serial_per_resource: bool
     confirm_after: float
+    reclaim_after_failover: bool
 
     @classmethod
     def checked(
@@ -45,6 +46,7 @@ class InstanceOptions:
         idle_timeout: object,
         serial_per_resource: bool,
         confirm_after: object,
+        reclaim_after_failover: bool,
     ) -> InstanceOptions:
         """The options, each checked; ``InvalidRequestError`` naming the first bad one."""
         lease = validate_seconds(ttl, "ttl", low=MIN_TTL, high=MAX_TTL)
@@ -65,4 +67,5 @@ class InstanceOptions:
             idle_timeout=None if idle_timeout is None else validate_seconds(idle_timeout, "idle_timeout", low=0.01),
             serial_per_resource=bool(serial_per_resource),
             confirm_after=validate_seconds(confirm_after, "confirm_after", low=0.0, high=lease),
+            reclaim_after_failover=bool(reclaim_after_failover),
         )

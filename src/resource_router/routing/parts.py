@@ -106,6 +106,7 @@ class InstanceParts:
             placed_on_adopt=options.accept_placement,
             volunteering=volunteering,
             log=log,
+            reclaim_after_failover=options.reclaim_after_failover,
         )
         signer = Signer.from_settings(settings)
         replies = Replies(

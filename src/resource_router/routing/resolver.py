@@ -137,6 +137,13 @@ class OwnerResolver:
         assert call.resource_id is not None
         self._owners.pop((call.sk.service_name, call.resource_id), None)
 
+    def master_changed(self, where: str) -> None:
+        """The hub's listener: another server answers now, and what it has may differ from what the
+        old one said. Every cached owner and volunteer list is dropped."""
+        self._owners.clear()
+        self._live.clear()
+        self.volunteers.forget()
+
     def forget(self, service_name: str, resource_id: str | None = None) -> None:
         """Drop cached owners (of one resource, or of the whole service)."""
         if resource_id is not None:

@@ -65,6 +65,23 @@ class FastWire(Wire):
         packed: bytes = hiredis.pack_command(args)
         return packed
 
+    async def request(self, *args: bytes | str | int | float) -> Any:
+        reader, writer, parser = self._reader, self._writer, self._parser
+        if reader is None or writer is None:
+            raise RedisConnectionError("not connected")
+        writer.write(self.pack(*args))
+        reply = parser.gets()
+        while reply is _NOT_ENOUGH:
+            try:
+                data = await reader.read(_READ_SIZE)
+            except OSError as exc:
+                raise RedisConnectionError(f"read failed: {exc}") from exc
+            if not data:
+                raise RedisConnectionError("connection closed by the server")
+            parser.feed(data)
+            reply = parser.gets()
+        return reply
+
     def write(self, data: bytes) -> None:
         writer = self._writer
         if writer is not None and not writer.is_closing():
@@ -74,6 +91,10 @@ class FastWire(Wire):
         reader, parser = self._reader, self._parser
         if reader is None:
             raise RedisConnectionError("not connected")
+        reply = parser.gets()  # replies that arrived with the answer to a ``request``
+        while reply is not _NOT_ENOUGH:
+            on_reply(reply)
+            reply = parser.gets()
         while True:
             try:
                 data = await reader.read(_READ_SIZE)

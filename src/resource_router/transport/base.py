@@ -30,11 +30,14 @@ from resource_router.transport.connection import client_options
 from resource_router.transport.link import MessageHandler, NodeLink
 from resource_router.transport.redis_errors import map_redis_error
 
-__all__ = ["StateCallback", "Transport", "connection_factory"]
+__all__ = ["MasterCallback", "StateCallback", "Transport", "connection_factory"]
 
 
 #: ``on_state(channels, heard)``: channels no longer heard (False) or heard again (True).
 StateCallback = Callable[[frozenset[bytes], bool], None]
+#: ``on_master(where)``: another server now answers for ``where`` (a failover, a restart): what it
+#: wrote before may be lost. Called before anything else is sent to the new server.
+MasterCallback = Callable[[str], None]
 
 
 def connection_factory(
@@ -50,11 +53,31 @@ class Transport:
 
     sharded = False
 
-    def __init__(self, settings: RouterSettings, on_message: MessageHandler, on_state: StateCallback) -> None:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        on_message: MessageHandler,
+        on_state: StateCallback,
+        on_master: MasterCallback | None = None,
+    ) -> None:
         self.settings = settings
         self._on_message = on_message
         self._on_state = on_state
+        self._on_master = on_master
+        self._run_ids: dict[str, str] = {}  # link name -> run_id of the server it reached last
         self._publish = b"SPUBLISH" if self.sharded else b"PUBLISH"
+
+    def _server_seen(self, link: NodeLink, run_id: str) -> None:
+        """A connection of ``link`` reached the server ``run_id``: another one than before means
+        a failover or a restart there (``on_master``)."""
+        before = self._run_ids.get(link.name)
+        self._run_ids[link.name] = run_id
+        if before is not None and before != run_id:
+            self.master_changed(f"{link.name} (run_id {before[:8]} -> {run_id[:8]})")
+
+    def master_changed(self, where: str) -> None:
+        if self._on_master is not None:
+            self._on_master(where)
 
     async def start(self) -> None:
         raise NotImplementedError

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from resource_router.observability.logs import get_logger
 from resource_router.settings import RouterSettings
-from resource_router.transport.base import StateCallback, Transport, connection_factory
+from resource_router.transport.base import MasterCallback, StateCallback, Transport, connection_factory
 from resource_router.transport.link import MessageHandler, NodeLink
 from resource_router.transport.redis_errors import is_redirect, redis_errors
 from resource_router.transport.tasks import stop_task
@@ -29,9 +29,14 @@ class ClusterTransport(Transport):
     REPAIR_INTERVAL = 0.5
 
     def __init__(
-        self, client: aredis.RedisCluster, settings: RouterSettings, on_message: MessageHandler, on_state: StateCallback
+        self,
+        client: aredis.RedisCluster,
+        settings: RouterSettings,
+        on_message: MessageHandler,
+        on_state: StateCallback,
+        on_master: MasterCallback | None = None,
     ) -> None:
-        super().__init__(settings, on_message, on_state)
+        super().__init__(settings, on_message, on_state, on_master)
         self._client = client
         self._links: dict[str, NodeLink] = {}
         self._link_lock = asyncio.Lock()
@@ -70,6 +75,7 @@ class ClusterTransport(Transport):
                     on_message=self._on_message,
                     on_state=self._state_of_link,
                     on_moved=self._moved,
+                    on_server=self._server_seen,
                 )
                 try:
                     await link.start()
@@ -150,6 +156,7 @@ class ClusterTransport(Transport):
         except Exception as exc:
             logger.debug("pubsub.cluster_refresh_failed", error=f"{type(exc).__name__}: {exc}")
             return
+        moved_from: set[str] = set()
         for channel, link in list(self._channel_link.items()):
             try:
                 node = self._node(channel)
@@ -157,6 +164,8 @@ class ClusterTransport(Transport):
                 continue
             if node.name == link.name and not link.closed and channel in link.channels:
                 continue
+            if node.name != link.name:
+                moved_from.add(f"{link.name} -> {node.name}")
             link.channels.discard(channel)
             try:
                 new = await self._link_for(channel)
@@ -166,3 +175,5 @@ class ClusterTransport(Transport):
             except Exception as exc:
                 self._channel_link[channel] = link
                 logger.debug("pubsub.channel_move_failed", error=f"{type(exc).__name__}: {exc}")
+        if moved_from:  # another master serves those slots now (a failover of the shard, a resharding)
+            self.master_changed(", ".join(sorted(moved_from)))

@@ -1,7 +1,8 @@
 """Redis connections: a URL or a ready client, for a single Redis, a Redis Cluster or ``memory://``.
 
 URL forms: ``redis://host:port/db``, ``rediss://`` (TLS), ``unix:///path.sock``,
-``redis+cluster://host:port[,host:port...]/`` (``rediss+cluster://`` with TLS) and ``memory://`` /
+``redis+cluster://host:port[,host:port...]/`` (``rediss+cluster://`` with TLS),
+``redis+sentinel://[user:password@]host:port[,host:port...]/MASTER_NAME[/db]`` (``sentinel.py``) and ``memory://`` /
 ``memory://NAME`` (an in-process Redis-compatible server, fakeredis with Lua; every client made
 from the same name in one process shares it; it needs the ``memory`` extra:
 ``pip install 'resource-router[memory]'``). A real URL is never replaced by the embedded server.
@@ -45,6 +46,7 @@ from redis.backoff import NoBackoff
 from resource_router.errors import InvalidRequestError
 from resource_router.settings import RouterSettings, redact_url
 from resource_router.transport.memory import is_memory_url, memory_client
+from resource_router.transport.sentinel import SENTINEL_SCHEMES, parse_sentinel_url, sentinel_client
 
 __all__ = [
     "CLIENT_OPTIONS",
@@ -83,6 +85,8 @@ _IDENTITY_KEYS = frozenset(
 
 #: Identity recorded for the clients this module made (RedisCluster nodes change after discovery).
 _IDENTITIES: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+#: Printable forms of clients whose connections do not say where they go (Sentinel: the master moves).
+_DESCRIPTIONS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def client_options(settings: RouterSettings) -> dict[str, Any]:
@@ -125,10 +129,17 @@ def connect(redis: RedisLike, settings: RouterSettings | None = None) -> Client:
     scheme = urlsplit(redis).scheme
     if scheme in _CLUSTER_SCHEMES:
         return _cluster_from_url(redis, settings)
+    if scheme in SENTINEL_SCHEMES:
+        target = parse_sentinel_url(redis)
+        sentinel = sentinel_client(target, client_options(settings), settings.max_connections)
+        _IDENTITIES[sentinel] = target.identity()
+        _DESCRIPTIONS[sentinel] = target.describe()
+        return sentinel
     if scheme not in _SINGLE_SCHEMES:
         raise InvalidRequestError(
             f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, unix://, "
-            "redis+cluster://host:port[,host:port...]/ or memory://",
+            "redis+cluster://host:port[,host:port...]/, redis+sentinel://host:port[,host:port...]/MASTER "
+            "or memory://",
             field="redis",
         )
     try:
@@ -283,6 +294,9 @@ def describe(client: Client) -> str:
     if isinstance(client, aredis.RedisCluster):
         nodes = ",".join(sorted(client.nodes_manager.startup_nodes))
         return f"redis+cluster://{nodes}/"
+    known = _DESCRIPTIONS.get(client)
+    if known is not None:
+        return known
     kw = client.connection_pool.connection_kwargs
     if "server" in kw or type(client).__module__.startswith("fakeredis"):
         return "memory://"

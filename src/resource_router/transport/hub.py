@@ -9,7 +9,10 @@ top of a ``Transport`` (``base.py``) (single Redis, Redis Cluster or ``memory://
   or tasks). ``on_state(heard)`` says when the channel stops being heard (the connection dropped:
   messages published meanwhile are lost) and when it is heard again (re-subscribed);
 * the hot path's commands: ``publish``, ``publish_nowait``, ``get`` (owner lookups) and ``evalsha``,
-  batched per event-loop iteration by the transport's links.
+  batched per event-loop iteration by the transport's links;
+* master changes: every new connection is identified (the server's ``run_id``), and when another
+  server answers than before (a failover, a restart, a cluster shard's failover) the listeners of
+  ``on_master_change`` are told before anything else is sent to it.
 
 Pub/sub delivery is at most once. The first user's settings (health checks, timeouts) configure
 the hub's connections.
@@ -27,7 +30,7 @@ from redis.commands.core import AsyncScript
 from resource_router.errors import ResourceRouterError
 from resource_router.observability.logs import get_logger
 from resource_router.settings import RouterSettings
-from resource_router.transport.base import StateCallback, Transport
+from resource_router.transport.base import MasterCallback, StateCallback, Transport
 from resource_router.transport.cluster import ClusterTransport
 from resource_router.transport.connection import Client, is_cluster, is_memory, server_identity
 from resource_router.transport.link import MessageHandler
@@ -60,7 +63,8 @@ class PubSubHub:
         self._started = False
         self._closed = False
         self._start_lock = asyncio.Lock()
-        self.transport: Transport = make_transport(client, settings, self._dispatch, self._on_state)
+        self._master_listeners: tuple[MasterCallback, ...] = ()
+        self.transport: Transport = make_transport(client, settings, self._dispatch, self._on_state, self._on_master)
 
     # -- sharing ---------------------------------------------------------------------------------
     @classmethod
@@ -151,6 +155,23 @@ class PubSubHub:
             if not self._remove(name, callback, on_state) and name in self._callbacks and not self._closed:
                 await self.transport.subscribe(name)  # someone subscribed meanwhile: keep it heard
 
+    def on_master_change(self, listener: MasterCallback) -> None:
+        """Call ``listener(where)`` whenever another server answers for this hub (a failover or a
+        restart: what the old one acknowledged may be missing). It is called from the connection's
+        own task, before anything else is sent to the new server: it must not block."""
+        self._master_listeners = (*self._master_listeners, listener)
+
+    def off_master_change(self, listener: MasterCallback) -> None:
+        self._master_listeners = tuple(cb for cb in self._master_listeners if cb != listener)
+
+    def _on_master(self, where: str) -> None:
+        logger.warning("pubsub.master_changed", where=where, listeners=len(self._master_listeners))
+        for listener in self._master_listeners:
+            try:
+                listener(where)
+            except Exception:
+                logger.exception("pubsub.listener_failed", channel="(master change)")
+
     def heard(self, channel: str) -> bool:
         """True while the channel's subscription is confirmed on a live connection."""
         return self.transport.heard(channel.encode())
@@ -205,11 +226,15 @@ class PubSubHub:
 
 
 def make_transport(
-    client: Client, settings: RouterSettings, on_message: MessageHandler, on_state: StateCallback
+    client: Client,
+    settings: RouterSettings,
+    on_message: MessageHandler,
+    on_state: StateCallback,
+    on_master: MasterCallback | None = None,
 ) -> Transport:
     """The transport for ``client``'s kind of server."""
     if is_cluster(client):
-        return ClusterTransport(client, settings, on_message, on_state)  # type: ignore[arg-type]
+        return ClusterTransport(client, settings, on_message, on_state, on_master)  # type: ignore[arg-type]
     if is_memory(client):
-        return MemoryTransport(client, settings, on_message, on_state)  # type: ignore[arg-type]
-    return SingleTransport(client, settings, on_message, on_state)  # type: ignore[arg-type]
+        return MemoryTransport(client, settings, on_message, on_state, on_master)  # type: ignore[arg-type]
+    return SingleTransport(client, settings, on_message, on_state, on_master)  # type: ignore[arg-type]

@@ -40,7 +40,7 @@ from resource_router.transport.retry import Backoff
 from resource_router.transport.tasks import stop_task
 from resource_router.transport.wire import ConnectionWire, Wire
 
-__all__ = ["MessageHandler", "NodeLink", "StateHandler", "make_wire"]
+__all__ = ["MessageHandler", "NodeLink", "StateHandler", "make_wire", "server_run_id"]
 
 logger = get_logger(__name__)
 
@@ -52,6 +52,19 @@ StateHandler = Callable[["NodeLink", frozenset[bytes], bool], None]
 _FAILURES: Final = (RedisError, OSError, asyncio.TimeoutError)
 _PING_MARK: Final = object()  # a pending slot for a health-check PING on the command connection
 _SUBSCRIBE_CHUNK: Final = 1000
+
+
+async def server_run_id(wire: Wire) -> str | None:
+    """The ``run_id`` of the server behind ``wire`` (``INFO server``): it changes when another
+    process answers at the address, as after a failover or a restart. None when the server does not
+    say (the embedded server, an ACL user without ``INFO``)."""
+    reply = await wire.request(b"INFO", b"server")
+    if not isinstance(reply, bytes):
+        return None
+    for line in reply.split(b"\r\n"):
+        if line.startswith(b"run_id:"):
+            return line[7:].decode("ascii", "replace")
+    return None
 
 
 def make_wire(conn: AbstractConnection) -> Wire:
@@ -75,6 +88,7 @@ class NodeLink:
         on_message: MessageHandler,
         on_state: StateHandler,
         on_moved: Callable[[NodeLink, bytes], None] | None = None,
+        on_server: Callable[[NodeLink, str], None] | None = None,
         wire_factory: Callable[[AbstractConnection], Wire] = make_wire,
     ) -> None:
         self.name = name
@@ -84,6 +98,8 @@ class NodeLink:
         self._on_message = on_message
         self._on_state = on_state
         self._on_moved = on_moved
+        self._on_server = on_server  # told the server's run_id on every new connection
+        self._wake = asyncio.Event()
         if sharded:
             self._sub_cmd, self._unsub_cmd = b"SSUBSCRIBE", b"SUNSUBSCRIBE"
             self._message, self._confirms = b"smessage", (b"ssubscribe", b"sunsubscribe")
@@ -131,9 +147,14 @@ class NodeLink:
         self._schedule_health()
 
     async def _open(self) -> Wire:
+        """A new connection, identified (``server_run_id``) before anything else is sent on it."""
         wire = self._wire_factory(self._make_conn())
         try:
             await asyncio.wait_for(wire.open(), self.settings.connect_timeout + self.settings.operation_timeout)
+            if self._on_server is not None:
+                run_id = await asyncio.wait_for(server_run_id(wire), self.settings.operation_timeout)
+                if run_id is not None:
+                    self._on_server(self, run_id)
         except BaseException:
             await wire.close()
             raise
@@ -185,11 +206,21 @@ class NodeLink:
             self._drained = None
 
     # -- subscriber ------------------------------------------------------------------------------
+    def wake(self, why: str) -> None:
+        """The server moved (a Sentinel announced a new master): end the connections and reconnect
+        at once rather than after the current backoff."""
+        self._wake.set()
+        self._end_both(why)
+
     async def _subscriber_loop(self, wire: Wire | None) -> None:
         backoff = Backoff(0.05, self.settings.retry_max_backoff * 2)
         while not self.closed:
             if wire is None:
-                await asyncio.sleep(backoff.next_delay())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), backoff.next_delay())
+                if self._wake.is_set():
+                    self._wake.clear()
+                    backoff.reset()
                 try:
                     wire = await self._open()
                 except _FAILURES as exc:

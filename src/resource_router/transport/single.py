@@ -9,10 +9,11 @@ from redis.exceptions import RedisError
 
 from resource_router.errors import InvalidRequestError
 from resource_router.settings import RouterSettings
-from resource_router.transport.base import StateCallback, Transport, connection_factory
+from resource_router.transport.base import MasterCallback, StateCallback, Transport, connection_factory
 from resource_router.transport.connection import describe
 from resource_router.transport.link import MessageHandler, NodeLink
 from resource_router.transport.redis_errors import CLUSTER_HINT
+from resource_router.transport.sentinel import SwitchWatch, sentinels_of
 from resource_router.transport.wire import ConnectionWire
 
 __all__ = ["MemoryTransport", "SingleTransport"]
@@ -22,9 +23,14 @@ class SingleTransport(Transport):
     """One Redis server (TCP, TLS or unix socket)."""
 
     def __init__(
-        self, client: aredis.Redis, settings: RouterSettings, on_message: MessageHandler, on_state: StateCallback
+        self,
+        client: aredis.Redis,
+        settings: RouterSettings,
+        on_message: MessageHandler,
+        on_state: StateCallback,
+        on_master: MasterCallback | None = None,
     ) -> None:
-        super().__init__(settings, on_message, on_state)
+        super().__init__(settings, on_message, on_state, on_master)
         pool = client.connection_pool
         self._link = NodeLink(
             describe(client),
@@ -33,8 +39,11 @@ class SingleTransport(Transport):
             settings=settings,
             on_message=on_message,
             on_state=self._link_state,
+            on_server=self._server_seen,
             **self._wire_options(),
         )
+
+        self._switch = SwitchWatch(client, self._switched) if sentinels_of(client) is not None else None
 
     def _wire_options(self) -> dict[str, Any]:
         return {}
@@ -42,6 +51,11 @@ class SingleTransport(Transport):
     async def start(self) -> None:
         await self._link.start()
         await self._refuse_cluster_node()
+        if self._switch is not None:
+            self._switch.start()
+
+    def _switched(self) -> None:
+        self._link.wake("a Sentinel announced a new master")
 
     async def _refuse_cluster_node(self) -> None:
         """A ``redis://`` URL that reaches a node of a Redis Cluster fails at once, naming the right form."""
@@ -54,6 +68,8 @@ class SingleTransport(Transport):
             raise InvalidRequestError(CLUSTER_HINT, field="redis")
 
     async def aclose(self) -> None:
+        if self._switch is not None:
+            await self._switch.aclose()
         await self._link.aclose()
 
     async def subscribe(self, channel: bytes) -> None:

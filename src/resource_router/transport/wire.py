@@ -36,6 +36,11 @@ class Wire:
     def pack(self, *args: bytes | str | int | float) -> bytes:
         raise NotImplementedError
 
+    async def request(self, *args: bytes | str | int | float) -> Any:
+        """One command and its reply, before the read loop starts (an error reply is returned as an
+        exception object)."""
+        raise NotImplementedError
+
     def write(self, data: bytes) -> None:
         """Queue ``data``; everything queued is sent in order, without waiting."""
         raise NotImplementedError
@@ -62,6 +67,13 @@ class ConnectionWire(Wire):
 
     def pack(self, *args: bytes | str | int | float) -> bytes:
         return b"".join(self.conn.pack_command(*args))
+
+    async def request(self, *args: bytes | str | int | float) -> Any:
+        await self.conn.send_packed_command(self.pack(*args), check_health=False)
+        try:
+            return await self.conn.read_response(disconnect_on_error=True)
+        except ResponseError as exc:
+            return exc
 
     def write(self, data: bytes) -> None:
         if self._failed is not None:
