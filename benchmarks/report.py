@@ -38,13 +38,19 @@ class Goal:
             return "-"
         if self.unit == "x":
             return f"{self.value:.2f}x"
+        if self.unit == "s":
+            return f"{self.value:+.2f} s"
         return f"{self.value:,.0f} {self.unit}"
 
     def target(self) -> str:
         if self.limit in (float("inf"), float("-inf")):
             return "(no target)"
         op = "<=" if self.kind == "max" else ">="
-        return f"{op} {self.limit:g}x" if self.unit == "x" else f"{op} {self.limit:,.0f} {self.unit}"
+        if self.unit == "x":
+            return f"{op} {self.limit:g}x"
+        if self.unit == "s":
+            return f"{op} {self.limit:g} s over the failover time"
+        return f"{op} {self.limit:,.0f} {self.unit}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,6 +108,23 @@ def _absolute(rows: dict[str, Row], text: str, rid: str, attr: str, limit: float
 FIRST_WAVE_P50_VS_NATS = 189.8 / 251.1
 FIRST_WAVE_CONC_VS_NATS = 28_431.0 / 33_242.1
 OLDEST = "@redis-py-5.2.1"
+
+
+def _failover(rows: dict[str, Row]) -> Goal:
+    """The first successful call after the master's SIGKILL within the failover time + 1 s."""
+    row = _get(rows, "failover_first_call")
+    text = "first successful call after a master SIGKILL (Sentinel) <= failover time + 1 s"
+    if row is None or row.extras.get("recovery_s") is None:
+        return Goal(text, None, 1.0, "max", unit="s", missing=_why(rows, "failover_first_call"))
+    spare = row.extras["recovery_s"] - row.extras["failover_s"]
+    return Goal(
+        text,
+        round(spare, 3),
+        1.0,
+        "max",
+        unit="s",
+        detail=f"recovery {row.extras['recovery_s']} s, failover {row.extras['failover_s']} s",
+    )
 
 
 def _spread(rows: dict[str, Row]) -> Goal:
@@ -202,6 +225,25 @@ def evaluate_goals(row_list: list[Row], scales: tuple[int, ...], scale_label: An
             0.4,
             attr="conc64_ops_per_s",
         ),
+        # high availability
+        _ratio(
+            rows,
+            "register+release p50 with min_replicas=1 <= 1.3x min_replicas=0",
+            "register_release_min_replicas1",
+            "register_release_replicated",
+            1.3,
+        ),
+        _ratio(
+            rows,
+            "heartbeat p50 with min_replicas=1 <= 1.3x min_replicas=0",
+            "heartbeat_min_replicas1",
+            "heartbeat_replicated",
+            1.3,
+        ),
+        _ratio(
+            rows, "routed call via Sentinel p50 <= 1.05x direct", "routed_call_sentinel", "routed_call_direct", 1.05
+        ),
+        _failover(rows),
     ]
     memory = _memory(rows, scales, scale_label)
     if memory is not None:

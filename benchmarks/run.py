@@ -25,6 +25,8 @@ import redis.asyncio as aredis
 import redis.utils
 
 from .cases_cluster import run_cluster
+from .cases_failover import LABELS as FAILOVER_ROWS
+from .cases_failover import run_failover
 from .cases_ownership import run_batches, run_locks, run_lookups
 from .cases_rpc import run_rpc
 from .cases_scale import run_scale, scale_label
@@ -79,6 +81,7 @@ ROW_IDS = (
     "cluster_spread",
     "gateway_route_workers2",
     "nats_bridge_route",
+    *FAILOVER_ROWS,
     "scale",
 )
 
@@ -130,6 +133,7 @@ async def _run_all(
         ("request-reply", run_rpc),
         ("redis-py 5.2.1", run_versions),
         ("redis cluster", run_cluster),
+        ("high availability", run_failover),
         ("1000-id batches", run_batches),
         ("scale", run_scale),
     ]

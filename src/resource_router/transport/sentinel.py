@@ -200,6 +200,7 @@ class SwitchWatch:
         self._master = master_name(client)
         self._on_switch = on_switch
         self._tasks: list[asyncio.Task[None]] = []
+        self._last: bytes | None = None  # every Sentinel announces the same switch: act on it once
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -223,7 +224,8 @@ class SwitchWatch:
                         continue
                     data = message.get("data")
                     name = data.split(b" ", 1)[0] if isinstance(data, bytes) else None
-                    if name is not None and name.decode("utf-8", "replace") == self._master:
+                    if name is not None and name.decode("utf-8", "replace") == self._master and data != self._last:
+                        self._last = data
                         logger.warning("pubsub.sentinel_switch", master=self._master, to=data.decode(errors="replace"))
                         self._on_switch()
             except (RedisError, OSError) as exc:
