@@ -28,8 +28,8 @@ from prometheus_client import CollectorRegistry
 
 from resource_router import ResourceRegistry, ServiceClient
 from resource_router.settings import redact_url
-from tests.redis_cluster import RedisCluster3
-from tests.redis_server import RedisServer, redis_server_binary
+from tests.support.redis_cluster import RedisCluster3
+from tests.support.redis_server import RedisServer, redis_server_binary
 
 #: Scale of slow/chaos/soak tests. CI runs the bounded default (1); RR_SLOW_SCALE=10 for a long run.
 SLOW_SCALE = max(1, int(os.environ.get("RR_SLOW_SCALE", "1")))
@@ -165,28 +165,28 @@ def namespace() -> str:
 #: Suites that run a third time, on a real 3-master Redis Cluster (``redis+cluster://``).
 CLUSTER_SUITES = frozenset(
     {
-        "test_registry",
-        "test_registry_leases",
-        "test_registry_races",
-        "test_routing",
-        "test_routing_pubsub",
-        "test_client",
-        "test_instance",
-        "test_lifecycle",
-        "test_placement",
-        "test_handoff",
+        "tests.ownership.test_registry",
+        "tests.ownership.test_registry_leases",
+        "tests.ownership.test_registry_races",
+        "tests.routing.test_exact_routing",
+        "tests.transport.test_hub",
+        "tests.routing.test_client",
+        "tests.routing.test_instance",
+        "tests.routing.test_lifecycle",
+        "tests.placement.test_activation",
+        "tests.placement.test_handoff",
     }
 )
 
 
 #: Suites whose ``registry`` fixture runs with 1 partition and with 16.
-PARTITION_SUITES = frozenset({"test_registry", "test_registry_leases"})
+PARTITION_SUITES = frozenset({"tests.ownership.test_registry", "tests.ownership.test_registry_leases"})
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """``backend_url``: the real Redis and memory://, plus a Redis Cluster for ``CLUSTER_SUITES``;
     ``partitions``: 1, and 16 too for the ``registry`` fixture of ``PARTITION_SUITES``."""
-    module = metafunc.module.__name__.rpartition(".")[2]
+    module = metafunc.module.__name__
     if "backend_url" in metafunc.fixturenames:
         backends = ["redis", "memory"]
         if module in CLUSTER_SUITES:
