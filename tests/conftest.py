@@ -1,4 +1,5 @@
-"""Shared fixtures.
+"""Fixtures shared by more than one folder of the suite (a folder's own live in its ``conftest.py``;
+plain helpers in ``tests/support/``).
 
 Redis for the suite, in order of preference:
 1. ``REDIS_URL`` when set (the suite only uses fresh namespaces and never flushes a shared server);
@@ -13,12 +14,10 @@ which one it will be, and the summary at the end which one it was.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from importlib import metadata
 
 import pytest
@@ -30,10 +29,6 @@ from resource_router import ResourceRegistry, ServiceClient
 from resource_router.settings import redact_url
 from tests.support.redis_cluster import RedisCluster3
 from tests.support.redis_server import RedisServer, redis_server_binary
-
-#: Scale of slow/chaos/soak tests. CI runs the bounded default (1); RR_SLOW_SCALE=10 for a long run.
-SLOW_SCALE = max(1, int(os.environ.get("RR_SLOW_SCALE", "1")))
-
 
 #: The Redis the session used, for the summary at the end.
 _USED: list[str] = []
@@ -109,20 +104,6 @@ def _testcontainers_url() -> tuple[str, object] | None:
     host = container.get_container_host_ip()
     port = container.get_exposed_port(6379)
     return f"redis://{host}:{port}/0", container
-
-
-def sample(reg: CollectorRegistry, name: str, **labels: str) -> float:
-    """The current value of a metric sample (0 when it was never set)."""
-    return reg.get_sample_value(name, labels) or 0.0
-
-
-async def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> float:
-    """Seconds until ``check()`` is true, polled every 5 ms; fails after ``timeout``."""
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout, "condition not met in time"
-        await asyncio.sleep(0.005)
-    return time.monotonic() - start
 
 
 @pytest.fixture(scope="session")
@@ -232,6 +213,15 @@ def metrics_registry() -> CollectorRegistry:
 @pytest.fixture
 async def client(backend_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[ServiceClient]:
     async with ServiceClient(backend_url, namespace=namespace, metrics_registry=metrics_registry) as c:
+        yield c
+
+
+@pytest.fixture
+async def real_client(
+    redis_url: str, namespace: str, metrics_registry: CollectorRegistry
+) -> AsyncIterator[ServiceClient]:
+    """A client on ``redis_url``, a real Redis (``client`` runs on every backend of ``backend_url``)."""
+    async with ServiceClient(redis_url, namespace=namespace, metrics_registry=metrics_registry) as c:
         yield c
 
 

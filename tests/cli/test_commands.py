@@ -26,7 +26,7 @@ from resource_router.cli import inspect as cli_inspect
 from resource_router.cli.exit_codes import EXIT_CANNOT_LISTEN, EXIT_ERROR, EXIT_INVALID, EXIT_REDIS_UNAVAILABLE
 from resource_router.gateway import GatewaySettings
 from resource_router.observability.rendering import configure_logging
-from tests.gateway.test_replicas import ROOT, clean_env, cli_command
+from tests.support.processes import ROOT, clean_env, cli_command
 from tests.support.redis_server import RedisServer, free_port
 
 SVC = "billing"

@@ -8,61 +8,16 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
-from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from resource_router import InvalidRequestError, ResourceRegistry, RouterSettings
-from resource_router.gateway import GatewaySettings, create_app
+from resource_router import InvalidRequestError
 from resource_router.ids import validate_resource_id
+from tests.support.gateway import SVC, Gateway, assert_error, open_gateway
 from tests.support.logs import capture_logs
 from tests.support.redis_server import RedisServer
-
-SVC = "svc"
-
-
-@dataclass
-class Gateway:
-    app: FastAPI
-    http: httpx.AsyncClient
-    registry: ResourceRegistry
-    settings: GatewaySettings
-
-
-async def _open_gateway(
-    redis_url: str, namespace: str, metrics_registry: CollectorRegistry, **overrides: Any
-) -> AsyncIterator[Gateway]:
-    router_fields = {k: overrides.pop(k) for k in list(overrides) if k in RouterSettings.model_fields}
-    settings = GatewaySettings(
-        router=RouterSettings(redis_url=redis_url, namespace=namespace, **router_fields),
-        max_body_bytes=overrides.pop("max_body_bytes", 4096),
-        sweep_interval=overrides.pop("sweep_interval", 0),
-        **overrides,
-    )
-    app = create_app(settings, metrics_registry=metrics_registry)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
-            yield Gateway(app, http, app.state.gateway.registry, settings)
-
-
-@pytest.fixture
-async def gw(redis_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[Gateway]:
-    async for g in _open_gateway(redis_url, namespace, metrics_registry):
-        yield g
-
-
-def _assert_error(response: httpx.Response, status: int, error: dict[str, Any], trace_id: str | None) -> None:
-    """Exact error body, status, and the trace id in both the body and the header."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body == {"error": error, "trace_id": body["trace_id"] if trace_id is None else trace_id}
-    assert response.headers["x-trace-id"] == body["trace_id"]
-    assert response.headers["content-type"] == "application/json"
 
 
 def _expected(exc_type: type[Exception], fn: Any, *args: Any) -> dict[str, Any]:
@@ -258,13 +213,13 @@ async def test_trace_id_from_header_body_or_generated(gw: Gateway, captured_logs
 
 async def test_400_invalid_resource_id(gw: Gateway) -> None:
     r = await gw.http.get(f"/v1/resources/{SVC}/bad*id", headers={"X-Trace-Id": "t400"})
-    _assert_error(r, 400, _expected(InvalidRequestError, validate_resource_id, "bad*id"), "t400")
+    assert_error(r, 400, _expected(InvalidRequestError, validate_resource_id, "bad*id"), "t400")
     assert r.json()["error"]["field"] == "resource_id"
 
 
 async def test_400_invalid_service_name_in_path(gw: Gateway) -> None:
     r = await gw.http.get("/v1/instances/-nope", headers={"X-Trace-Id": "t400s"})
-    _assert_error(
+    assert_error(
         r,
         400,
         {
@@ -279,7 +234,7 @@ async def test_400_invalid_service_name_in_path(gw: Gateway) -> None:
 
 async def test_400_malformed_bodies(gw: Gateway) -> None:
     r = await gw.http.post("/v1/resources/register", json={"service_name": 1}, headers={"X-Trace-Id": "t-bad"})
-    _assert_error(
+    assert_error(
         r,
         400,
         {
@@ -302,7 +257,7 @@ async def test_400_malformed_bodies(gw: Gateway) -> None:
         content=b'{"service_name": ',
         headers={"content-type": "application/json", "X-Trace-Id": "t-json"},
     )
-    _assert_error(
+    assert_error(
         broken,
         400,
         {
@@ -320,7 +275,7 @@ async def test_400_malformed_bodies(gw: Gateway) -> None:
         json={"service_name": SVC, "instance_id": "i1", "resource_ids": ["a"], "sneaky": True},
         headers={"X-Trace-Id": "t-extra"},
     )
-    _assert_error(
+    assert_error(
         extra,
         400,
         {
@@ -344,7 +299,7 @@ async def test_400_malformed_bodies(gw: Gateway) -> None:
         json={"service_name": SVC, "instance_id": "i1", "resource_ids": []},
         headers={"X-Trace-Id": "t-empty"},
     )
-    _assert_error(
+    assert_error(
         empty_ids,
         400,
         {
@@ -367,7 +322,7 @@ async def test_403_release_of_someone_elses_resource(gw: Gateway) -> None:
         json={"service_name": SVC, "instance_id": "i2", "resource_ids": ["b", "a"]},
         headers={"X-Trace-Id": "t403"},
     )
-    _assert_error(
+    assert_error(
         r,
         403,
         {
@@ -384,7 +339,7 @@ async def test_403_release_of_someone_elses_resource(gw: Gateway) -> None:
 
 async def test_404_no_owner_and_unknown_path(gw: Gateway) -> None:
     r = await gw.http.get(f"/v1/resources/{SVC}/ghost", headers={"X-Trace-Id": "t404"})
-    _assert_error(
+    assert_error(
         r,
         404,
         {
@@ -397,9 +352,9 @@ async def test_404_no_owner_and_unknown_path(gw: Gateway) -> None:
         "t404",
     )
     unknown = await gw.http.get("/v2/nothing", headers={"X-Trace-Id": "t404p"})
-    _assert_error(unknown, 404, {"type": "HTTPError", "code": 404, "message": "Not Found"}, "t404p")
+    assert_error(unknown, 404, {"type": "HTTPError", "code": 404, "message": "Not Found"}, "t404p")
     wrong_method = await gw.http.delete("/v1/route", headers={"X-Trace-Id": "t405"})
-    _assert_error(wrong_method, 405, {"type": "HTTPError", "code": 405, "message": "Method Not Allowed"}, "t405")
+    assert_error(wrong_method, 405, {"type": "HTTPError", "code": 405, "message": "Method Not Allowed"}, "t405")
     assert wrong_method.headers["allow"] == "POST"
 
 
@@ -414,7 +369,7 @@ async def test_409_conflicts_listed_and_free_ids_registered(gw: Gateway) -> None
     )
     b = await gw.registry.get_resource_owner(SVC, "b")
     assert b.owner_instance_id == "i2"  # the free id was registered in the same atomic step
-    _assert_error(
+    assert_error(
         r,
         409,
         {
@@ -433,7 +388,7 @@ async def test_409_conflicts_listed_and_free_ids_registered(gw: Gateway) -> None
         json={"service_name": SVC, "instance_id": "i2", "resource_ids": ["a"]},
         headers={"X-Trace-Id": "t409b"},
     )
-    _assert_error(
+    assert_error(
         only_conflicts,
         409,
         {
@@ -454,7 +409,7 @@ async def test_410_instance_not_alive(gw: Gateway) -> None:
         json={"service_name": SVC, "instance_id": "ghost-1", "resource_ids": ["a"]},
         headers={"X-Trace-Id": "t410"},
     )
-    _assert_error(
+    assert_error(
         r,
         410,
         {
@@ -479,7 +434,7 @@ async def test_413_body_too_large(gw: Gateway) -> None:
         content=content,
         headers={"X-Trace-Id": "t413", "content-type": "application/json"},
     )
-    _assert_error(
+    assert_error(
         r,
         413,
         {
@@ -500,7 +455,7 @@ async def test_413_body_too_large(gw: Gateway) -> None:
     streamed = await gw.http.post(
         "/v1/route", content=chunks(), headers={"X-Trace-Id": "t413c", "content-type": "application/json"}
     )
-    _assert_error(
+    assert_error(
         streamed,
         413,
         {
@@ -527,7 +482,7 @@ async def test_413_body_too_large(gw: Gateway) -> None:
 
 
 async def test_429_limit_exceeded(redis_url: str, namespace: str, metrics_registry: CollectorRegistry) -> None:
-    async for gw in _open_gateway(redis_url, namespace, metrics_registry, max_resources_per_instance=3):
+    async for gw in open_gateway(redis_url, namespace, metrics_registry, max_resources_per_instance=3):
         await gw.registry.register_instance(SVC, "i1", ttl=30)
         await gw.registry.register_resource(SVC, "i1", ["a"])
         r = await gw.http.post(
@@ -535,7 +490,7 @@ async def test_429_limit_exceeded(redis_url: str, namespace: str, metrics_regist
             json={"service_name": SVC, "instance_id": "i1", "resource_ids": ["b", "c", "d"]},
             headers={"X-Trace-Id": "t429"},
         )
-        _assert_error(
+        assert_error(
             r,
             429,
             {
@@ -560,7 +515,7 @@ async def test_500_unexpected_error_leaks_nothing(
 
     monkeypatch.setattr(gw.registry, "list_instances", broken)
     r = await gw.http.get(f"/v1/instances/{SVC}", headers={"X-Trace-Id": "t500"})
-    _assert_error(
+    assert_error(
         r,
         500,
         {
@@ -578,7 +533,7 @@ async def test_500_unexpected_error_leaks_nothing(
 async def test_503_when_redis_is_down(
     private_redis: RedisServer, namespace: str, metrics_registry: CollectorRegistry
 ) -> None:
-    async for gw in _open_gateway(private_redis.url, namespace, metrics_registry, retry_attempts=1):
+    async for gw in open_gateway(private_redis.url, namespace, metrics_registry, retry_attempts=1):
         assert (await gw.http.get("/readyz")).status_code == 200
         private_redis.kill()
         ready = await gw.http.get("/readyz", headers={"X-Trace-Id": "t503"})
@@ -606,14 +561,14 @@ async def test_503_when_redis_is_down(
 async def test_503_readyz_when_redis_hangs(
     private_redis: RedisServer, namespace: str, metrics_registry: CollectorRegistry
 ) -> None:
-    async for gw in _open_gateway(private_redis.url, namespace, metrics_registry, ready_timeout=0.3):
+    async for gw in open_gateway(private_redis.url, namespace, metrics_registry, ready_timeout=0.3):
         assert (await gw.http.get("/readyz")).status_code == 200
         private_redis.pause()
         try:
             r = await gw.http.get("/readyz", headers={"X-Trace-Id": "t503h"})
         finally:
             private_redis.resume()
-        _assert_error(
+        assert_error(
             r,
             503,
             {

@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from tests.gateway.test_app import Gateway, _open_gateway
-
-
-@pytest.fixture
-async def gw(redis_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[Gateway]:
-    async for g in _open_gateway(redis_url, namespace, metrics_registry):
-        yield g
+from tests.support.gateway import Gateway
 
 
 @pytest.mark.parametrize(("page", "assets"), [("/docs", 2), ("/redoc", 1)])

@@ -15,8 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from resource_router.gateway.fastpath import FastPathMiddleware
 from resource_router.routing.instance import ServiceInstance
-from tests.gateway import test_route
-from tests.gateway.test_app import SVC, Gateway, _open_gateway
+from tests.support.gateway import SVC, Gateway, open_gateway
 
 
 class Counting:
@@ -38,12 +37,9 @@ def fast_path_of(gw: Gateway) -> FastPathMiddleware:
     return layer
 
 
-instance = test_route.instance  # the fixture: an instance of SVC owning user-1 (echo, sleep, fail)
-
-
 @pytest.fixture
 async def gw(redis_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[Gateway]:
-    async for g in _open_gateway(redis_url, namespace, metrics_registry, max_body_bytes=2048):
+    async for g in open_gateway(redis_url, namespace, metrics_registry, max_body_bytes=2048):
         yield g
 
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
-from tests.gateway.test_app import Gateway, _open_gateway
+from tests.support.gateway import Gateway
 
 FUZZ = settings(
     max_examples=200,
@@ -70,12 +67,6 @@ ENDPOINTS = {
     "/v1/resources/register": register_bodies,
     "/v1/resources/release": release_bodies,
 }
-
-
-@pytest.fixture
-async def gw(redis_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[Gateway]:
-    async for g in _open_gateway(redis_url, namespace, metrics_registry):
-        yield g
 
 
 def check_shape(status: int, body: Any, headers: Any) -> None:

@@ -17,15 +17,12 @@ from prometheus_client import CollectorRegistry
 
 from resource_router import RouteRequest
 from resource_router.routing.instance import ServiceInstance
-from tests.conftest import sample
-from tests.gateway import test_route
-from tests.gateway.test_app import SVC, Gateway, _open_gateway
+from tests.support.gateway import SVC, Gateway, open_gateway
+from tests.support.metrics import sample
 from tests.support.nats_server import NatsServer, nats_server_binary
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed (pip install 'resource-router[nats]')")
 
-
-instance = test_route.instance  # the fixture: an instance of SVC owning user-1 (echo, sleep, fail)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "gateway.md"
 
@@ -47,7 +44,7 @@ def prefix(namespace: str) -> str:
 async def gw(
     redis_url: str, namespace: str, metrics_registry: CollectorRegistry, nats_url: str, prefix: str
 ) -> AsyncIterator[Gateway]:
-    async for g in _open_gateway(redis_url, namespace, metrics_registry, nats_url=nats_url, nats_subject_prefix=prefix):
+    async for g in open_gateway(redis_url, namespace, metrics_registry, nats_url=nats_url, nats_subject_prefix=prefix):
         yield g
 
 
@@ -201,8 +198,7 @@ class contextlib_both:
         self, redis_url: str, namespace: str, nats_url: str, prefix: str, registries: list[CollectorRegistry]
     ) -> None:
         self.gens = [
-            _open_gateway(redis_url, namespace, reg, nats_url=nats_url, nats_subject_prefix=prefix)
-            for reg in registries
+            open_gateway(redis_url, namespace, reg, nats_url=nats_url, nats_subject_prefix=prefix) for reg in registries
         ]
 
     async def __aenter__(self) -> list[Gateway]:
@@ -217,7 +213,7 @@ async def test_overloaded_replica_sheds_nats_requests(
     redis_url: str, namespace: str, nats_url: str, prefix: str, nc: Any, instance: ServiceInstance
 ) -> None:
     registry = CollectorRegistry()
-    async for gw in _open_gateway(
+    async for gw in open_gateway(
         redis_url, namespace, registry, nats_url=nats_url, nats_subject_prefix=prefix, max_in_flight=1
     ):
         slow = asyncio.ensure_future(
@@ -252,7 +248,7 @@ async def test_replica_starts_without_nats_and_connects_when_it_comes_up(
     redis_url: str, namespace: str, metrics_registry: CollectorRegistry
 ) -> None:
     late = NatsServer()  # its port is free: nothing listens yet
-    async for gw in _open_gateway(redis_url, namespace, metrics_registry, nats_url=late.url):
+    async for gw in open_gateway(redis_url, namespace, metrics_registry, nats_url=late.url):
         assert (await gw.http.get("/readyz")).status_code == 200  # HTTP serves meanwhile
         with late:
             client = await nats.connect(late.url)
@@ -303,7 +299,7 @@ async def test_the_documented_nats_example_runs(
     async def echo(request: RouteRequest) -> Any:
         return {"echo": request.params}
 
-    async for _ in _open_gateway(redis_url, namespace, metrics_registry, nats_url=nats_url):
+    async for _ in open_gateway(redis_url, namespace, metrics_registry, nats_url=nats_url):
         async with inst:
             await inst.register_resource(["user-1"])
             proc = await asyncio.create_subprocess_exec(

@@ -12,15 +12,15 @@ from prometheus_client import CollectorRegistry
 from resource_router import RouteRequest
 from resource_router.gateway import GatewaySettings
 from resource_router.routing.instance import ServiceInstance
-from tests.conftest import sample
-from tests.gateway.test_app import SVC, Gateway, _assert_error, _open_gateway
+from tests.support.gateway import SVC, Gateway, assert_error, open_gateway
+from tests.support.metrics import sample
 
 LIMIT = 2
 
 
 @pytest.fixture
 async def gw(redis_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[Gateway]:
-    async for g in _open_gateway(redis_url, namespace, metrics_registry, max_in_flight=LIMIT):
+    async for g in open_gateway(redis_url, namespace, metrics_registry, max_in_flight=LIMIT):
         yield g
 
 
@@ -67,7 +67,7 @@ async def test_above_the_limit_503_with_retry_after_and_probes_still_answer(
     shed = await gw.http.post(
         "/v1/route", json={"service_name": SVC, "resource_id": "r-1", "method": "echo"}, headers={"X-Trace-Id": "t-ov"}
     )
-    _assert_error(
+    assert_error(
         shed,
         503,
         {

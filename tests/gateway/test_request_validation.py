@@ -4,13 +4,11 @@ Unicode, fields callers must not send, the methods a path accepts, and the id ru
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
 from resource_router import InvalidRequestError
 from resource_router.ids import (
@@ -21,14 +19,8 @@ from resource_router.ids import (
     validate_resource_id,
     validate_service_name,
 )
-from tests.gateway.test_app import SVC, Gateway, _assert_error, _open_gateway
-from tests.test_validation import keyspace
-
-
-@pytest.fixture
-async def gw(redis_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[Gateway]:
-    async for g in _open_gateway(redis_url, namespace, metrics_registry):
-        yield g
+from tests.support.gateway import SVC, Gateway, assert_error
+from tests.support.keyspace import keyspace
 
 
 def _post(gw: Gateway, path: str, raw_json: str, trace_id: str) -> Any:
@@ -87,7 +79,7 @@ async def test_fields_set_by_the_replica_or_the_owner_are_refused(
     """``"deadline": false`` used to be read as 0 and answered 504 before the body was validated."""
     body = f'{{"service_name": "{SVC}", "method": "echo", "resource_id": "user-1", "{field}": {value}}}'
     r = await _post(gw, "/v1/route", body, "t-res")
-    _assert_error(r, 400, {"type": "InvalidRequestError", "code": 400, "message": message, "field": field}, "t-res")
+    assert_error(r, 400, {"type": "InvalidRequestError", "code": 400, "message": message, "field": field}, "t-res")
 
 
 async def test_options_and_wrong_methods_list_every_method_of_the_path(gw: Gateway) -> None:
@@ -101,7 +93,7 @@ async def test_options_and_wrong_methods_list_every_method_of_the_path(gw: Gatew
     route = await gw.http.options("/v1/route")
     assert (route.status_code, route.headers["allow"]) == (204, "POST, OPTIONS")
     wrong = await gw.http.delete("/v1/resources/register", headers={"X-Trace-Id": "t-del"})
-    _assert_error(wrong, 405, {"type": "HTTPError", "code": 405, "message": "Method Not Allowed"}, "t-del")
+    assert_error(wrong, 405, {"type": "HTTPError", "code": 405, "message": "Method Not Allowed"}, "t-del")
     assert wrong.headers["allow"] == "GET, HEAD, POST"
     unknown = await gw.http.options("/v2/nothing")
     assert unknown.status_code == 404

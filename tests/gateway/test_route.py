@@ -4,47 +4,12 @@ on the real Redis. Exact bodies for the answer and for every routing error (400/
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
 
-import pytest
 from prometheus_client import CollectorRegistry
 
-from resource_router import ResourceRegistry, RouteRequest
+from resource_router import ResourceRegistry
 from resource_router.routing.instance import ServiceInstance
-from tests.gateway.test_app import SVC, Gateway, _assert_error, _open_gateway
-
-
-@pytest.fixture
-async def gw(redis_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[Gateway]:
-    async for g in _open_gateway(redis_url, namespace, metrics_registry):
-        yield g
-
-
-@pytest.fixture
-async def instance(
-    redis_url: str, namespace: str, metrics_registry: CollectorRegistry
-) -> AsyncIterator[ServiceInstance]:
-    inst = ServiceInstance(
-        redis_url, SVC, "echo-1", ttl=5, namespace=namespace, metrics_registry=metrics_registry, sweep_interval=0
-    )
-
-    @inst.handler("echo")
-    async def echo(request: RouteRequest) -> dict[str, Any]:
-        return {"params": request.params, "resource_id": request.resource_id, "token": request.fencing_token}
-
-    @inst.handler("sleep")
-    async def sleep(request: RouteRequest) -> str:
-        await asyncio.sleep(float(request.params["seconds"]))
-        return "slept"
-
-    @inst.handler("fail")
-    async def fail(request: RouteRequest) -> None:
-        raise ValueError("no good")
-
-    async with inst:
-        await inst.register_resource(["user-1"])
-        yield inst
+from tests.support.gateway import SVC, Gateway, assert_error, open_gateway
 
 
 async def test_route_to_owner_and_to_any_instance(gw: Gateway, instance: ServiceInstance) -> None:
@@ -79,7 +44,7 @@ async def test_route_400_bad_requests(gw: Gateway, instance: ServiceInstance) ->
         json={"service_name": SVC, "resource_id": "a b", "method": "echo"},
         headers={"X-Trace-Id": "r400"},
     )
-    _assert_error(
+    assert_error(
         bad_id,
         400,
         {
@@ -96,7 +61,7 @@ async def test_route_400_bad_requests(gw: Gateway, instance: ServiceInstance) ->
         json={"service_name": SVC, "resource_id": "user-1", "method": "echo", "fencing_token": 7},
         headers={"X-Trace-Id": "r400f"},
     )
-    _assert_error(
+    assert_error(
         fenced,
         400,
         {
@@ -110,7 +75,7 @@ async def test_route_400_bad_requests(gw: Gateway, instance: ServiceInstance) ->
     bad_timeout = await gw.http.post(
         "/v1/route", json={"service_name": SVC, "method": "echo", "timeout": 0}, headers={"X-Trace-Id": "r400t"}
     )
-    _assert_error(
+    assert_error(
         bad_timeout,
         400,
         {
@@ -130,7 +95,7 @@ async def test_route_404_no_owner_and_no_method(gw: Gateway, instance: ServiceIn
         json={"service_name": SVC, "resource_id": "user-404", "method": "echo"},
         headers={"X-Trace-Id": "r404"},
     )
-    _assert_error(
+    assert_error(
         r,
         404,
         {
@@ -147,7 +112,7 @@ async def test_route_404_no_owner_and_no_method(gw: Gateway, instance: ServiceIn
         json={"service_name": SVC, "resource_id": "user-1", "method": "nope"},
         headers={"X-Trace-Id": "r404m"},
     )
-    _assert_error(
+    assert_error(
         m,
         404,
         {
@@ -166,7 +131,7 @@ async def test_route_500_handler_raised(gw: Gateway, instance: ServiceInstance) 
         json={"service_name": SVC, "resource_id": "user-1", "method": "fail"},
         headers={"X-Trace-Id": "r500"},
     )
-    _assert_error(
+    assert_error(
         r,
         500,
         {
@@ -184,7 +149,7 @@ async def test_route_503_no_instance_and_owner_not_listening(gw: Gateway, real_r
     r = await gw.http.post(
         "/v1/route", json={"service_name": "empty-svc", "method": "echo"}, headers={"X-Trace-Id": "r503"}
     )
-    _assert_error(
+    assert_error(
         r,
         503,
         {
@@ -207,7 +172,7 @@ async def test_route_503_no_instance_and_owner_not_listening(gw: Gateway, real_r
         headers={"X-Trace-Id": "r503z"},
     )
     assert loop.time() - start < 2.0
-    _assert_error(
+    assert_error(
         z,
         503,
         {
@@ -234,7 +199,7 @@ async def test_route_504_timeout(gw: Gateway, instance: ServiceInstance) -> None
         },
         headers={"X-Trace-Id": "r504"},
     )
-    _assert_error(
+    assert_error(
         r, 504, {"type": "RouteTimeoutError", "code": 504, "message": "no reply within 0.2s", "timeout": 0.2}, "r504"
     )
 
@@ -279,7 +244,7 @@ async def test_route_client_starts_lazily_when_redis_was_down_at_startup(
     from tests.support.redis_server import free_port
 
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    async for gw in _open_gateway(dead, namespace, metrics_registry, retry_attempts=1):
+    async for gw in open_gateway(dead, namespace, metrics_registry, retry_attempts=1):
         assert (await gw.http.get("/healthz")).status_code == 200
         assert (await gw.http.get("/readyz")).status_code == 503
         r = await gw.http.post("/v1/route", json={"service_name": SVC, "method": "echo"}, headers={"X-Trace-Id": "d"})

@@ -29,7 +29,8 @@ from resource_router import (
 )
 from resource_router.observability.metrics import OTHER, LabelSets, get_metrics
 from resource_router.ownership.sweeper import Sweeper
-from tests.conftest import SLOW_SCALE, sample
+from tests.support.metrics import sample
+from tests.support.scale import SLOW_SCALE
 
 
 def series(reg: CollectorRegistry) -> int:

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from tests.gateway.test_replicas import clean_env
+from tests.support.processes import clean_env
 
 SETUP = """
 import asyncio, json, logging, sys

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from resource_router import ResourceLimitExceededError, ResourceRegistry
-from tests.conftest import SLOW_SCALE
+from tests.support.scale import SLOW_SCALE
 
 SVC = "race"
 IDS = [f"id-{i:04d}" for i in range(1000)]

@@ -22,7 +22,7 @@ from resource_router import (
 )
 from resource_router.ownership.volunteers import Volunteer
 from resource_router.placement.strategies import rank, rendezvous_score, service_strategy
-from tests.conftest import sample
+from tests.support.metrics import sample
 
 SVC = "rooms"
 
@@ -250,7 +250,7 @@ async def _hammer(http: httpx.AsyncClient, rids: list[str], rounds: int) -> list
 async def test_a_replica_activates_and_follows_a_drain(
     redis_url: str, namespace: str, metrics_registry: CollectorRegistry
 ) -> None:
-    from tests.gateway.test_app import _open_gateway
+    from tests.support.gateway import open_gateway
 
     def volunteer(iid: str) -> ServiceInstance:
         inst = ServiceInstance(
@@ -259,7 +259,7 @@ async def test_a_replica_activates_and_follows_a_drain(
         inst.add_handler("whoami", lambda request: {"iid": iid})
         return inst
 
-    async for gw in _open_gateway(redis_url, namespace, metrics_registry):
+    async for gw in open_gateway(redis_url, namespace, metrics_registry):
         async with volunteer("a") as a, volunteer("b"):
             rids = [f"room-{i}" for i in range(20)]
             first = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway.test_replicas import ECHO, ROOT, SVC, Proc, clean_env, start_replica, wait_instance, wait_replica
+from tests.support.processes import ECHO, ROOT, SVC, Proc, clean_env, start_replica, wait_instance, wait_replica
 
 pytestmark = [pytest.mark.real_redis, pytest.mark.chaos]
 

@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 from resource_router import ResourceNotFoundError, ResourceRegistry, RouteRequest, ServiceClient, ServiceInstance
 from resource_router.ownership.volunteers import Volunteer
 from resource_router.placement.strategies import rank
-from tests.conftest import sample, wait_for
+from tests.support.metrics import sample
+from tests.support.waiting import wait_for
 
 SVC = "rooms"
 

@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from resource_router import OwnerUnavailableError, ResourceRegistry, ResourceRouterError, ServiceClient
-from tests.conftest import SLOW_SCALE
 from tests.procs.control import ROOT, InstanceProcess, start_all
+from tests.support.scale import SLOW_SCALE
 
 SERVICE = "rooms"
-
-
-@pytest.fixture
-async def client(redis_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[ServiceClient]:
-    async with ServiceClient(redis_url, namespace=namespace, metrics_registry=metrics_registry) as c:
-        yield c
 
 
 def _spec(redis_url: str, namespace: str, iid: str, **kw: Any) -> dict[str, Any]:
@@ -105,7 +98,7 @@ async def test_callers_in_many_processes_activate_one_id_exactly_once(
 
 @pytest.mark.chaos
 async def test_a_dead_owners_resources_are_served_by_a_volunteer_within_ttl_plus_1s(
-    redis_url: str, namespace: str, client: ServiceClient
+    redis_url: str, namespace: str, real_client: ServiceClient
 ) -> None:
     ttl = 1.0
     victim, survivor = await start_all(
@@ -118,7 +111,7 @@ async def test_a_dead_owners_resources_are_served_by_a_volunteer_within_ttl_plus
         rids = [f"room-{i}" for i in range(40)]
         first: dict[str, dict[str, Any]] = {}
         for rid in rids:
-            first[rid] = await client.call(SERVICE, "whoami", resource_id=rid)
+            first[rid] = await real_client.call(SERVICE, "whoami", resource_id=rid)
         orphans = [rid for rid in rids if first[rid]["iid"] == "victim"]
         assert 5 < len(orphans) < 35
 
@@ -126,12 +119,12 @@ async def test_a_dead_owners_resources_are_served_by_a_volunteer_within_ttl_plus
         killed = time.monotonic()
         # Default: fail fast while the dead owner's lease runs (503, not a timeout).
         with pytest.raises(OwnerUnavailableError):
-            await client.call(SERVICE, "whoami", resource_id=orphans[0], timeout=5.0)
+            await real_client.call(SERVICE, "whoami", resource_id=orphans[0], timeout=5.0)
         assert time.monotonic() - killed < 0.5
 
         # Asked to, a call waits and is served once a volunteer could activate the resource.
         async def wait_for_owner() -> tuple[dict[str, Any], float]:
-            result = await client.call(
+            result = await real_client.call(
                 SERVICE, "whoami", resource_id=orphans[1], timeout=ttl + 3.0, wait_for_owner=True
             )
             return result, time.monotonic() - killed
@@ -145,7 +138,7 @@ async def test_a_dead_owners_resources_are_served_by_a_volunteer_within_ttl_plus
                 if rid in healed:
                     continue
                 try:
-                    served[rid] = await client.call(SERVICE, "whoami", resource_id=rid, timeout=1.0)
+                    served[rid] = await real_client.call(SERVICE, "whoami", resource_id=rid, timeout=1.0)
                 except OwnerUnavailableError:
                     continue
                 healed[rid] = time.monotonic() - killed

@@ -25,8 +25,8 @@ from resource_router import (
 )
 from resource_router.models import RouteResponse
 from resource_router.transport.connection import connect
-from tests.conftest import sample
 from tests.support.logs import capture_logs
+from tests.support.metrics import sample
 from tests.support.redis_server import RedisServer
 
 SVC = "svc"

@@ -7,16 +7,14 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from resource_router import OwnerUnavailableError, ResourceNotFoundError, ResourceRegistry, ServiceClient
-from tests.conftest import SLOW_SCALE
 from tests.procs.control import InstanceProcess, start_all
+from tests.support.scale import SLOW_SCALE
 
 SERVICE = "orders"
 
@@ -30,19 +28,13 @@ def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
     return redis_url
 
 
-@pytest.fixture
-async def client(redis_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[ServiceClient]:
-    async with ServiceClient(redis_url, namespace=namespace, metrics_registry=metrics_registry) as c:
-        yield c
-
-
 def _spec(redis_url: str, namespace: str, iid: str, **kw: Any) -> dict[str, Any]:
     return {"url": redis_url, "namespace": namespace, "service": SERVICE, "instance_id": iid, **kw}
 
 
 @pytest.mark.slow
 async def test_thousands_of_calls_reach_exactly_the_owner(
-    redis_url: str, namespace: str, client: ServiceClient, real_registry: ResourceRegistry
+    redis_url: str, namespace: str, real_client: ServiceClient, real_registry: ResourceRegistry
 ) -> None:
     per_proc = 100
     owners = {f"p{i}": [f"p{i}-r{j}" for j in range(per_proc)] for i in range(4)}
@@ -56,7 +48,7 @@ async def test_thousands_of_calls_reach_exactly_the_owner(
 
         async def worker(chunk: list[str]) -> None:
             for i, rid in enumerate(chunk):
-                result = await client.call(SERVICE, "whoami", {"n": i}, resource_id=rid)
+                result = await real_client.call(SERVICE, "whoami", {"n": i}, resource_id=rid)
                 results.append((rid, result))
 
         await asyncio.gather(*(worker(plan[k::32]) for k in range(32)))
@@ -85,7 +77,7 @@ async def test_thousands_of_calls_reach_exactly_the_owner(
 
 @pytest.mark.chaos
 async def test_sigkill_of_owner_fails_fast_then_another_takes_over(
-    redis_url: str, namespace: str, client: ServiceClient, real_registry: ResourceRegistry
+    redis_url: str, namespace: str, real_client: ServiceClient, real_registry: ResourceRegistry
 ) -> None:
     ttl = 1.0
     rids = [f"acct-{i}" for i in range(10)]
@@ -96,14 +88,14 @@ async def test_sigkill_of_owner_fails_fast_then_another_takes_over(
         ]
     )
     try:
-        first = await client.call(SERVICE, "whoami", resource_id=rids[0])
+        first = await real_client.call(SERVICE, "whoami", resource_id=rids[0])
         assert first["iid"] == "victim"
         old_tokens = {r: victim.ready["tokens"][r] for r in rids}
 
         await victim.kill()
         started = time.perf_counter()
         with pytest.raises(OwnerUnavailableError) as info:
-            await client.call(SERVICE, "whoami", resource_id=rids[0], timeout=5.0)
+            await real_client.call(SERVICE, "whoami", resource_id=rids[0], timeout=5.0)
         elapsed = time.perf_counter() - started
         assert elapsed < 0.5
         assert info.value.code == 503
@@ -120,13 +112,13 @@ async def test_sigkill_of_owner_fails_fast_then_another_takes_over(
             assert time.monotonic() < deadline, "the dead owner's resources never expired"
             await asyncio.sleep(0.05)
         with pytest.raises(ResourceNotFoundError):
-            await client.call(SERVICE, "whoami", resource_id=rids[0])
+            await real_client.call(SERVICE, "whoami", resource_id=rids[0])
 
-        claimed = await client.call(SERVICE, "claim", {"ids": rids}, resource_id="ctl-survivor")
+        claimed = await real_client.call(SERVICE, "claim", {"ids": rids}, resource_id="ctl-survivor")
         assert sorted(claimed["registered"]) == sorted(rids)
         assert claimed["conflicts"] == {}
         for rid in rids:
-            res = await client.call(SERVICE, "whoami", resource_id=rid)
+            res = await real_client.call(SERVICE, "whoami", resource_id=rid)
             assert res["iid"] == "survivor"
             assert res["token"] == claimed["fencing_tokens"][rid]
             assert res["token"] > old_tokens[rid]
@@ -137,7 +129,7 @@ async def test_sigkill_of_owner_fails_fast_then_another_takes_over(
 
 @pytest.mark.chaos
 async def test_forced_takeover_under_load_never_runs_a_request_twice_or_after_loss(
-    redis_url: str, namespace: str, client: ServiceClient, tmp_path: Path
+    redis_url: str, namespace: str, real_client: ServiceClient, tmp_path: Path
 ) -> None:
     rids = [f"doc-{i}" for i in range(20)]
     moved = rids[:10]
@@ -158,14 +150,14 @@ async def test_forced_takeover_under_load_never_runs_a_request_twice_or_after_lo
             op = next(op_counter)
             rid = rng.choice(rids)
             try:
-                outcomes[op] = (rid, await client.call(SERVICE, "exec", op, resource_id=rid, timeout=5.0))
+                outcomes[op] = (rid, await real_client.call(SERVICE, "exec", op, resource_id=rid, timeout=5.0))
             except OwnerUnavailableError as exc:  # refused twice while ownership moved: never ran
                 outcomes[op] = (rid, exc)
 
     try:
         workers = [asyncio.create_task(worker(k)) for k in range(16)]
         await asyncio.sleep(0.4)
-        claimed = await client.call(SERVICE, "claim", {"ids": moved, "force": True}, resource_id="ctl-new")
+        claimed = await real_client.call(SERVICE, "claim", {"ids": moved, "force": True}, resource_id="ctl-new")
         assert sorted(claimed["registered"]) == sorted(moved)
         assert sorted(claimed["taken_over"]) == sorted(moved)
         await asyncio.sleep(0.4 * SLOW_SCALE)
@@ -217,26 +209,26 @@ async def test_forced_takeover_under_load_never_runs_a_request_twice_or_after_lo
 
 
 async def test_graceful_exit_releases_everything_at_once(
-    redis_url: str, namespace: str, client: ServiceClient, real_registry: ResourceRegistry
+    redis_url: str, namespace: str, real_client: ServiceClient, real_registry: ResourceRegistry
 ) -> None:
     rids = [f"cart-{i}" for i in range(50)]
     (proc,) = await start_all([_spec(redis_url, namespace, "leaver", ttl=30.0, resources=rids)])
-    assert (await client.call(SERVICE, "whoami", resource_id="cart-7"))["iid"] == "leaver"
+    assert (await real_client.call(SERVICE, "whoami", resource_id="cart-7"))["iid"] == "leaver"
     await proc.stop()
     # With a 30 s lease, anything still registered now was not released by the exit.
     assert await real_registry.list_resources(SERVICE) == []
     assert await real_registry.list_instances(SERVICE) == []
     with pytest.raises(ResourceNotFoundError) as info:
-        await client.call(SERVICE, "whoami", resource_id="cart-7")
+        await real_client.call(SERVICE, "whoami", resource_id="cart-7")
     assert info.value.code == 404
 
 
 async def test_service_routing_reaches_every_live_instance(
-    redis_url: str, namespace: str, client: ServiceClient
+    redis_url: str, namespace: str, real_client: ServiceClient
 ) -> None:
     procs = await start_all([_spec(redis_url, namespace, f"svc-{i}") for i in range(3)])
     try:
-        seen = Counter([(await client.call(SERVICE, "whoami"))["iid"] for _ in range(60)])
+        seen = Counter([(await real_client.call(SERVICE, "whoami"))["iid"] for _ in range(60)])
         assert set(seen) == {"svc-0", "svc-1", "svc-2"}
         assert sum(seen.values()) == 60
         assert min(seen.values()) >= 10

@@ -6,7 +6,6 @@ import asyncio
 import random
 import re
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgpack
@@ -30,9 +29,10 @@ from resource_router import (
 )
 from resource_router.ids import default_instance_id
 from resource_router.transport.connection import connect
-from tests.conftest import sample, wait_for
 from tests.procs.peer import RawPeer
 from tests.support.logs import capture_logs
+from tests.support.metrics import sample
+from tests.support.waiting import wait_for
 
 SVC = "svc"
 
@@ -46,12 +46,6 @@ def make(backend_url: str, namespace: str, metrics_registry: CollectorRegistry) 
         )
 
     return factory
-
-
-@pytest.fixture
-async def peer(backend_url: str, namespace: str) -> AsyncIterator[RawPeer]:
-    async with RawPeer(backend_url, namespace) as p:
-        yield p
 
 
 def echo(inst: ServiceInstance, seen: list[RouteRequest] | None = None) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import random
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,8 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from resource_router import RemoteHandlerError, ResourceNotFoundError, RouteRequest, ServiceClient, ServiceInstance
 from resource_router.transport.connection import connect
-from tests.conftest import wait_for
 from tests.procs.peer import RawPeer
+from tests.support.waiting import wait_for
 
 SVC = "rooms"
 
@@ -29,12 +28,6 @@ def make(backend_url: str, namespace: str, metrics_registry: CollectorRegistry) 
         )
 
     return factory
-
-
-@pytest.fixture
-async def peer(backend_url: str, namespace: str) -> AsyncIterator[RawPeer]:
-    async with RawPeer(backend_url, namespace) as p:
-        yield p
 
 
 # -- hooks -----------------------------------------------------------------------------------------

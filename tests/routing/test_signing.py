@@ -32,7 +32,7 @@ from resource_router import (
 )
 from resource_router.routing.protocol import decode_request, encode_request
 from resource_router.routing.signing import SEAL_OVERHEAD, Signer
-from tests.conftest import sample
+from tests.support.metrics import sample
 
 SVC = "signed"
 K1 = "k1-0123456789abcdef-old"

@@ -13,8 +13,9 @@ from prometheus_client import CollectorRegistry
 
 from resource_router import RouteRequest, ServiceClient, ServiceInstance
 from resource_router.observability.logs import LogThrottle
-from tests.conftest import SLOW_SCALE, sample
 from tests.support.logs import capture_logs
+from tests.support.metrics import sample
+from tests.support.scale import SLOW_SCALE
 
 SVC = "hostile"
 FLOOD = 20_000 * SLOW_SCALE

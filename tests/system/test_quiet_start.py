@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.gateway.test_replicas import clean_env, cli_command
+from tests.support.processes import clean_env, cli_command
 from tests.support.redis_server import free_port
 
 SVC = "quiet"

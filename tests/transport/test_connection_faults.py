@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -30,11 +30,12 @@ from resource_router import (
     ServiceClient,
     ServiceInstance,
 )
-from tests.conftest import sample, wait_for
 from tests.procs.peer import RawPeer
 from tests.support.logs import capture_logs
+from tests.support.metrics import sample
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.chaos
 
@@ -43,12 +44,6 @@ NS = "faults"
 FAST = RouterSettings(health_check_interval=0.2, health_check_timeout=0.4, operation_timeout=2.0, connect_timeout=2.0)
 PERIOD = min(FAST.health_check_interval, FAST.health_check_timeout) / 4
 BOUND = FAST.health_check_interval + FAST.health_check_timeout + 2 * PERIOD + 0.25
-
-
-@pytest.fixture
-async def proxy(private_redis: RedisServer) -> AsyncIterator[TcpProxy]:
-    async with TcpProxy(private_redis.port) as p:
-        yield p
 
 
 def make_instance(

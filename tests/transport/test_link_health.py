@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,10 +18,10 @@ import redis.asyncio as aredis
 from resource_router import RedisUnavailableError, RouterSettings
 from resource_router.transport.connection import connect
 from resource_router.transport.hub import PubSubHub
-from tests.conftest import wait_for
 from tests.support.logs import capture_logs
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_for
 
 #: Small health-check settings so that the tests take well under a second per detection.
 FAST = RouterSettings(health_check_interval=0.2, health_check_timeout=0.4, operation_timeout=2.0, connect_timeout=2.0)
@@ -33,12 +32,6 @@ BOUND = FAST.health_check_interval + FAST.health_check_timeout + 2 * PERIOD + 0.
 
 
 # -- half-open connections -------------------------------------------------------------------------
-@pytest.fixture
-async def proxy(private_redis: RedisServer) -> AsyncIterator[TcpProxy]:
-    async with TcpProxy(private_redis.port) as p:
-        yield p
-
-
 async def _hub(url: str, settings: RouterSettings) -> tuple[PubSubHub, Any]:
     client = connect(url, settings)
     return await PubSubHub.acquire(client, settings), client
