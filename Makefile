@@ -12,14 +12,15 @@ OLDEST       ?= .venv-oldest
 OLDEST_BIN   := $(OLDEST)/bin
 OLDEST_STAMP := $(OLDEST)/.installed
 FLOORS       := $(OLDEST)/floors.txt
-OLDEST_TESTS := tests/test_routing.py tests/test_routing_pubsub.py tests/test_client.py tests/test_instance.py \
-                tests/test_registry.py tests/test_registry_leases.py tests/test_registry_races.py \
-                tests/test_chaos_redis.py tests/test_connection.py tests/test_wire.py tests/test_cluster.py \
-                tests/test_partitions.py tests/test_readme.py \
-                tests/test_link_health.py tests/test_connection_faults.py tests/test_signing.py \
-                tests/test_stale_owner.py tests/test_lifecycle.py tests/test_placement.py tests/test_handoff.py \
-                tests/test_cli.py tests/test_gateway.py tests/test_gateway_route.py tests/test_quiet_start.py \
-                tests/test_floors.py
+OLDEST_TESTS := tests/routing/test_exact_routing.py tests/transport/test_hub.py tests/routing/test_client.py \
+                tests/routing/test_instance.py tests/ownership/test_registry.py tests/ownership/test_registry_leases.py \
+                tests/ownership/test_registry_races.py tests/system/test_chaos_redis.py tests/transport/test_connection.py \
+                tests/transport/test_wire.py tests/system/test_cluster.py tests/ownership/test_partitions.py \
+                tests/system/test_readme.py tests/transport/test_link_health.py tests/transport/test_connection_faults.py \
+                tests/routing/test_signing.py tests/routing/test_stale_owner.py tests/routing/test_lifecycle.py \
+                tests/placement/test_activation.py tests/placement/test_handoff.py tests/cli/test_commands.py \
+                tests/gateway/test_app.py tests/gateway/test_route.py tests/system/test_quiet_start.py \
+                tests/system/test_floors.py
 
 # A venv is resolved again, every dependency upgraded to the newest release its range allows
 # (`--upgrade-strategy eager`), when pyproject.toml changed or its last resolution is older than

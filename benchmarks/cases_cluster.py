@@ -44,10 +44,11 @@ async def run_cluster(ctx: Ctx) -> list[Row]:
     if not ctx.want(*LABELS):
         return []
     try:
-        from tests.redis_cluster import RedisCluster3
+        from tests.support.redis_cluster import RedisCluster3
     except ImportError:  # an installed package without the repository's tests
         return [
-            Row(k, v, "cluster", skipped="needs the repository's tests/redis_cluster.py") for k, v in LABELS.items()
+            Row(k, v, "cluster", skipped="needs the repository's tests/support/redis_cluster.py")
+            for k, v in LABELS.items()
         ]
     cluster = RedisCluster3().start()
     try:

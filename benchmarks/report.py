@@ -431,7 +431,7 @@ request-reply, NATS request-reply), in one run against one Redis.
 ```
 make bench-quick                     # python -m benchmarks.run --quick   (< 60 s, prints the table)
 make bench                           # python -m benchmarks.run --full    (rewrites this file)
-python -m benchmarks.run --smoke     # seconds; what tests/test_benchmarks.py runs
+python -m benchmarks.run --smoke     # seconds; what tests/system/test_benchmarks.py runs
 python -m benchmarks.run --quick --only lookup,raw_get   # a subset (ids below; 'scale' for the scale rows)
 BENCH_JSON=out.json python -m benchmarks.run --quick     # also write the rows as JSON
 python -m benchmarks.registry_p50    # p50 of one registration, one lookup and a 1000-id registration

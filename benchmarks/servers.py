@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisServer, free_port
 
 __all__ = ["RedisProcess", "find_pid", "free_port", "nats_reachable", "proc_cpu_s", "redis_server_version"]
 

@@ -1,4 +1,5 @@
-"""Shared fixtures.
+"""Fixtures shared by more than one folder of the suite (a folder's own live in its ``conftest.py``;
+plain helpers in ``tests/support/``).
 
 Redis for the suite, in order of preference:
 1. ``REDIS_URL`` when set (the suite only uses fresh namespaces and never flushes a shared server);
@@ -13,12 +14,10 @@ which one it will be, and the summary at the end which one it was.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from importlib import metadata
 
 import pytest
@@ -28,12 +27,8 @@ from prometheus_client import CollectorRegistry
 
 from resource_router import ResourceRegistry, ServiceClient
 from resource_router.settings import redact_url
-from tests.redis_cluster import RedisCluster3
-from tests.redis_server import RedisServer, redis_server_binary
-
-#: Scale of slow/chaos/soak tests. CI runs the bounded default (1); RR_SLOW_SCALE=10 for a long run.
-SLOW_SCALE = max(1, int(os.environ.get("RR_SLOW_SCALE", "1")))
-
+from tests.support.redis_cluster import RedisCluster3
+from tests.support.redis_server import RedisServer, redis_server_binary
 
 #: The Redis the session used, for the summary at the end.
 _USED: list[str] = []
@@ -111,20 +106,6 @@ def _testcontainers_url() -> tuple[str, object] | None:
     return f"redis://{host}:{port}/0", container
 
 
-def sample(reg: CollectorRegistry, name: str, **labels: str) -> float:
-    """The current value of a metric sample (0 when it was never set)."""
-    return reg.get_sample_value(name, labels) or 0.0
-
-
-async def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> float:
-    """Seconds until ``check()`` is true, polled every 5 ms; fails after ``timeout``."""
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout, "condition not met in time"
-        await asyncio.sleep(0.005)
-    return time.monotonic() - start
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     env = os.environ.get("REDIS_URL")
@@ -165,28 +146,28 @@ def namespace() -> str:
 #: Suites that run a third time, on a real 3-master Redis Cluster (``redis+cluster://``).
 CLUSTER_SUITES = frozenset(
     {
-        "test_registry",
-        "test_registry_leases",
-        "test_registry_races",
-        "test_routing",
-        "test_routing_pubsub",
-        "test_client",
-        "test_instance",
-        "test_lifecycle",
-        "test_placement",
-        "test_handoff",
+        "tests.ownership.test_registry",
+        "tests.ownership.test_registry_leases",
+        "tests.ownership.test_registry_races",
+        "tests.routing.test_exact_routing",
+        "tests.transport.test_hub",
+        "tests.routing.test_client",
+        "tests.routing.test_instance",
+        "tests.routing.test_lifecycle",
+        "tests.placement.test_activation",
+        "tests.placement.test_handoff",
     }
 )
 
 
 #: Suites whose ``registry`` fixture runs with 1 partition and with 16.
-PARTITION_SUITES = frozenset({"test_registry", "test_registry_leases"})
+PARTITION_SUITES = frozenset({"tests.ownership.test_registry", "tests.ownership.test_registry_leases"})
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """``backend_url``: the real Redis and memory://, plus a Redis Cluster for ``CLUSTER_SUITES``;
     ``partitions``: 1, and 16 too for the ``registry`` fixture of ``PARTITION_SUITES``."""
-    module = metafunc.module.__name__.rpartition(".")[2]
+    module = metafunc.module.__name__
     if "backend_url" in metafunc.fixturenames:
         backends = ["redis", "memory"]
         if module in CLUSTER_SUITES:
@@ -232,6 +213,15 @@ def metrics_registry() -> CollectorRegistry:
 @pytest.fixture
 async def client(backend_url: str, namespace: str, metrics_registry: CollectorRegistry) -> AsyncIterator[ServiceClient]:
     async with ServiceClient(backend_url, namespace=namespace, metrics_registry=metrics_registry) as c:
+        yield c
+
+
+@pytest.fixture
+async def real_client(
+    redis_url: str, namespace: str, metrics_registry: CollectorRegistry
+) -> AsyncIterator[ServiceClient]:
+    """A client on ``redis_url``, a real Redis (``client`` runs on every backend of ``backend_url``)."""
+    async with ServiceClient(redis_url, namespace=namespace, metrics_registry=metrics_registry) as c:
         yield c
 
 

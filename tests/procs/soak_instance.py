@@ -1,4 +1,4 @@
-"""One ServiceInstance of the soak test (``tests/test_soak.py``) in its own process.
+"""One ServiceInstance of the soak test (``tests/system/test_soak.py``) in its own process.
 
     python -m tests.procs.soak_instance --url URL --namespace NS --service S --instance-id I [--ttl T]
 
