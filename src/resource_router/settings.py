@@ -1,7 +1,7 @@
 """Settings: one class per face, every default in one place, read from the environment by pydantic-settings.
 
 * :class:`RouterSettings`: the library's knobs (registries, instances, clients; the CLI reads them too).
-* ``GatewaySettings`` (``resource_router.gateway.settings``): one router replica; it embeds these.
+* ``GatewaySettings`` (``resource_router.gateway.replica_settings``): one router replica; it embeds these.
 
 Each field can be set with a ``RESOURCE_ROUTER_<FIELD>`` environment variable or the same line in a
 ``.env`` file of the working directory. Explicit arguments win over the environment, which wins over

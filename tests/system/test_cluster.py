@@ -26,7 +26,7 @@ from resource_router import (
     ServiceClient,
     ServiceInstance,
 )
-from resource_router.cli.app import build_app
+from resource_router.cli.main import build_app
 from resource_router.ownership.keys import KeySpace
 from resource_router.transport.connection import connect, describe
 from tests.support.redis_cluster import RedisCluster3, command_value

@@ -144,7 +144,7 @@ async def test_an_instance_on_a_half_open_connection_says_so_and_serves_again_wi
 async def test_calls_waiting_on_a_half_open_client_fail_with_a_retryable_error_and_readyz_says_so(
     proxy: TcpProxy, private_redis: RedisServer
 ) -> None:
-    from resource_router.gateway.settings import GatewaySettings
+    from resource_router.gateway.replica_settings import GatewaySettings
     from resource_router.gateway.state import GatewayState
 
     release = asyncio.Event()

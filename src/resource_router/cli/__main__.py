@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from resource_router.cli.app import main
+from resource_router.cli.main import main
 
 sys.exit(main())

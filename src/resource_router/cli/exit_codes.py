@@ -1,4 +1,4 @@
-"""The command line's exit codes (the module docstring of ``app.py`` says when each is used)."""
+"""The command line's exit codes (the module docstring of ``main.py`` says when each is used)."""
 
 from __future__ import annotations
 

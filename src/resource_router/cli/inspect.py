@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from resource_router.cli.context import (
+from resource_router.cli.exit_codes import EXIT_ERROR, EXIT_INVALID, EXIT_OK
+from resource_router.cli.invocation import (
     JsonOpt,
     NamespaceOpt,
     RedisOpt,
@@ -17,7 +18,6 @@ from resource_router.cli.context import (
     settings_from,
     until_signalled,
 )
-from resource_router.cli.exit_codes import EXIT_ERROR, EXIT_INVALID, EXIT_OK
 from resource_router.cli.output import (
     echo,
     err,

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from resource_router.cli.context import NamespaceOpt, RedisOpt
 from resource_router.cli.exit_codes import EXIT_CANNOT_LISTEN, EXIT_ERROR, EXIT_INVALID
+from resource_router.cli.invocation import NamespaceOpt, RedisOpt
 from resource_router.cli.output import fail, problems
 from resource_router.errors import InvalidRequestError
 from resource_router.observability.rendering import configure_logging

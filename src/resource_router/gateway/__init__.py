@@ -20,10 +20,10 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
 
 from resource_router.models import ErrorResponse, ResourceRegistrationRequest, ResourceReleaseRequest, RouteResponse
 
-from .app import create_app
-from .errors import PayloadTooLargeError, RegistrationConflictError
+from .error_bodies import PayloadTooLargeError, RegistrationConflictError
+from .replica import create_app
+from .replica_settings import GatewaySettings
 from .server import run
-from .settings import GatewaySettings
 
 __all__ = [
     "ErrorResponse",

@@ -25,9 +25,9 @@ from resource_router.models import Resource
 
 from . import operations
 from .bodies import RouteCall
-from .context import adopt_trace_id
-from .errors import error_response, json_bytes, send_json
+from .error_bodies import error_response, json_bytes, send_json
 from .middleware import read_body, replay
+from .request_context import adopt_trace_id
 from .routes import OWNER_PATH, ROUTE_PATH
 from .state import GatewayState
 

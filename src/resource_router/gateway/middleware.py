@@ -17,9 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from resource_router.observability import otel
 from resource_router.observability.logs import get_logger
 
-from .context import TRACE_HEADER, pick_trace_id, scope_trace_id
-from .errors import PayloadTooLargeError, ReplicaOverloadedError, error_response, internal_error
-from .metrics import GatewayMetrics, get_gateway_metrics
+from .error_bodies import PayloadTooLargeError, ReplicaOverloadedError, error_response, internal_error
+from .replica_metrics import GatewayMetrics, get_gateway_metrics
+from .request_context import TRACE_HEADER, pick_trace_id, scope_trace_id
 from .state import InFlight
 
 logger = get_logger(__name__)

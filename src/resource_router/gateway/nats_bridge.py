@@ -35,9 +35,9 @@ from resource_router.observability.logs import get_logger
 
 from . import operations
 from .bodies import ResourceQuery, RouteCall
-from .context import TRACE_HEADER, pick_trace_id, takes_over
-from .errors import PayloadTooLargeError, ReplicaOverloadedError, error_body, internal_error, validation_error
-from .metrics import get_gateway_metrics
+from .error_bodies import PayloadTooLargeError, ReplicaOverloadedError, error_body, internal_error, validation_error
+from .replica_metrics import get_gateway_metrics
+from .request_context import TRACE_HEADER, pick_trace_id, takes_over
 from .state import GatewayState
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from resource_router.models import (
 )
 
 from .bodies import RouteCall
-from .errors import RegistrationConflictError
+from .error_bodies import RegistrationConflictError
 from .state import GatewayState
 
 __all__ = ["answer", "lookup", "register", "release", "route"]

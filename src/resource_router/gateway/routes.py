@@ -1,6 +1,6 @@
 """The HTTP endpoints of a replica (the contract's table), one thin function each over ``operations``.
 
-Bodies and answers are pydantic models; failures raise the library's exceptions and ``errors.py``
+Bodies and answers are pydantic models; failures raise the library's exceptions and ``error_bodies.py``
 turns them into the error body with the exception's ``code`` as status. These functions define the
 API and its OpenAPI schema; ``fastpath.py`` serves the two hottest of them (``POST /v1/route`` and the
 owner lookup) without FastAPI's request machinery, and hands over to these whatever it does not take.
@@ -29,8 +29,8 @@ from resource_router.models import (
 
 from . import operations
 from .bodies import RouteCall
-from .context import current_trace_id, set_trace_id
-from .errors import JSONBody
+from .error_bodies import JSONBody
+from .request_context import current_trace_id, set_trace_id
 from .state import GatewayState
 
 __all__ = ["OWNER_PATH", "ROUTE_PATH", "router"]

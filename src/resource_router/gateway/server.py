@@ -12,8 +12,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from .app import ReplicaApp, create_app
-from .settings import GatewaySettings
+from .replica import ReplicaApp, create_app
+from .replica_settings import GatewaySettings
 
 __all__ = ["run"]
 

@@ -19,7 +19,7 @@ from resource_router.ownership.sweeper import Sweeper
 from resource_router.transport.connection import describe
 from resource_router.transport.memory import is_memory_url
 
-from .settings import GatewaySettings
+from .replica_settings import GatewaySettings
 
 if TYPE_CHECKING:
     from resource_router.routing.client import ServiceClient

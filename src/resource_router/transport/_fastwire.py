@@ -8,7 +8,7 @@ an awaited send per batch), this removes most of the per-message Python work of 
 path (see ``benchmarks/README.md``, rows ``routed_call`` with and without the fast wire).
 
 ``_reader`` and ``_writer`` exist with the same meaning on every supported redis-py (5.2 to 8.x);
-``tests/test_wire.py`` runs on the oldest and the newest. ``supports()`` falls back to the public
+``tests/transport/test_wire.py`` runs on the oldest and the newest. ``supports()`` falls back to the public
 path whenever they are missing, or hiredis is not installed, or the connection is not redis-py's.
 """
 

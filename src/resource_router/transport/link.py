@@ -16,7 +16,7 @@ same server (the path is suspect; an instance must not re-subscribe and then pub
 into a dead connection). The subscriber then reconnects and re-subscribes; pending commands fail at
 once with ``ConnectionError`` and the next command opens a new connection. A dead connection is thus
 noticed within ``health_check_interval + health_check_timeout`` plus two check periods
-(``tests/test_link_health.py`` measures it: 2.0-3.2 s with the defaults, bound 3.5 s).
+(``tests/transport/test_link_health.py`` measures it: 2.0-3.2 s with the defaults, bound 3.5 s).
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - exercised in a subproc
     _MISSING_EXTRA: str | None = _exc.name
 else:
     _MISSING_EXTRA = None
-    from resource_router.cli.context import RedisOpt, await_result, fail_with, settings_from
     from resource_router.cli.inspect import events, instances, owner, resources
+    from resource_router.cli.invocation import RedisOpt, await_result, fail_with, settings_from
     from resource_router.cli.output import StdoutClosed, echo, fail, stdout_gone
     from resource_router.cli.serve import serve
     from resource_router.observability.rendering import configure_logging

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from resource_router._version import __version__
 
 from .docs import install_offline_docs
-from .errors import JSONBody, install_error_handlers
+from .error_bodies import JSONBody, install_error_handlers
 from .fastpath import FastPathMiddleware
 from .middleware import (
     BodyLimitMiddleware,
@@ -28,8 +28,8 @@ from .middleware import (
     LoadShedMiddleware,
     TraceMiddleware,
 )
+from .replica_settings import GatewaySettings
 from .routes import router
-from .settings import GatewaySettings
 from .state import GatewayState
 
 __all__ = ["ReplicaApp", "create_app"]

@@ -28,7 +28,7 @@ from starlette.types import Scope, Send
 from resource_router.errors import InvalidRequestError, ResourceConflictError, ResourceRouterError
 from resource_router.models import ResourceRegistrationResponse
 
-from .context import current_trace_id
+from .request_context import current_trace_id
 
 __all__ = [
     "RETRY_AFTER_SECONDS",
