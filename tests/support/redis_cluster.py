@@ -67,30 +67,36 @@ def command_value(port: int, *args: str) -> bytes:
     return raw
 
 
-class RedisCluster3:
-    """Three masters, no replicas, on free ports; ``url`` is the ``redis+cluster://`` form."""
+def _node(port: int) -> RedisServer:
+    return RedisServer(
+        port,
+        extra_args=(
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            f"nodes-{port}.conf",
+            "--cluster-node-timeout",
+            "1500",
+            "--cluster-require-full-coverage",
+            "no",
+            "--cluster-allow-reads-when-down",
+            "no",
+            "--repl-diskless-sync-delay",
+            "0",
+        ),
+    )
 
-    def __init__(self, masters: int = 3) -> None:
-        self.servers: list[RedisServer] = []
-        for _ in range(masters):
-            port = cluster_port()
-            self.servers.append(
-                RedisServer(
-                    port,
-                    extra_args=(
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        f"nodes-{port}.conf",
-                        "--cluster-node-timeout",
-                        "1500",
-                        "--cluster-require-full-coverage",
-                        "no",
-                        "--cluster-allow-reads-when-down",
-                        "no",
-                    ),
-                )
-            )
+
+class RedisCluster3:
+    """Three masters on free ports (and ``replicas`` replicas of each: a failover promotes one when its
+    master dies, after ``cluster-node-timeout``); ``url`` is the ``redis+cluster://`` form."""
+
+    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
+        self.servers: list[RedisServer] = [_node(cluster_port()) for _ in range(masters)]
+        #: replica servers of each master, by the master's index
+        self.replicas: list[list[RedisServer]] = [
+            [_node(cluster_port()) for _ in range(replicas)] for _ in range(masters)
+        ]
 
     @property
     def ports(self) -> list[int]:
@@ -112,13 +118,42 @@ class RedisCluster3:
         for server in self.servers[1:]:
             _command(server.port, "CLUSTER", "MEET", "127.0.0.1", str(self.servers[0].port))
         self.wait_ok(timeout)
+        if any(self.replicas):
+            for master, replicas in zip(self.servers, self.replicas, strict=True):
+                master_id = command_value(master.port, "CLUSTER", "MYID").decode()
+                for replica in replicas:
+                    replica.start()
+                    _command(replica.port, "CLUSTER", "MEET", "127.0.0.1", str(self.servers[0].port))
+                    self._replicate(replica.port, master_id, timeout)
+            self.wait_ok(timeout)
         return self
+
+    def _replicate(self, port: int, master_id: str, timeout: float) -> None:
+        """``CLUSTER REPLICATE`` once the new node has learnt of the master (gossip takes a moment)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                command_value(port, "CLUSTER", "REPLICATE", master_id)
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def replicas_synced(self) -> bool:
+        """True when every replica's link to its master is up."""
+        for replicas in self.replicas:
+            for replica in replicas:
+                info = command_value(replica.port, "INFO", "replication").decode()
+                if "master_link_status:up" not in info:
+                    return False
+        return True
 
     def wait_ok(self, timeout: float = 20.0) -> None:
         """Wait until every live node says ``cluster_state:ok`` and knows every other node."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(self._node_ok(s.port) for s in self.servers if s.proc is not None and s.proc.poll() is None):
+            if all(self._node_ok(s.port) for s in self.live()):
                 return
             time.sleep(0.05)
         raise RuntimeError("the test Redis Cluster did not become ready")
@@ -132,12 +167,17 @@ class RedisCluster3:
         known = nodes.count(b"master")
         return b"cluster_state:ok" in info and known >= len(self.servers)
 
+    def live(self) -> list[RedisServer]:
+        return [
+            s for s in (*self.servers, *(r for rs in self.replicas for r in rs)) if s.proc and s.proc.poll() is None
+        ]
+
     def master_for_slot(self, slot: int) -> RedisServer:
         per = SLOTS // len(self.servers)
         return self.servers[min(slot // per, len(self.servers) - 1)]
 
     def stop(self) -> None:
-        for server in self.servers:
+        for server in (*self.servers, *(r for rs in self.replicas for r in rs)):
             server.stop()
 
     def __enter__(self) -> RedisCluster3:

@@ -119,7 +119,11 @@ class ServiceClient:
         return self._calls.listening
 
     async def __aenter__(self) -> ServiceClient:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()  # a failed start leaves no connection behind
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

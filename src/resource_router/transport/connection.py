@@ -46,7 +46,7 @@ from redis.backoff import NoBackoff
 from resource_router.errors import InvalidRequestError
 from resource_router.settings import RouterSettings, redact_url
 from resource_router.transport.memory import is_memory_url, memory_client
-from resource_router.transport.sentinel import SENTINEL_SCHEMES, parse_sentinel_url, sentinel_client
+from resource_router.transport.sentinel import SENTINEL_SCHEMES, parse_sentinel_url, sentinel_client, sentinels_of
 
 __all__ = [
     "CLIENT_OPTIONS",
@@ -279,6 +279,8 @@ async def close_client(client: Client) -> None:
             await node.disconnect()
         return
     await client.aclose()
+    for sentinel in sentinels_of(client) or ():  # redis-py leaves the Sentinels' own clients open
+        await sentinel.aclose()
 
 
 def is_cluster(client: Client) -> bool:

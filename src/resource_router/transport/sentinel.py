@@ -201,6 +201,7 @@ class SwitchWatch:
         self._on_switch = on_switch
         self._tasks: list[asyncio.Task[None]] = []
         self._last: bytes | None = None  # every Sentinel announces the same switch: act on it once
+        self._pubsubs: set[Any] = set()
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -210,11 +211,16 @@ class SwitchWatch:
         for task in self._tasks:
             await stop_task(task)
         self._tasks = []
+        for pubsub in self._pubsubs:  # closed here: a cancelled task may not finish closing its own
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+        self._pubsubs.clear()
 
     async def _watch(self, sentinel: aredis.Redis) -> None:
         backoff = Backoff(0.05, 2.0)
         while True:
             pubsub = sentinel.pubsub()
+            self._pubsubs.add(pubsub)
             try:
                 await pubsub.subscribe("+switch-master")
                 backoff.reset()
@@ -230,7 +236,7 @@ class SwitchWatch:
                         self._on_switch()
             except (RedisError, OSError) as exc:
                 logger.debug("pubsub.sentinel_unreachable", error=f"{type(exc).__name__}: {exc}")
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+            self._pubsubs.discard(pubsub)
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
             await asyncio.sleep(backoff.next_delay())
