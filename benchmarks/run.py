@@ -168,6 +168,13 @@ def _print_row(r: Row) -> None:
         print(f"  {r.id:<30} skipped: {r.skipped}", flush=True)
     elif r.group == "spread":
         print(f"  {r.id:<30} share per master {r.extras.get('share')} of {r.extras.get('resources'):,}", flush=True)
+    elif "recovery_s" in r.extras:
+        e = r.extras
+        print(
+            f"  {r.id:<30} first successful call {e['recovery_s']:.2f} s after the kill; "
+            f"failover {e['failover_s']:.2f} s; {e['failed_calls']} calls failed meanwhile",
+            flush=True,
+        )
     elif r.group == "memory":
         e = r.extras
         print(

@@ -57,9 +57,9 @@ async def nc(nats_url: str) -> AsyncIterator[Any]:
         await client.close()
 
 
-async def ask(nc: Any, subject: str, body: Any, **kwargs: Any) -> Any:
+async def ask(nc: Any, subject: str, body: Any, timeout: float = 5, **kwargs: Any) -> Any:
     data = body if isinstance(body, bytes) else msgpack.packb(body)
-    reply = await nc.request(subject, data, timeout=5, **kwargs)
+    reply = await nc.request(subject, data, timeout=timeout, **kwargs)
     return msgpack.unpackb(reply.data)
 
 
@@ -216,19 +216,22 @@ async def test_overloaded_replica_sheds_nats_requests(
     async for gw in open_gateway(
         redis_url, namespace, registry, nats_url=nats_url, nats_subject_prefix=prefix, max_in_flight=1
     ):
+        first = await ask(nc, f"{prefix}.resource.query", {"service_name": SVC, "resource_id": "user-1"})
+        assert first["owner_instance_id"] == "echo-1"  # the bridge is subscribed and answers
         slow = asyncio.ensure_future(
             ask(
                 nc,
                 f"{prefix}.route",
-                {"service_name": SVC, "resource_id": "user-1", "method": "sleep", "params": {"seconds": 2.0}},
+                {"service_name": SVC, "resource_id": "user-1", "method": "sleep", "params": {"seconds": 3.0}},
+                timeout=10,
             )
         )
         in_flight = gw.app.state.gateway.in_flight
-        for _ in range(200):
+        for _ in range(500):
             if in_flight.count:
                 break
             await asyncio.sleep(0.01)
-        assert in_flight.count == 1  # the slow request holds the replica's one place (2 s, room for a loaded machine)
+        assert in_flight.count == 1  # the slow request holds the replica's one place (3 s, room for a loaded machine)
         shed = await ask(nc, f"{prefix}.resource.query", {"service_name": SVC, "resource_id": "user-1"})
         assert shed["error"] == {
             "type": "ReplicaOverloadedError",

@@ -141,12 +141,19 @@ class RedisCluster3:
                 time.sleep(0.05)
 
     def replicas_synced(self) -> bool:
-        """True when every replica's link to its master is up."""
-        for replicas in self.replicas:
+        """True when every replica's link to its master is up and each master, asked with ``WAIT``,
+        hears an acknowledgement from all of its replicas (a link can be up while the master still
+        counts the replica as syncing)."""
+        for master, replicas in zip(self.servers, self.replicas, strict=True):
+            if not replicas:
+                continue
             for replica in replicas:
                 info = command_value(replica.port, "INFO", "replication").decode()
                 if "master_link_status:up" not in info:
                     return False
+            acked = _command(master.port, "WAIT", str(len(replicas)), "200")
+            if not acked.startswith(b":") or int(acked[1:].strip()) < len(replicas):
+                return False
         return True
 
     def wait_ok(self, timeout: float = 20.0) -> None:
