@@ -127,6 +127,19 @@ def _failover(rows: dict[str, Row]) -> Goal:
     )
 
 
+def _fanout(rows: dict[str, Row], listeners: int, field: str, limit: float, kind: str) -> Goal:
+    """An ownership change with ``listeners`` idle instances against none, in the same run."""
+    what = "Redis CPU per change" if field == "redis_cpu_ms_per_1000" else "the driver's changes/s"
+    sign = "<=" if kind == "max" else ">="
+    text = f"{what} with {listeners} idle instances {sign} {limit}x with 0"
+    num, den = f"ownership_changes@{listeners}", "ownership_changes@0"
+    a, b = _get(rows, num), _get(rows, den)
+    if a is None or b is None or not b.extras.get(field):
+        return Goal(text, None, limit, kind, missing=_why(rows, num, den))
+    va, vb = a.extras[field], b.extras[field]
+    return Goal(text, va / vb, limit, kind, detail=f"{num} {va:,.1f} / {den} {vb:,.1f}")
+
+
 def _spread(rows: dict[str, Row]) -> Goal:
     row = _get(rows, "cluster_spread")
     text = "cluster, partitions=16: every master holds 20%-47% of the owner keys"
@@ -244,6 +257,11 @@ def evaluate_goals(row_list: list[Row], scales: tuple[int, ...], scale_label: An
             rows, "routed call via Sentinel p50 <= 1.05x direct", "routed_call_sentinel", "routed_call_direct", 1.05
         ),
         _failover(rows),
+        *(
+            _fanout(rows, k, field, limit, kind)
+            for k in (20, 40)
+            for field, limit, kind in (("redis_cpu_ms_per_1000", 1.5, "max"), ("changes_per_s", 0.6, "min"))
+        ),
     ]
     memory = _memory(rows, scales, scale_label)
     if memory is not None:

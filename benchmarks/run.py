@@ -27,6 +27,7 @@ import redis.utils
 from .cases_cluster import run_cluster
 from .cases_failover import LABELS as FAILOVER_ROWS
 from .cases_failover import run_failover
+from .cases_fanout import FANOUT_ROWS, run_fanout
 from .cases_ownership import run_batches, run_locks, run_lookups
 from .cases_rpc import run_rpc
 from .cases_scale import run_scale, scale_label
@@ -82,6 +83,7 @@ ROW_IDS = (
     "gateway_route_workers2",
     "nats_bridge_route",
     *FAILOVER_ROWS,
+    *FANOUT_ROWS,
     "scale",
 )
 
@@ -134,6 +136,7 @@ async def _run_all(
         ("redis-py 5.2.1", run_versions),
         ("redis cluster", run_cluster),
         ("high availability", run_failover),
+        ("fan-out", run_fanout),
         ("1000-id batches", run_batches),
         ("scale", run_scale),
     ]
@@ -173,6 +176,13 @@ def _print_row(r: Row) -> None:
         print(
             f"  {r.id:<30} first successful call {e['recovery_s']:.2f} s after the kill; "
             f"failover {e['failover_s']:.2f} s; {e['failed_calls']} calls failed meanwhile",
+            flush=True,
+        )
+    elif r.group == "fanout":
+        e = r.extras
+        print(
+            f"  {r.id:<30} {e['changes_per_s']:>9,.0f} changes/s; Redis CPU {e['redis_cpu_ms_per_1000']:.1f} ms, "
+            f"listeners' CPU {e['listeners_cpu_ms_per_1000']:.1f} ms per 1,000 changes",
             flush=True,
         )
     elif r.group == "memory":

@@ -67,7 +67,11 @@ local function rr_alive(lease_prefix, owner, seen)
   return known
 end
 
--- Append an ownership event to the audit stream and publish it on the events channel.
+-- Append an ownership event to the audit stream and publish it on the events channel (the opt-in
+-- service-wide feed). A grant is also sent as a notice to the instances it concerns, on their own
+-- notice channels (the events channel, ':' and the instance id: same hash tag, same slot): the new
+-- owner (an adoption) and every previous owner (a takeover). Instances listen to their notices
+-- only, so a change costs the same whether 0 or 1,000 instances are running.
 -- ts_ms is Redis time. Empty lists encode as {} (cjson); readers treat that as an empty list.
 local function rr_emit(stream, event)
   event.service_name = ARGV[1]
@@ -77,6 +81,16 @@ local function rr_emit(stream, event)
   local payload = cjson.encode(event)
   redis.call('XADD', stream, 'MAXLEN', '~', ARGV[4], '*', 'event', payload)
   redis.call(ARGV[6], ARGV[3], payload)
+  if event.type == 'ResourceRegistered' then
+    local told = {[event.instance_id] = true}
+    redis.call(ARGV[6], ARGV[3] .. ':' .. event.instance_id, payload)
+    for _, previous in pairs(event.previous_owners or {}) do
+      if not told[previous] then
+        told[previous] = true
+        redis.call(ARGV[6], ARGV[3] .. ':' .. previous, payload)
+      end
+    end
+  end
 end
 
 -- Release everything instance ARGV[2] still holds in this partition: the owner keys that still

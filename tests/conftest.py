@@ -154,6 +154,7 @@ CLUSTER_SUITES = frozenset(
         "tests.routing.test_client",
         "tests.routing.test_instance",
         "tests.routing.test_lifecycle",
+        "tests.routing.test_notices",
         "tests.placement.test_activation",
         "tests.placement.test_handoff",
     }

@@ -293,7 +293,7 @@ async def test_volunteer_records_events_and_cleanup(
     heard: list[bytes] = []
     hub = await PubSubHub.acquire(redis)
     try:
-        await hub.subscribe(sk.events_channel, heard.append)
+        await hub.subscribe(sk.members_channel, heard.append)
         await registry.register_instance(SVC, "v1", ttl=30)
         await registry.register_instance(SVC, "v2", ttl=0.2)
         assert await registry.add_volunteer(SVC, "v1", placement="hash", limit=10) is True
@@ -320,7 +320,7 @@ async def test_volunteer_records_events_and_cleanup(
             ("VolunteerLeft", "v1"),
         ]
     finally:
-        await hub.unsubscribe(sk.events_channel, heard.append)
+        await hub.unsubscribe(sk.members_channel, heard.append)
         await hub.release()
         await redis.aclose()
         await registry.aclose()

@@ -203,6 +203,12 @@ class PartitionKeys:
     def events_channel(self) -> str:
         return self.prefix + "events"
 
+    def notice_channel(self, instance_id: str) -> str:
+        """Grants that concern one instance (it is the new owner or a previous one), published by the
+        scripts next to the events channel: ``events_channel + ":" + instance_id`` (``_prelude.lua``
+        builds the same name; the hash tag keeps it on the partition's slot)."""
+        return f"{self.events_channel}:{instance_id}"
+
 
 @dataclass(frozen=True)
 class ServiceKeys:
@@ -281,13 +287,23 @@ class ServiceKeys:
         return self.prefix + "events"
 
     @cached_property
+    def members_channel(self) -> str:
+        """Volunteers joining and leaving: what running instances need of the service-wide events."""
+        return self.prefix + "members"
+
+    @cached_property
     def events_channels(self) -> tuple[str, ...]:
-        """Every channel carrying the service's ownership events (one per partition, plus the
-        service's own when the service has several partitions)."""
+        """Every channel of the service-wide events feed: the service's own (and the members'), then
+        one per partition."""
         channels = [part.events_channel for part in self.parts]
         if self.events_channel not in channels:
             channels.insert(0, self.events_channel)
+        channels.insert(1, self.members_channel)
         return tuple(channels)
+
+    def notice_channels(self, instance_id: str) -> tuple[str, ...]:
+        """An instance's notice channels, one per partition (``PartitionKeys.notice_channel``)."""
+        return tuple(part.notice_channel(instance_id) for part in self.parts)
 
     @cached_property
     def audits(self) -> tuple[str, ...]:

@@ -129,7 +129,7 @@ class Volunteers:
         payload = json.dumps(event, separators=(",", ":"))
         await call_redis(
             operation,
-            lambda: store.redis.execute_command(store.publish_command, sk.events_channel, payload),
+            lambda: store.redis.execute_command(store.publish_command, sk.members_channel, payload),
             settings=store.settings,
             idempotent=True,
         )

@@ -296,7 +296,7 @@ class ServiceInstance:
             self._replies.attach(hub)
             hub.on_master_change(self._keeper.master_changed)
             await hub.subscribe(self._channel, self._dispatcher.on_message, self._on_channel_state)
-            for events in self._keys.events_channels:
+            for events in self._notice_channels():
                 await hub.subscribe(events, self._on_event, self._keeper.on_events_state)
             await self._keeper.register()
             self._view.set_serving(True)
@@ -366,7 +366,7 @@ class ServiceInstance:
         if hub is not None:
             for channel, callback, listener in (
                 (self._channel, self._dispatcher.on_message, self._on_channel_state),
-                *((events, self._on_event, self._keeper.on_events_state) for events in self._keys.events_channels),
+                *((events, self._on_event, self._keeper.on_events_state) for events in self._notice_channels()),
             ):
                 with contextlib.suppress(ResourceRouterError):
                     await hub.unsubscribe(channel, callback, listener)  # requests until then: "not owner"
@@ -459,6 +459,12 @@ class ServiceInstance:
             self._log.warning("instance.not_listening", channel=self._channel)
         if not self._closed:
             self._metrics.instance_listening.labels(self.service_name, self._instance_id).set(1 if heard else 0)
+
+    def _notice_channels(self) -> tuple[str, ...]:
+        """What the instance listens to besides its requests: the grants that concern it (its notice
+        channel in every partition) and, for a volunteer, the service's members joining."""
+        notices = self._keys.notice_channels(self._instance_id)
+        return (*notices, self._keys.members_channel) if self.accept_placement else notices
 
     def _on_event(self, data: bytes) -> None:
         try:
