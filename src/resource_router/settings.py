@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_CONFIRM_BATCH",
     "DEFAULT_CONSOLE_KEEPALIVE_SECONDS",
     "DEFAULT_CONSOLE_RECENT_EVENTS",
+    "DEFAULT_CONSOLE_SHUTDOWN_TIMEOUT",
     "DEFAULT_CONSOLE_STREAM_SECONDS",
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_RESOURCES_PER_INSTANCE",
@@ -88,6 +89,8 @@ DEFAULT_REBALANCE_RATE = 100.0
 #: seconds between keep-alive comments while no event comes.
 DEFAULT_CONSOLE_STREAM_SECONDS = 15.0
 DEFAULT_CONSOLE_KEEPALIVE_SECONDS = 5.0
+#: Seconds ``resource-router console`` lets open requests (its live feeds) finish when it is stopped.
+DEFAULT_CONSOLE_SHUTDOWN_TIMEOUT = 1.0
 #: Events the console's feed shows first (the most recent ones) when it opens.
 DEFAULT_CONSOLE_RECENT_EVENTS = 20
 

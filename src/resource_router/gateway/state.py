@@ -71,10 +71,14 @@ class GatewayState:
         self._client: ServiceClient | None = None
         self._client_lock = asyncio.Lock()
         self._stack = contextlib.AsyncExitStack()
+        #: Set when the replica begins to shut down: long-lived responses (the console's feeds) end.
+        self.closing = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         """Start the sweeper and the routing client. Redis being down is not fatal: ``/readyz``
         says 503 and the client is started on the first ``/v1/route`` once Redis is back."""
+        self._loop = asyncio.get_running_loop()
         where = describe(self.registry.redis)
         logger.info(
             "gateway.start",
@@ -121,6 +125,14 @@ class GatewayState:
                 self._stack.push_async_exit(client.__aexit__)
                 self._client = client
             return self._client
+
+    def begin_shutdown(self) -> None:
+        """Tell long-lived responses to end (safe from a signal handler or another thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed in between
+            loop.call_soon_threadsafe(self.closing.set)
 
     def count_routed(self, service_name: str, instance_id: str) -> None:
         """Count a routed call answered by ``instance_id`` (``ipc_gateway_routed_calls_total``)."""

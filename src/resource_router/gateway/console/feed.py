@@ -4,8 +4,9 @@ The events come from the library's follower (``EventLog.follow``, ``XREAD BLOCK`
 audit streams), the same that ``resource-router events --follow`` prints. Each SSE message carries the
 event's stream id as its ``id``: a browser that reconnects sends it back (``Last-Event-ID``) and the
 feed resumes right after it, so a stream may end at any time without losing an event. A stream ends
-by itself after ``lifetime`` seconds (a replica's graceful shutdown waits for open requests, and
-never long for these); while no event comes, a comment goes out every ``keepalive`` seconds.
+by itself after ``lifetime`` seconds, and at once when the replica begins to shut down (its graceful
+shutdown waits for open requests: never long for these); while no event comes, a comment goes out
+every ``keepalive`` seconds.
 """
 
 from __future__ import annotations
@@ -57,8 +58,10 @@ async def event_stream(
     recent: int,
     lifetime: float,
     keepalive: float,
+    closing: asyncio.Event,
 ) -> AsyncIterator[bytes]:
-    """The SSE body: the ``recent`` last events first (a fresh feed only), then every new one."""
+    """The SSE body: the ``recent`` last events first (a fresh feed only), then every new one, until
+    ``lifetime`` has passed or ``closing`` is set (the replica is shutting down)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + lifetime
     yield b"retry: 1000\n\n"  # reconnect after a second when the stream ends
@@ -82,18 +85,25 @@ async def event_stream(
             await queue.put(exc)
 
     task = loop.create_task(pump())
+    stopping = loop.create_task(closing.wait())
     try:
-        while (left := deadline - loop.time()) > 0:
-            try:
-                item = await asyncio.wait_for(queue.get(), timeout=min(keepalive, left))
-            except TimeoutError:
-                yield b": keepalive\n\n"
+        while (left := deadline - loop.time()) > 0 and not closing.is_set():
+            getter = loop.create_task(queue.get())
+            done, _ = await asyncio.wait(
+                {getter, stopping}, timeout=min(keepalive, left), return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter not in done:
+                getter.cancel()  # nothing is taken from the queue by a cancelled get
+                if not closing.is_set():
+                    yield b": keepalive\n\n"
                 continue
+            item = getter.result()
             if isinstance(item, Exception):
                 yield _failure(service_name, item)
                 return
             yield _message(item)
     finally:
+        await stop_task(stopping)
         await stop_task(task)
 
 

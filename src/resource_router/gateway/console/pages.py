@@ -68,7 +68,8 @@ async def console_events(
     validate_service_name(service_name)
     after = resume_point(last_event_id)
     registry = await _reader(request).registry_for(service_name)
-    settings = _state(request).settings
+    state = _state(request)
+    settings = state.settings
     body = event_stream(
         registry,
         service_name,
@@ -76,6 +77,7 @@ async def console_events(
         recent=DEFAULT_CONSOLE_RECENT_EVENTS,
         lifetime=settings.console_stream_seconds,
         keepalive=settings.console_keepalive_seconds,
+        closing=state.closing,
     )
     return StreamingResponse(
         body,
