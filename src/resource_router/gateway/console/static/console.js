@@ -125,13 +125,16 @@ function renderSpread(data) {
   const width = 400 / Math.max(1, parts.length);
   const nodes = [];
   parts.forEach((p, i) => {
-    const h = Math.round((p.resources / max) * 80);
+    const h = Math.round((p.resources / max) * 70);
     const bar = svg("rect", { x: i * width + 1, y: 88 - h, width: Math.max(1, width - 2), height: h, fill: COLORS[0] });
     bar.append(svg("title", {}, `partition ${p.partition} (${p.master}): ${p.resources}`));
     nodes.push(bar);
-    if (parts.length <= 32) nodes.push(svg("text", { x: i * width + width / 2, y: 98, "text-anchor": "middle" }, String(p.partition)));
+    if (parts.length <= 32) {
+      const mid = i * width + width / 2;
+      nodes.push(svg("text", { x: mid, y: 98, "text-anchor": "middle" }, `p${p.partition}`));
+      nodes.push(svg("text", { x: mid, y: 84 - h, "text-anchor": "middle" }, String(p.resources)));
+    }
   });
-  nodes.push(svg("text", { x: 2, y: 8 }, `max ${max}`));
   chart.replaceChildren(...nodes);
   const rows = data.masters.map((m) => {
     const tr = el("tr");
