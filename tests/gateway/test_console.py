@@ -276,3 +276,44 @@ async def test_a_feed_whose_redis_goes_away_ends_with_an_error_message(
             assert json.loads(error.split("data: ", 1)[1])["type"] == "RedisUnavailableError"
     finally:
         server.stop()
+
+
+async def test_on_a_redis_cluster_the_spread_names_each_master(
+    cluster_url: str, namespace: str, metrics_registry: CollectorRegistry
+) -> None:
+    """16 partitions on 3 masters: the console names the master of each partition, and what it counts
+    per master is what a SCAN of that master finds; the feed follows every partition's stream."""
+    ids = [f"c{i:03d}" for i in range(300)]
+    async with ResourceRegistry(
+        cluster_url, namespace=namespace, partitions=16, metrics_registry=metrics_registry
+    ) as reg:
+        await reg.register_instance("spread", "c-1", ttl=30)
+        await reg.register_resource("spread", "c-1", ids)
+        async for g in open_gateway(
+            cluster_url, namespace, metrics_registry, console_stream_seconds=1.0, console_keepalive_seconds=0.5
+        ):
+            body = (await g.http.get("/v1/console/services/spread")).json()
+            assert body["cluster"] is True and body["partitions"] == 16
+            assert sum(p["resources"] for p in body["spread"]) == 300
+            masters = {m["master"]: m for m in body["masters"]}
+            assert len(masters) == 3
+            assert sorted(m["partitions"] for m in masters.values()) == [5, 5, 6]
+            client = reg.redis
+            assert isinstance(client, aredis.RedisCluster)
+            for node in client.get_primaries():
+                direct = aredis.Redis(host=node.host, port=node.port)
+                try:
+                    found = [k async for k in direct.scan_iter(match=f"{namespace}:*:owner:*", count=1000)]
+                finally:
+                    await direct.aclose()
+                assert masters[f"{node.host}:{node.port}"]["resources"] == len(found)
+            one = (await g.http.get("/v1/console/services/spread/resources/c042")).json()
+            assert one["owner_instance_id"] == "c-1"
+            assert one["master"] == body["spread"][partition_of("c042", 16)]["master"]
+            (row,) = body["instances"]
+            assert row["owned"] == 300 and 0 < row["lease_left"] <= 30
+
+            feed = await g.http.get("/v1/console/services/spread/events")
+            events = [json.loads(m["data"]) for m in sse_messages(feed.text)]
+            assert {r for e in events if e["type"] == "ResourceRegistered" for r in e["resource_ids"]} == set(ids)
+            assert "feed-error" not in feed.text

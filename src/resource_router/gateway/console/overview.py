@@ -165,7 +165,7 @@ class ConsoleReader:
         return int(seconds) + int(micros) / 1e6
 
     async def aclose(self) -> None:
-        for count, registry in list(self._registries.items()):
-            if registry is not self._base:
-                await registry.aclose()
-            del self._registries[count]
+        made = [r for r in self._registries.values() if r is not self._base]
+        self._registries = {self._base.partitions: self._base}
+        for registry in made:
+            await registry.aclose()
