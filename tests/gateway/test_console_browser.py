@@ -26,7 +26,8 @@ from resource_router import RouteRequest, RouterSettings
 from resource_router.gateway import GatewaySettings, create_app
 from resource_router.routing.instance import ServiceInstance
 
-pytestmark = [pytest.mark.real_redis, pytest.mark.timeout(180)]
+# The first test's budget includes installing Chromium when it is missing (apt: minutes at most).
+pytestmark = [pytest.mark.real_redis, pytest.mark.timeout(900)]
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -51,9 +52,9 @@ def _install_chromium() -> str:
     if os.geteuid() != 0:
         return "installing it needs root (apt-get install -y chromium)"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in ([apt, "update", "-q"], [apt, "install", "-y", "-q", "chromium"]):
+    for command, seconds in (([apt, "update", "-q"], 240), ([apt, "install", "-y", "-q", "chromium"], 540)):
         try:
-            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, check=False)
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"{' '.join(command[1:])} failed: {exc}"
         if done.returncode != 0:
