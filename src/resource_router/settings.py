@@ -30,6 +30,10 @@ from resource_router.errors import InvalidRequestError
 __all__ = [
     "DEFAULT_CONFIRM_AFTER",
     "DEFAULT_CONFIRM_BATCH",
+    "DEFAULT_CONSOLE_KEEPALIVE_SECONDS",
+    "DEFAULT_CONSOLE_RECENT_EVENTS",
+    "DEFAULT_CONSOLE_SHUTDOWN_TIMEOUT",
+    "DEFAULT_CONSOLE_STREAM_SECONDS",
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_RESOURCES_PER_INSTANCE",
     "DEFAULT_NAMESPACE",
@@ -80,6 +84,15 @@ DEFAULT_CONFIRM_AFTER = 0.1
 DEFAULT_CONFIRM_BATCH = 5000
 #: Resources per second a rebalancing volunteer hands to a newcomer.
 DEFAULT_REBALANCE_RATE = 100.0
+#: The operator console's live feed: seconds one event stream stays open (the browser reconnects at
+#: once and resumes after the last event it saw, so a replica's shutdown never waits long for it), and
+#: seconds between keep-alive comments while no event comes.
+DEFAULT_CONSOLE_STREAM_SECONDS = 15.0
+DEFAULT_CONSOLE_KEEPALIVE_SECONDS = 5.0
+#: Seconds ``resource-router console`` lets open requests (its live feeds) finish when it is stopped.
+DEFAULT_CONSOLE_SHUTDOWN_TIMEOUT = 1.0
+#: Events the console's feed shows first (the most recent ones) when it opens.
+DEFAULT_CONSOLE_RECENT_EVENTS = 20
 
 
 def validate_seconds(

@@ -351,7 +351,7 @@ def test_version_and_help() -> None:
     assert invoke("--version").stdout == f"resource-router {__version__}\n"
     helped = invoke("--help")
     assert helped.exit_code == 0
-    for command in ("owner", "resources", "instances", "events", "serve", "demo"):
+    for command in ("owner", "resources", "instances", "events", "serve", "console", "demo"):
         assert command in helped.stdout
     serve_help = " ".join(invoke("serve", "--help").stdout.split())
     for option in ("--redis", "--namespace", "--host", "--port", "--log-format", "--max-body-bytes"):

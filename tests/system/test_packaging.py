@@ -117,6 +117,8 @@ def test_wheel_installs_and_registers(tmp_path: Path, redis_url: str) -> None:
     for name in (*SCRIPT_NAMES, "_prelude"):
         assert f"resource_router/lua/{name}.lua" in names
     assert "resource_router/py.typed" in names
+    for asset in ("console.html", "console.js", "console.css"):  # the operator console's page, no CDN
+        assert f"resource_router/gateway/console/static/{asset}" in names
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)

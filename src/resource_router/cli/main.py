@@ -6,7 +6,8 @@
     resource-router resources SERVICE [--instance ID]
     resource-router instances SERVICE              live instances
     resource-router events SERVICE [--follow]      audit stream (recent, or live)
-    resource-router serve [--port 8000]            a stateless HTTP router replica
+    resource-router serve [--port 8000]            a stateless HTTP router replica (and its /console)
+    resource-router console [--port 0]             the operator console on a local port (prints its URL)
     resource-router demo                           the demo (embedded memory:// unless a URL is given)
 
 Every command takes ``--redis URL`` and ``--namespace``; like every other setting they can come from
@@ -37,6 +38,7 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - exercised in a subproc
     _MISSING_EXTRA: str | None = _exc.name
 else:
     _MISSING_EXTRA = None
+    from resource_router.cli.console import console
     from resource_router.cli.inspect import events, instances, owner, resources
     from resource_router.cli.invocation import RedisOpt, await_result, fail_with, settings_from
     from resource_router.cli.output import StdoutClosed, echo, fail, stdout_gone
@@ -102,7 +104,7 @@ def build_app() -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(_root)
-    for fn in (owner, resources, instances, events, serve, demo):
+    for fn in (owner, resources, instances, events, serve, console, demo):
         app.command(fn.__name__)(fn)
     return app
 

@@ -46,6 +46,8 @@ async def route(state: GatewayState, call: RouteCall, trace_id: str) -> RouteRes
     response = await client.route(request)
     if response.trace_id is None:
         response.trace_id = trace_id
+    if response.instance_id is not None:
+        state.count_routed(call.service_name, response.instance_id)
     return response
 
 

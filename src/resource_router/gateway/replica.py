@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from resource_router._version import __version__
 
+from .console import ConsoleReader, install_console
 from .docs import install_offline_docs
 from .error_bodies import JSONBody, install_error_handlers
 from .fastpath import FastPathMiddleware
@@ -60,12 +61,14 @@ def create_app(
     it runs (``nats_bridge``)."""
     settings = settings or GatewaySettings.from_env()
     state = GatewayState(settings, metrics_registry=metrics_registry)
+    console = ConsoleReader(state)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             await state.start()
             stack.push_async_callback(state.stop)
+            stack.push_async_callback(console.aclose)  # its registries close before the state's
             if settings.nats_url:
                 from .nats_bridge import NatsBridge
 
@@ -88,6 +91,7 @@ def create_app(
         redoc_url=None,
     )
     install_offline_docs(app)
+    install_console(app, console)
     _fix_openapi(app)
     app.state.gateway = state
     app.state.settings = settings

@@ -19,6 +19,7 @@ class GatewayMetrics:
     duration: Histogram
     shed: Counter
     nats_requests: Counter
+    routed: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> GatewayMetrics:
@@ -46,6 +47,12 @@ class GatewayMetrics:
                 "ipc_gateway_nats_requests_total",
                 "Requests served on the NATS subjects (subject without its prefix, status as in HTTP)",
                 ["subject", "status"],
+                registry=registry,
+            ),
+            routed=Counter(
+                "ipc_gateway_routed_calls_total",
+                "Calls this replica routed and got an answer for, by the instance that answered (the console's chart)",
+                ["service_name", "instance_id"],
                 registry=registry,
             ),
         )

@@ -15,7 +15,14 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from resource_router.settings import ENV_PREFIX, ENV_REDIS_URL, RouterSettings, SettingsBase
+from resource_router.settings import (
+    DEFAULT_CONSOLE_KEEPALIVE_SECONDS,
+    DEFAULT_CONSOLE_STREAM_SECONDS,
+    ENV_PREFIX,
+    ENV_REDIS_URL,
+    RouterSettings,
+    SettingsBase,
+)
 from resource_router.transport.memory import is_memory_url
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "GatewaySettings", "LogFormat"]
@@ -56,6 +63,10 @@ class GatewaySettings(SettingsBase):
     nats_subject_prefix: str = Field(default="ipc", pattern=_SUBJECT_TOKENS)
     #: The queue group every replica joins, so that each NATS request is answered by one replica.
     nats_queue: str = Field(default="resource-router", pattern=_SUBJECT_TOKENS)
+    #: The operator console (``/console``): seconds one live-feed stream stays open before the browser
+    #: reconnects and resumes, and seconds between its keep-alive comments.
+    console_stream_seconds: float = Field(default=DEFAULT_CONSOLE_STREAM_SECONDS, gt=0, le=3600)
+    console_keepalive_seconds: float = Field(default=DEFAULT_CONSOLE_KEEPALIVE_SECONDS, gt=0, le=300)
     #: Allow the embedded memory:// store (one process only: for trying the replica out).
     embedded: bool = False
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -36,13 +37,37 @@ class _AppFactory:
         return create_app(self.settings)
 
 
-def run(settings: GatewaySettings, *, setup_logging: LoggingSetup | None = None) -> None:
+def _server_class() -> type[Any]:
+    import uvicorn
+
+    class Server(uvicorn.Server):  # type: ignore[misc,unused-ignore]
+        """uvicorn's server, telling the app when a signal starts the shutdown (its open event
+        streams end then, rather than when the graceful shutdown's timeout cancels them)."""
+
+        def __init__(self, config: Any, on_exit: Callable[[], None]) -> None:
+            super().__init__(config)
+            self.on_exit = on_exit
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            self.on_exit()
+
+    return Server
+
+
+def run(
+    settings: GatewaySettings,
+    *,
+    setup_logging: LoggingSetup | None = None,
+    sockets: list[socket.socket] | None = None,
+) -> None:
     """Serve until SIGINT/SIGTERM. On a signal a replica stops accepting connections, lets in-flight
     requests finish (up to ``settings.shutdown_timeout`` seconds), then closes its Redis clients.
 
     With ``settings.workers > 1`` this process binds the port and supervises that many worker
     processes (uvicorn's supervisor: a worker that dies is replaced); ``setup_logging`` is then called
-    in each worker, where the caller's logging configuration does not reach."""
+    in each worker, where the caller's logging configuration does not reach. ``sockets``: listen on
+    these, bound already (one process), instead of binding ``settings.host`` and ``settings.port``."""
     import uvicorn
 
     options: dict[str, Any] = {
@@ -57,14 +82,15 @@ def run(settings: GatewaySettings, *, setup_logging: LoggingSetup | None = None)
         "log_level": settings.log_level.lower(),
     }
     if settings.workers == 1:
-        uvicorn.Server(uvicorn.Config(create_app(settings), **options)).run()
+        app = create_app(settings)
+        _server_class()(uvicorn.Config(app, **options), app.state.gateway.begin_shutdown).run(sockets=sockets)
         return
     from uvicorn.supervisors import Multiprocess
 
     config = uvicorn.Config(_AppFactory(settings, setup_logging), factory=True, workers=settings.workers, **options)
-    sockets = [config.bind_socket()]
+    bound = [config.bind_socket()]
     supervisor: Any = Multiprocess  # its signature changed across uvicorn versions
     if "target" in inspect.signature(supervisor).parameters:  # older uvicorn: each worker runs this server
-        supervisor(config, target=uvicorn.Server(config).run, sockets=sockets).run()
+        supervisor(config, target=uvicorn.Server(config).run, sockets=bound).run()
     else:
-        supervisor(config, sockets=sockets).run()
+        supervisor(config, sockets=bound).run()

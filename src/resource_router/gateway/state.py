@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -19,6 +19,7 @@ from resource_router.ownership.sweeper import Sweeper
 from resource_router.transport.connection import describe
 from resource_router.transport.memory import is_memory_url
 
+from .replica_metrics import get_gateway_metrics
 from .replica_settings import GatewaySettings
 
 if TYPE_CHECKING:
@@ -65,13 +66,19 @@ class GatewayState:
         )
         self.sweeper = Sweeper(self.registry, interval=settings.sweep_interval) if settings.sweep_interval > 0 else None
         self.in_flight = InFlight(settings.max_in_flight)
+        self._routed = get_gateway_metrics(metrics_registry).routed
+        self._routed_children: dict[tuple[str, str], Any] = {}
         self._client: ServiceClient | None = None
         self._client_lock = asyncio.Lock()
         self._stack = contextlib.AsyncExitStack()
+        #: Set when the replica begins to shut down: long-lived responses (the console's feeds) end.
+        self.closing = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         """Start the sweeper and the routing client. Redis being down is not fatal: ``/readyz``
         says 503 and the client is started on the first ``/v1/route`` once Redis is back."""
+        self._loop = asyncio.get_running_loop()
         where = describe(self.registry.redis)
         logger.info(
             "gateway.start",
@@ -118,6 +125,33 @@ class GatewayState:
                 self._stack.push_async_exit(client.__aexit__)
                 self._client = client
             return self._client
+
+    def begin_shutdown(self) -> None:
+        """Tell long-lived responses to end (safe from a signal handler or another thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed in between
+            loop.call_soon_threadsafe(self.closing.set)
+
+    def count_routed(self, service_name: str, instance_id: str) -> None:
+        """Count a routed call answered by ``instance_id`` (``ipc_gateway_routed_calls_total``)."""
+        key = (service_name, instance_id)
+        child = self._routed_children.get(key)
+        if child is None:
+            child = self._routed.labels(service_name, instance_id)
+            if len(self._routed_children) < 4096:
+                self._routed_children[key] = child
+        child.inc()
+
+    def routed_totals(self) -> list[tuple[str, str, float]]:
+        """``(service_name, instance_id, calls)`` for every instance this replica routed calls to."""
+        return [
+            (sample.labels["service_name"], sample.labels["instance_id"], sample.value)
+            for family in self._routed.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        ]
 
     async def ready(self) -> None:
         """Raise ``RedisUnavailableError`` unless Redis answers PING within ``ready_timeout`` and the
