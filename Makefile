@@ -43,7 +43,7 @@ help:
 $(STAMP): pyproject.toml $(call expired,$(STAMP))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
-	$(BIN)/python -m pip install $(PIP_RESOLVE) -e ".[cli,gateway,memory,nats,otel]" --group dev --group bench
+	$(BIN)/python -m pip install $(PIP_RESOLVE) -e ".[cli,gateway,memory,nats,otel,postgres]" --group dev --group bench
 	touch $(STAMP)
 
 # The floors pin the package's dependencies; what they depend on resolves to the newest it allows.
@@ -51,7 +51,7 @@ $(OLDEST_STAMP): pyproject.toml tests/floors.py $(call expired,$(OLDEST_STAMP))
 	test -x $(OLDEST_BIN)/python || $(PYTHON) -m venv $(OLDEST)
 	$(OLDEST_BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
 	$(OLDEST_BIN)/python tests/floors.py > $(FLOORS)
-	$(OLDEST_BIN)/python -m pip install $(PIP_RESOLVE) -e ".[cli,gateway,memory,nats,otel]" --group dev --group bench \
+	$(OLDEST_BIN)/python -m pip install $(PIP_RESOLVE) -e ".[cli,gateway,memory,nats,otel,postgres]" --group dev --group bench \
 		-c $(FLOORS)
 	touch $(OLDEST_STAMP)
 

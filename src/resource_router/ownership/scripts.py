@@ -45,6 +45,9 @@ SCRIPT_NAMES: Final = (
     "lookup_resource",
     "read_owners",
     "raise_fence",
+    "load_state",
+    "save_state",
+    "delete_state",
 )
 #: The scripts that grant, renew, release or take over ownership: with ``min_replicas`` each is
 #: followed by ``WAIT`` (``durable.py``).
@@ -103,6 +106,9 @@ class ScriptSet:
     lookup_resource: AsyncScript
     read_owners: AsyncScript
     raise_fence: AsyncScript
+    load_state: AsyncScript
+    save_state: AsyncScript
+    delete_state: AsyncScript
 
     @property
     def shas(self) -> dict[str, str]:
