@@ -8,8 +8,8 @@ until the first one's lease ran out), prints ``GRANTED {"t", "token"}``, then in
 counter in R's state as fast as it can: ``load()`` then ``save(value + 1)`` through one handle taken
 at the grant (``inst.state(R)``), never taken again, so that after a pause it still writes with the
 old token. Each write is journaled as ``[outcome, value, started, ended]`` (``ok``, ``stale`` or
-``error``). When stdin closes it writes the journal to ``--journal`` (JSON), prints ``DONE {}`` and exits without releasing
-anything (the test reads the final counter itself). ``--dsn`` keeps the state in PostgreSQL.
+``error``). When stdin closes it writes the journal to ``--journal`` (JSON), prints ``DONE {...}``
+and exits without releasing anything (the test reads the final counter itself). ``--dsn`` keeps the state in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from resource_router import PostgresStateStore, ResourceRouterError, ServiceInstance, StaleOwnerError
@@ -73,8 +74,7 @@ async def main() -> None:
     await reader.read()  # until stdin closes
     stop.set()
     await task
-    with open(args.journal, "w", encoding="utf-8") as fh:
-        json.dump(journal, fh)
+    Path(args.journal).write_text(json.dumps(journal), encoding="utf-8")  # noqa: ASYNC240 - at exit
     print("DONE " + json.dumps({"writes": len(journal)}), flush=True)
     await inst.abort()
     if store is not None:

@@ -42,7 +42,18 @@ class Writer:
     @classmethod
     async def start(cls, url: str, namespace: str, iid: str, extra: list[str], tmp: Path) -> Writer:
         journal = tmp / f"{iid}.json"
-        args = ["--journal", str(journal),"--url", url, "--namespace", namespace, "--service", SERVICE, "--instance-id", iid]
+        args = [
+            "--journal",
+            str(journal),
+            "--url",
+            url,
+            "--namespace",
+            namespace,
+            "--service",
+            SERVICE,
+            "--instance-id",
+            iid,
+        ]
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
