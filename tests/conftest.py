@@ -156,6 +156,7 @@ CLUSTER_SUITES = frozenset(
         "tests.routing.test_lifecycle",
         "tests.placement.test_activation",
         "tests.placement.test_handoff",
+        "tests.state.test_redis_state",
     }
 )
 
