@@ -5,7 +5,8 @@
 writes the state) and ``postgres_state.py`` (the ``postgres`` extra: an upsert applied only when the
 writer's token is at least the row's). ``codec.py`` turns values into bytes (msgpack, an optional
 pydantic model, the size limit); ``handle.py`` is what handlers get as ``request.state`` and
-``inst.state(resource_id)``: a resource's state bound to one fencing token.
+``inst.state(resource_id)``: a resource's state bound to one fencing token; ``snapshot.py`` is what
+the read-only faces (replicas, the command line) show of it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from resource_router.state.codec import StateCodec
 from resource_router.state.handle import ResourceState, StateBinding
 from resource_router.state.postgres_state import PostgresStateStore
 from resource_router.state.redis_state import RedisStateStore
+from resource_router.state.snapshot import StateSnapshot, read_snapshot
 
 __all__ = [
     "PostgresStateStore",
@@ -23,5 +25,7 @@ __all__ = [
     "StateBinding",
     "StateCodec",
     "StateRecord",
+    "StateSnapshot",
     "StateStore",
+    "read_snapshot",
 ]
