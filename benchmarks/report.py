@@ -244,6 +244,10 @@ def evaluate_goals(row_list: list[Row], scales: tuple[int, ...], scale_label: An
             rows, "routed call via Sentinel p50 <= 1.05x direct", "routed_call_sentinel", "routed_call_direct", 1.05
         ),
         _failover(rows),
+        # per-resource state
+        _ratio(rows, "state.save p50 <= 1.2x a plain EVALSHA SET of the same size", "state_save", "evalsha_set", 1.2),
+        _ratio(rows, "state.load p50 <= 1.2x a plain EVALSHA GET of the same size", "state_load", "evalsha_get", 1.2),
+        _ratio(rows, "PostgresStateStore save p50 <= 1.2x a plain asyncpg upsert", "pg_state_save", "pg_upsert", 1.2),
     ]
     memory = _memory(rows, scales, scale_label)
     if memory is not None:

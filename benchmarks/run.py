@@ -30,6 +30,8 @@ from .cases_failover import run_failover
 from .cases_ownership import run_batches, run_locks, run_lookups
 from .cases_rpc import run_rpc
 from .cases_scale import run_scale, scale_label
+from .cases_state import LABELS as STATE_ROWS
+from .cases_state import run_state
 from .cases_versions import SUFFIX, run_versions
 from .common import MODES, REPO_ROOT, Ctx, Mode, configure_logging
 from .harness import CpuMeter, Row
@@ -82,6 +84,7 @@ ROW_IDS = (
     "gateway_route_workers2",
     "nats_bridge_route",
     *FAILOVER_ROWS,
+    *STATE_ROWS,
     "scale",
 )
 
@@ -134,6 +137,7 @@ async def _run_all(
         ("redis-py 5.2.1", run_versions),
         ("redis cluster", run_cluster),
         ("high availability", run_failover),
+        ("state", run_state),
         ("1000-id batches", run_batches),
         ("scale", run_scale),
     ]

@@ -319,6 +319,7 @@ class ServiceInstance:
         try:
             self._hub = hub = await PubSubHub.acquire(self._registry.redis, self._settings)
             self._replies.attach(hub)
+            self._state.store.attach(hub)
             hub.on_master_change(self._keeper.master_changed)
             await hub.subscribe(self._channel, self._dispatcher.on_message, self._on_channel_state)
             for events in self._keys.events_channels:
@@ -398,6 +399,7 @@ class ServiceInstance:
             self._hub = None
             hub.off_master_change(self._keeper.master_changed)
             self._replies.attach(None)
+            self._state.store.attach(None)
             await hub.release()
         self._metrics.forget_instance(self.service_name, self._instance_id)  # its gauges go with it
         await self._view.aclose()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from resource_router.ownership.registry import ResourceRegistry
+    from resource_router.transport.hub import PubSubHub
 
 __all__ = ["StateRecord", "StateStore"]
 
@@ -39,6 +40,10 @@ class StateStore(ABC):
     def bind(self, registry: ResourceRegistry) -> StateStore:
         """The store as used with ``registry`` (its Redis, its namespace). No I/O."""
         return self
+
+    def attach(self, hub: PubSubHub | None) -> None:  # noqa: B027 - only the Redis store uses the hub
+        """The running instance's pub/sub hub (None when it stops): a Redis store sends its scripts
+        on the hub's pipelined command connection, as owner lookups do."""
 
     @abstractmethod
     async def load(
