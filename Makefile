@@ -20,7 +20,7 @@ OLDEST_TESTS := tests/routing/test_exact_routing.py tests/transport/test_hub.py 
                 tests/routing/test_signing.py tests/routing/test_stale_owner.py tests/routing/test_lifecycle.py \
                 tests/placement/test_activation.py tests/placement/test_handoff.py tests/cli/test_commands.py \
                 tests/gateway/test_app.py tests/gateway/test_route.py tests/system/test_quiet_start.py \
-                tests/system/test_floors.py
+                tests/system/test_floors.py tests/state/test_redis_state.py tests/state/test_codec.py
 
 # A venv is resolved again, every dependency upgraded to the newest release its range allows
 # (`--upgrade-strategy eager`), when pyproject.toml changed or its last resolution is older than
