@@ -158,3 +158,30 @@ async def test_the_state_is_readable_with_redis_cli_commands(redis_url: str, nam
     finally:
         await raw.aclose()
     assert fields[b"ver"] == b"1" and int(fields[b"tok"]) >= 1 and fields[b"v"] == b"\x81\xa1n\x03"
+
+
+async def test_state_follows_a_drain_and_on_activate_loads_it(make: Make, client: ServiceClient) -> None:
+    loaded: dict[str, Any] = {}
+
+    def serve(inst: ServiceInstance) -> None:
+        @inst.on_activate
+        async def activate(resource_id: str) -> None:
+            loaded[inst.instance_id] = await inst.state(resource_id).load()
+
+        @inst.handler("bump")
+        async def bump(request: Any) -> int:
+            value = (await request.state.load() or {"n": 0})["n"] + 1
+            await request.state.save({"n": value})
+            return int(value)
+
+    async with make("i-1", accept_placement=True) as one, make("i-2", accept_placement=True) as two:
+        serve(one)
+        serve(two)
+        await one.register_resource("cart-1")
+        assert await client.call(SERVICE, "bump", resource_id="cart-1") == 1
+        assert loaded == {"i-1": None}
+        report = await one.drain(timeout=5.0)
+        assert report.moved_count == 1
+        assert await client.call(SERVICE, "bump", resource_id="cart-1", wait_for_owner=True) == 2
+        assert loaded["i-2"] == {"n": 1}  # the new owner's on_activate saw the state the old one wrote
+        assert "cart-1" in two.owned_resources
