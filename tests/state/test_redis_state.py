@@ -24,6 +24,8 @@ from resource_router import (
 from resource_router.errors import error_from_dict
 from resource_router.ownership.keys import KeySpace
 from tests.support import state_scenarios as scenarios
+from tests.support.redis_server import redis_server_binary
+from tests.support.replicas import ReplicaSet
 from tests.support.state_scenarios import SERVICE, Make
 
 
@@ -185,3 +187,24 @@ async def test_state_follows_a_drain_and_on_activate_loads_it(make: Make, client
         assert await client.call(SERVICE, "bump", resource_id="cart-1", wait_for_owner=True) == 2
         assert loaded["i-2"] == {"n": 1}  # the new owner's on_activate saw the state the old one wrote
         assert "cart-1" in two.owned_resources
+
+
+@pytest.mark.real_redis
+async def test_with_min_replicas_a_save_is_on_the_replica_when_it_returns(namespace: str) -> None:
+
+    if not redis_server_binary():
+        pytest.skip("a replicated Redis needs redis-server on PATH")
+    replicas = ReplicaSet(replicas=1).start()
+    try:
+        replicas.wait()
+        settings = RouterSettings(min_replicas=1, replica_timeout=2.0)
+        async with ServiceInstance(replicas.master.url, SERVICE, "i-1", namespace=namespace, settings=settings) as inst:
+            await inst.register_resource("cart-1")
+            assert await inst.state("cart-1").save({"n": 1}) == 1
+            raw = aredis.Redis.from_url(replicas.replicas[0].url)
+            try:  # acknowledged means on the replica: read there at once
+                assert await raw.hget(f"{namespace}:{{{SERVICE}}}:state:cart-1", "ver") == b"1"
+            finally:
+                await raw.aclose()
+    finally:
+        replicas.stop()

@@ -49,8 +49,8 @@ SCRIPT_NAMES: Final = (
     "save_state",
     "delete_state",
 )
-#: The scripts that grant, renew, release or take over ownership: with ``min_replicas`` each is
-#: followed by ``WAIT`` (``durable.py``).
+#: The scripts that grant, renew, release or take over ownership, and those that write a resource's
+#: state: with ``min_replicas`` each is followed by ``WAIT`` (``durable.py``).
 WRITE_SCRIPTS: Final = (
     "register_instance",
     "renew_instance",
@@ -62,6 +62,8 @@ WRITE_SCRIPTS: Final = (
     "register_resources",
     "release_resources",
     "raise_fence",
+    "save_state",
+    "delete_state",
 )
 
 

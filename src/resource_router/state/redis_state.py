@@ -4,7 +4,9 @@ Each state is a hash ``{ns}:{T}:state:R`` in the partition slot of the resource 
 one script (``save_state.lua``, ``delete_state.lua``) reads the owner key, the owner's lease and the
 grant record, and writes the state only when the writer holds the current grant: atomic on a single
 Redis, on ``memory://`` and on Redis Cluster (one slot). Reads (``load_state.lua``) are not fenced.
-A save is not retried (it is not idempotent); a load is. While an instance runs, the scripts go
+A save is not retried (it is not idempotent); a load is. With ``min_replicas`` a save or delete is
+followed by ``WAIT`` and reported done only once that many replicas have it (``DurabilityError``
+otherwise), as writes of ownership are. While an instance runs, the scripts go
 on its hub's pipelined command connection (the owner lookup's path, half the latency of a redis-py
 call); a load that fails there is read again through the registry's client, under its retries.
 """
@@ -136,7 +138,7 @@ class RedisStateStore(StateStore):
         keys = [part.state(resource_id), part.owner(resource_id)]
         hub = self._hub
         reply: list[Any]
-        if hub is not None:
+        if hub is not None and store.replicated is None:  # with min_replicas: the registry's WAIT path
             reply = await hub.evalsha(operation, script, keys, args)
             check_status(reply, operation)
         else:
