@@ -20,7 +20,7 @@ OLDEST_TESTS := tests/routing/test_exact_routing.py tests/transport/test_hub.py 
                 tests/routing/test_signing.py tests/routing/test_stale_owner.py tests/routing/test_lifecycle.py \
                 tests/placement/test_activation.py tests/placement/test_handoff.py tests/cli/test_commands.py \
                 tests/gateway/test_app.py tests/gateway/test_route.py tests/system/test_quiet_start.py \
-                tests/system/test_floors.py
+                tests/system/test_floors.py tests/state/test_redis_state.py tests/state/test_codec.py
 
 # A venv is resolved again, every dependency upgraded to the newest release its range allows
 # (`--upgrade-strategy eager`), when pyproject.toml changed or its last resolution is older than
@@ -43,7 +43,7 @@ help:
 $(STAMP): pyproject.toml $(call expired,$(STAMP))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
-	$(BIN)/python -m pip install $(PIP_RESOLVE) -e ".[cli,gateway,memory,nats,otel]" --group dev --group bench
+	$(BIN)/python -m pip install $(PIP_RESOLVE) -e ".[cli,gateway,memory,nats,otel,postgres]" --group dev --group bench
 	touch $(STAMP)
 
 # The floors pin the package's dependencies; what they depend on resolves to the newest it allows.
@@ -51,7 +51,7 @@ $(OLDEST_STAMP): pyproject.toml tests/floors.py $(call expired,$(OLDEST_STAMP))
 	test -x $(OLDEST_BIN)/python || $(PYTHON) -m venv $(OLDEST)
 	$(OLDEST_BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
 	$(OLDEST_BIN)/python tests/floors.py > $(FLOORS)
-	$(OLDEST_BIN)/python -m pip install $(PIP_RESOLVE) -e ".[cli,gateway,memory,nats,otel]" --group dev --group bench \
+	$(OLDEST_BIN)/python -m pip install $(PIP_RESOLVE) -e ".[cli,gateway,memory,nats,otel,postgres]" --group dev --group bench \
 		-c $(FLOORS)
 	touch $(OLDEST_STAMP)
 

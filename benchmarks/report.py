@@ -262,6 +262,10 @@ def evaluate_goals(row_list: list[Row], scales: tuple[int, ...], scale_label: An
             for k in (20, 40)
             for field, limit, kind in (("redis_cpu_ms_per_1000", 1.5, "max"), ("changes_per_s", 0.6, "min"))
         ),
+        # per-resource state
+        _ratio(rows, "state.save p50 <= 1.2x a plain EVALSHA SET of the same size", "state_save", "evalsha_set", 1.2),
+        _ratio(rows, "state.load p50 <= 1.2x a plain EVALSHA GET of the same size", "state_load", "evalsha_get", 1.2),
+        _ratio(rows, "PostgresStateStore save p50 <= 1.2x a plain asyncpg upsert", "pg_state_save", "pg_upsert", 1.2),
     ]
     memory = _memory(rows, scales, scale_label)
     if memory is not None:

@@ -31,6 +31,8 @@ from .cases_fanout import FANOUT_ROWS, run_fanout
 from .cases_ownership import run_batches, run_locks, run_lookups
 from .cases_rpc import run_rpc
 from .cases_scale import run_scale, scale_label
+from .cases_state import LABELS as STATE_ROWS
+from .cases_state import run_state
 from .cases_versions import SUFFIX, run_versions
 from .common import MODES, REPO_ROOT, Ctx, Mode, configure_logging
 from .harness import CpuMeter, Row
@@ -84,6 +86,7 @@ ROW_IDS = (
     "nats_bridge_route",
     *FAILOVER_ROWS,
     *FANOUT_ROWS,
+    *STATE_ROWS,
     "scale",
 )
 
@@ -137,6 +140,7 @@ async def _run_all(
         ("redis cluster", run_cluster),
         ("high availability", run_failover),
         ("fan-out", run_fanout),
+        ("state", run_state),
         ("1000-id batches", run_batches),
         ("scale", run_scale),
     ]

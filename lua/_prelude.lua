@@ -15,6 +15,8 @@ local RR_INSTANCE_NOT_ALIVE = 1  -- the instance's lease is gone
 local RR_LIMIT_EXCEEDED = 2      -- the per-instance limit would be exceeded: nothing was registered
 local RR_NOT_OWNER = 3           -- a release names ids other live instances own: nothing was released
 local RR_OVER_BUDGET = 4         -- more new grants than the caller reserved (a race: roll back, try again)
+local RR_STALE_OWNER = 5         -- a state write whose fencing token is not the current grant: nothing written
+local RR_VERSION_CONFLICT = 6    -- a state compare-and-set found another version: nothing written
 
 local RR_CHUNK = 1000  -- unpack() stays far below Lua's C-stack limit
 

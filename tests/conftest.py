@@ -157,6 +157,7 @@ CLUSTER_SUITES = frozenset(
         "tests.routing.test_notices",
         "tests.placement.test_activation",
         "tests.placement.test_handoff",
+        "tests.state.test_redis_state",
     }
 )
 

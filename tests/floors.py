@@ -5,7 +5,7 @@ package's runtime dependencies and each dependency of its published extras, so t
 environment installs exactly the oldest versions the package says it supports::
 
     python tests/floors.py > floors.txt      # or: python -m tests.floors
-    pip install -e ".[cli,gateway,memory,nats,otel]" -c floors.txt
+    pip install -e ".[cli,gateway,memory,nats,otel,postgres]" -c floors.txt
 
 A floor is the version of a ``>=`` clause; a dependency without one is an error (a range that names no
 oldest version cannot be tested). Extras of a dependency are dropped (``redis[hiredis]>=5.2.1`` gives

@@ -24,6 +24,10 @@ from resource_router.errors import (
     ResourceRouterError,
     RouteTimeoutError,
     ServiceUnavailableError,
+    StaleOwnerError,
+    StateStoreUnavailableError,
+    StateTooLargeError,
+    StateVersionConflictError,
 )
 from resource_router.models import (
     HeartbeatResult,
@@ -40,6 +44,7 @@ from resource_router.ownership.sweeper import Sweeper
 from resource_router.routing.client import ServiceClient
 from resource_router.routing.instance import ServiceInstance
 from resource_router.settings import RouterSettings
+from resource_router.state import PostgresStateStore, RedisStateStore, ResourceState, StateStore
 from resource_router.transport.connection import connect
 
 __all__ = [
@@ -51,6 +56,8 @@ __all__ = [
     "MethodNotFoundError",
     "OwnerUnavailableError",
     "OwnershipEvent",
+    "PostgresStateStore",
+    "RedisStateStore",
     "RedisUnavailableError",
     "RemoteHandlerError",
     "Resource",
@@ -62,12 +69,18 @@ __all__ = [
     "ResourceReleaseError",
     "ResourceReleaseResponse",
     "ResourceRouterError",
+    "ResourceState",
     "RouteRequest",
     "RouteTimeoutError",
     "RouterSettings",
     "ServiceClient",
     "ServiceInstance",
     "ServiceUnavailableError",
+    "StaleOwnerError",
+    "StateStore",
+    "StateStoreUnavailableError",
+    "StateTooLargeError",
+    "StateVersionConflictError",
     "Sweeper",
     "__version__",
     "connect",

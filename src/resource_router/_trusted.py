@@ -18,16 +18,17 @@ __all__ = ["trusted"]
 M = TypeVar("M", bound=BaseModel)
 
 
-def trusted(cls: type[M], values: dict[str, Any]) -> M:
+def trusted(cls: type[M], values: dict[str, Any], private: dict[str, Any] | None = None) -> M:
     """Build a model from values the library produced itself (hot paths), skipping validation.
 
     Same result as ``cls.model_construct(**values)`` when every field is given, at a third of the
-    cost: no defaults to fill, no fields-set bookkeeping beyond the given names.
+    cost: no defaults to fill, no fields-set bookkeeping beyond the given names. ``private``: the
+    values of the model's private attributes (``RouteRequest._state``), when it has any.
     """
     obj = cls.__new__(cls)
     _set = object.__setattr__
     _set(obj, "__dict__", values)
     _set(obj, "__pydantic_fields_set__", set(values))
     _set(obj, "__pydantic_extra__", None)
-    _set(obj, "__pydantic_private__", None)
+    _set(obj, "__pydantic_private__", private)
     return obj

@@ -4,10 +4,15 @@
 
     ResourceRouterError                      (base; code 500 unless a subclass says otherwise)
     ├── InvalidRequestError          400     bad id, bad params, payload too large   .field
+    │   └── StateTooLargeError       413     an encoded state over max_state_bytes   .field .size .limit
     ├── ResourceReleaseError         403     releasing what another instance owns    .owners
     ├── ResourceNotFoundError        404     no owner for the resource               .resource_id
     ├── MethodNotFoundError          404     the owner has no handler for the method .method
     ├── ResourceConflictError        409     conflicts must fail (callers, gateway)  .conflicts
+    ├── StaleOwnerError              409     a state write by a former owner          .resource_id .fencing_token
+    │                                        (error_code ``stale_owner``)             .current_token
+    ├── StateVersionConflictError    409     a state compare-and-set lost             .resource_id .expected
+    │                                        (error_code ``version_conflict``)        .actual
     ├── InstanceNotAliveError        410     instance not registered or expired      .instance_id
     ├── ResourceLimitExceededError   429     per-instance limit                      .limit .current .requested
     ├── RemoteHandlerError           500     the remote handler raised               .remote_type .remote_message
@@ -18,9 +23,14 @@
     ├── ServiceUnavailableError      503     no live instance of the service         .service_name
     ├── RedisUnavailableError        503     Redis unreachable after retries         .operation
     │   └── DurabilityError          503     too few replicas acknowledged a write   .acknowledged .required
+    ├── StateStoreUnavailableError   503     a state store (PostgreSQL) unreachable  .operation .store
     └── RouteTimeoutError            504     no reply before the timeout             .timeout
 
 Redis exceptions never reach callers raw: they are wrapped with ``raise ... from exc``.
+
+Besides the numeric ``code``, an error may carry a stable string ``error_code`` (``stale_owner``,
+``version_conflict``): two errors that share a status are told apart by it in ``to_dict()`` and in
+the bodies of the replicas, without parsing the class name (``type``).
 """
 
 from __future__ import annotations
@@ -44,6 +54,10 @@ __all__ = [
     "ResourceRouterError",
     "RouteTimeoutError",
     "ServiceUnavailableError",
+    "StaleOwnerError",
+    "StateStoreUnavailableError",
+    "StateTooLargeError",
+    "StateVersionConflictError",
     "UnknownScriptStatusError",
     "error_from_dict",
 ]
@@ -53,6 +67,8 @@ class ResourceRouterError(Exception):
     """Base of every error the library raises. ``code`` is HTTP-like; ``to_dict()`` is the wire form."""
 
     code: ClassVar[int] = 500
+    #: A stable string code for errors that share a status (``stale_owner``); None for most.
+    error_code: ClassVar[str | None] = None
     #: Names of the extra attributes carried into ``to_dict()`` and back through ``error_from_dict``.
     detail_fields: ClassVar[tuple[str, ...]] = ()
 
@@ -68,7 +84,10 @@ class ResourceRouterError(Exception):
         return {name: getattr(self, name) for name in self.detail_fields}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "code": self.code, "message": self.message, **self.details()}
+        body = {"type": self.type, "code": self.code, "message": self.message, **self.details()}
+        if self.error_code is not None:
+            body["error_code"] = self.error_code
+        return body
 
     def __repr__(self) -> str:
         return f"{self.type}(code={self.code}, message={self.message!r})"
@@ -76,11 +95,23 @@ class ResourceRouterError(Exception):
 
 class InvalidRequestError(ResourceRouterError):
     code = 400
-    detail_fields = ("field",)
+    detail_fields: ClassVar[tuple[str, ...]] = ("field",)
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class StateTooLargeError(InvalidRequestError):
+    """An encoded state of ``size`` bytes is over ``max_state_bytes`` (``limit``): nothing was stored."""
+
+    code = 413
+    detail_fields: ClassVar[tuple[str, ...]] = ("field", "size", "limit")
+
+    def __init__(self, message: str, *, size: int, limit: int, field: str | None = "state") -> None:
+        super().__init__(message, field=field)
+        self.size = size
+        self.limit = limit
 
 
 class ResourceReleaseError(ResourceRouterError):
@@ -118,6 +149,40 @@ class ResourceConflictError(ResourceRouterError):
     def __init__(self, message: str, *, conflicts: dict[str, str]) -> None:
         super().__init__(message)
         self.conflicts = dict(conflicts)
+
+
+class StaleOwnerError(ResourceRouterError):
+    """A state write (save or delete) carried a fencing token that is not the resource's current
+    grant: another instance took the resource over (or the writer's lease ran out), so the writer is
+    a former owner. Nothing was written; the instance stops serving the resource. ``current_token``
+    is the current grant's token (None when nobody holds a live grant)."""
+
+    code = 409
+    error_code = "stale_owner"
+    detail_fields = ("resource_id", "fencing_token", "current_token")
+
+    def __init__(
+        self, message: str, *, resource_id: str, fencing_token: int | None, current_token: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.resource_id = resource_id
+        self.fencing_token = fencing_token
+        self.current_token = current_token
+
+
+class StateVersionConflictError(ResourceRouterError):
+    """``save(value, version=n)`` (or ``delete(version=n)``) found another version stored: nothing
+    was written. ``expected`` is ``n``, ``actual`` the stored version (0: no state)."""
+
+    code = 409
+    error_code = "version_conflict"
+    detail_fields = ("resource_id", "expected", "actual")
+
+    def __init__(self, message: str, *, resource_id: str, expected: int, actual: int) -> None:
+        super().__init__(message)
+        self.resource_id = resource_id
+        self.expected = expected
+        self.actual = actual
 
 
 class InstanceNotAliveError(ResourceRouterError):
@@ -236,6 +301,19 @@ class DurabilityError(RedisUnavailableError):
         self.required = required
 
 
+class StateStoreUnavailableError(ResourceRouterError):
+    """A state store other than Redis (PostgreSQL) could not be reached or failed: nothing is known
+    to be written. ``store`` names it (``postgres``), ``operation`` the step (``save``, ``load``...)."""
+
+    code = 503
+    detail_fields = ("operation", "store")
+
+    def __init__(self, message: str, *, operation: str, store: str) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.store = store
+
+
 class RouteTimeoutError(ResourceRouterError):
     code = 504
     detail_fields = ("timeout",)
@@ -262,6 +340,10 @@ _BY_NAME: dict[str, type[ResourceRouterError]] = {
         RedisUnavailableError,
         DurabilityError,
         RouteTimeoutError,
+        StaleOwnerError,
+        StateVersionConflictError,
+        StateTooLargeError,
+        StateStoreUnavailableError,
     )
 }
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from resource_router.errors import ResourceConflictError
 from resource_router.ids import INSTANCE_ID_SCHEMA, RESOURCE_ID_SCHEMA, SERVICE_NAME_SCHEMA
+
+if TYPE_CHECKING:
+    from resource_router.state.handle import ResourceState
 
 __all__ = [
     "ErrorResponse",
@@ -119,6 +122,18 @@ class RouteRequest(_Model):
     fencing_token: int | None = Field(default=None, description="set by the owner for the handler")
     deadline: float | None = Field(default=None, description="absolute UNIX time after which to drop")
     request_id: str | None = None
+    _state: Any = PrivateAttr(default=None)
+
+    @property
+    def state(self) -> ResourceState:
+        """The resource's state bound to this request's fencing token (``load``, ``save``, ``delete``);
+        set by the owner for requests that name a resource."""
+        private = self.__pydantic_private__
+        handle = private.get("_state") if private else None
+        if handle is None:
+            raise RuntimeError("request.state exists only in a handler serving a request for a resource")
+        state: ResourceState = handle
+        return state
 
 
 class RouteResponse(_Model):

@@ -36,10 +36,12 @@ __all__ = [
     "DEFAULT_CONSOLE_STREAM_SECONDS",
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_RESOURCES_PER_INSTANCE",
+    "DEFAULT_MAX_STATE_BYTES",
     "DEFAULT_NAMESPACE",
     "DEFAULT_OWNER_CACHE_TTL",
     "DEFAULT_REBALANCE_RATE",
     "DEFAULT_REDIS_URL",
+    "DEFAULT_STATE_TABLE",
     "DEFAULT_TIMEOUT",
     "DEFAULT_TTL",
     "ENV_FILE",
@@ -93,6 +95,10 @@ DEFAULT_CONSOLE_KEEPALIVE_SECONDS = 5.0
 DEFAULT_CONSOLE_SHUTDOWN_TIMEOUT = 1.0
 #: Events the console's feed shows first (the most recent ones) when it opens.
 DEFAULT_CONSOLE_RECENT_EVENTS = 20
+#: Largest encoded state of one resource (bytes): 1 MiB.
+DEFAULT_MAX_STATE_BYTES = 1_048_576
+#: The table of ``PostgresStateStore``.
+DEFAULT_STATE_TABLE = "resource_state"
 
 
 def validate_seconds(
@@ -208,6 +214,8 @@ class RouterSettings(SettingsBase):
     health_check_timeout: float = Field(default=2.0, gt=0, le=300)
     #: Largest msgpack request or reply payload in bytes.
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
+    #: Largest encoded (msgpack) state of one resource in bytes; larger saves are refused (413).
+    max_state_bytes: int = Field(default=DEFAULT_MAX_STATE_BYTES, ge=64, le=512 * 1_048_576)
     #: Largest resource metadata (JSON bytes) stored per grant.
     max_metadata_bytes: int = Field(default=4096, ge=64)
     #: Keys that authenticate envelopes (env: comma-separated); the first signs, all verify. Each at

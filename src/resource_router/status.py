@@ -22,6 +22,8 @@ class ScriptStatus(IntEnum):
     LIMIT_EXCEEDED = 2  # the per-instance limit would be exceeded: nothing was registered
     NOT_OWNER = 3  # a release names ids that other live instances own: nothing was released
     OVER_BUDGET = 4  # more new grants than the caller reserved (a race: roll back and try again)
+    STALE_OWNER = 5  # a state write whose fencing token is not the resource's current grant: nothing written
+    VERSION_CONFLICT = 6  # a state compare-and-set whose expected version is not the stored one: nothing written
 
 
 class ReplyStatus(StrEnum):

@@ -46,6 +46,10 @@ REQUIRED = {
     "lookup_at_1e3",
     "register_at_1e3",
     "memory_at_1e3",
+    "state_save",
+    "evalsha_set",
+    "state_load",
+    "evalsha_get",
 }
 #: Rows that may be skipped, and the reasons that are acceptable.
 MAY_SKIP = {
@@ -53,6 +57,8 @@ MAY_SKIP = {
     "nats_bridge_route": ("NATS not reachable",),
     "aioredlock": ("not installed",),
     "python_redis_lock": ("not installed",),
+    "pg_state_save": ("PostgreSQL not reachable", "asyncpg not installed"),
+    "pg_upsert": ("PostgreSQL not reachable", "asyncpg not installed"),
     "routed_call@redis-py-5.2.1": ("no .venv-oldest",),
     "routed_call_uncached@redis-py-5.2.1": ("no .venv-oldest",),
     "nats_request_reply@redis-py-5.2.1": ("no .venv-oldest", "NATS not reachable", "nats-py not installed"),

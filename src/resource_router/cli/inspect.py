@@ -1,4 +1,4 @@
-"""The inspection commands: ``owner``, ``resources``, ``instances`` and ``events``."""
+"""The inspection commands: ``owner``, ``state``, ``resources``, ``instances`` and ``events``."""
 
 from __future__ import annotations
 
@@ -33,8 +33,10 @@ from resource_router.errors import ResourceNotFoundError
 from resource_router.models import InstanceInfo, OwnershipEvent, Resource
 from resource_router.ownership.registry import ResourceRegistry
 from resource_router.ownership.volunteers import Volunteer
+from resource_router.state.redis_state import RedisStateStore
+from resource_router.state.snapshot import StateSnapshot, read_snapshot
 
-__all__ = ["events", "instances", "owner", "resources"]
+__all__ = ["events", "instances", "owner", "resources", "state"]
 
 _STREAM_ID = re.compile(r"\$|\d+(-\d+)?")
 
@@ -68,6 +70,43 @@ def owner(
             print_json(resource)
         else:
             render(resources_table(f"owner of {resource_id} in {service}", [resource]))
+
+    run_with_registry(settings, work, show)
+
+
+def state(
+    service: Annotated[str, typer.Argument(metavar="SERVICE", help="service name")],
+    resource_id: Annotated[str, typer.Argument(metavar="RESOURCE_ID", help="resource id")],
+    redis: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the state stored for a resource in Redis (read only): value, version, fencing token.
+
+    Exit code 1 when it has none.
+    """
+    settings = settings_from(redis, namespace)
+
+    async def work(registry: ResourceRegistry) -> StateSnapshot | None:
+        try:
+            return await read_snapshot(RedisStateStore().bind(registry), service, resource_id)
+        except ResourceNotFoundError:
+            await check_service(registry, service, found=False)
+            return None
+
+    def show(snapshot: StateSnapshot | None) -> None:
+        if snapshot is None:
+            if as_json:
+                print_json({"resource_id": resource_id, "service_name": service, "value": None, "version": 0})
+            fail(f"resource {resource_id!r} of service {service!r} has no stored state", EXIT_ERROR)
+        elif as_json:
+            print_json(snapshot)
+        else:
+            echo(
+                f"{service}/{resource_id}: version {snapshot.version}, fencing token {snapshot.fencing_token}, "
+                f"{snapshot.size} bytes"
+            )
+            echo(json.dumps(snapshot.value, sort_keys=True, ensure_ascii=False, indent=2))
 
     run_with_registry(settings, work, show)
 

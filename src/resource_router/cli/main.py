@@ -39,7 +39,7 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - exercised in a subproc
 else:
     _MISSING_EXTRA = None
     from resource_router.cli.console import console
-    from resource_router.cli.inspect import events, instances, owner, resources
+    from resource_router.cli.inspect import events, instances, owner, resources, state
     from resource_router.cli.invocation import RedisOpt, await_result, fail_with, settings_from
     from resource_router.cli.output import StdoutClosed, echo, fail, stdout_gone
     from resource_router.cli.serve import serve
@@ -104,7 +104,7 @@ def build_app() -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(_root)
-    for fn in (owner, resources, instances, events, serve, console, demo):
+    for fn in (owner, state, resources, instances, events, serve, console, demo):
         app.command(fn.__name__)(fn)
     return app
 

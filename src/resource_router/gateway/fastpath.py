@@ -35,6 +35,7 @@ __all__ = ["FastPathMiddleware"]
 
 _RESOURCE_JSON = Resource.__pydantic_serializer__.to_json
 _CONTENT_TYPE = b"content-type"
+_STATE_SUFFIX = "/state"  # routes.STATE_PATH: served by FastAPI
 
 
 def _is_json(scope: Scope) -> bool:
@@ -70,7 +71,7 @@ class FastPathMiddleware:
                     return
             elif method == "GET":
                 found = self.owner_match(scope["path"])
-                if found is not None:
+                if found is not None and not scope["path"].endswith(_STATE_SUFFIX):
                     await self._lookup(scope, receive, send, found["service_name"], found["resource_id"])
                     return
         await self.app(scope, receive, send)

@@ -17,12 +17,13 @@ from resource_router.models import (
     RouteRequest,
     RouteResponse,
 )
+from resource_router.state.snapshot import StateSnapshot, read_snapshot
 
 from .bodies import RouteCall
 from .error_bodies import RegistrationConflictError
 from .state import GatewayState
 
-__all__ = ["answer", "lookup", "register", "release", "route"]
+__all__ = ["answer", "lookup", "read_state", "register", "release", "route"]
 
 
 async def route(state: GatewayState, call: RouteCall, trace_id: str) -> RouteResponse:
@@ -59,6 +60,11 @@ def answer(response: RouteResponse) -> dict[str, Any]:
 async def lookup(state: GatewayState, service_name: str, resource_id: str) -> Resource:
     """The owner of a resource (``ResourceNotFoundError`` when it has none)."""
     return await state.registry.get_resource_owner(service_name, resource_id)
+
+
+async def read_state(state: GatewayState, service_name: str, resource_id: str) -> StateSnapshot:
+    """A resource's stored state (``ResourceNotFoundError`` when it has none); replicas never write it."""
+    return await read_snapshot(state.state_store, service_name, resource_id)
 
 
 async def register(

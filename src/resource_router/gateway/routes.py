@@ -26,6 +26,7 @@ from resource_router.models import (
     ResourceReleaseResponse,
     RouteResponse,
 )
+from resource_router.state.snapshot import StateSnapshot
 
 from . import operations
 from .bodies import RouteCall
@@ -33,10 +34,12 @@ from .error_bodies import JSONBody
 from .request_context import current_trace_id, set_trace_id
 from .state import GatewayState
 
-__all__ = ["OWNER_PATH", "ROUTE_PATH", "router"]
+__all__ = ["OWNER_PATH", "ROUTE_PATH", "STATE_PATH", "router"]
 
 ROUTE_PATH = "/v1/route"
 OWNER_PATH = "/v1/resources/{service_name}/{resource_id:path}"
+#: Matched before OWNER_PATH: a path ending in ``/state`` reads the state of the id before it.
+STATE_PATH = "/v1/resources/{service_name}/{resource_id:path}/state"
 
 
 # Path and query parameters state the id rules in the schema; the library validates (400, not 422).
@@ -81,6 +84,15 @@ def _gateway(request: Request) -> GatewayState:
 async def route(body: RouteCall, request: Request) -> RouteResponse:
     """Call ``method`` on the instance that owns ``resource_id`` (or on any live instance of the service)."""
     return await operations.route(_gateway(request), body, set_trace_id(request, body.trace_id))
+
+
+@router.get(STATE_PATH, response_model=StateSnapshot, responses=_errors(404, 503), tags=["resources"])
+async def get_resource_state(
+    request: Request, service_name: str = _service(), resource_id: str = _resource()
+) -> StateSnapshot:
+    """The stored state of a resource (read only): its value (msgpack decoded; bytes as
+    ``{"$bytes": base64}``), version and the fencing token it was written under. 404 when none."""
+    return await operations.read_state(_gateway(request), service_name, resource_id)
 
 
 @router.get(OWNER_PATH, response_model=Resource, responses=_errors(404, 503), tags=["resources"])

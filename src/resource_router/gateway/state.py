@@ -16,6 +16,7 @@ from resource_router.errors import RedisUnavailableError, ResourceRouterError
 from resource_router.observability.logs import get_logger
 from resource_router.ownership.registry import ResourceRegistry
 from resource_router.ownership.sweeper import Sweeper
+from resource_router.state.redis_state import RedisStateStore
 from resource_router.transport.connection import describe
 from resource_router.transport.memory import is_memory_url
 
@@ -65,6 +66,8 @@ class GatewayState:
             metrics_registry=metrics_registry,
         )
         self.sweeper = Sweeper(self.registry, interval=settings.sweep_interval) if settings.sweep_interval > 0 else None
+        #: resources' state, read only (``GET /v1/resources/{service}/{id}/state``)
+        self.state_store = RedisStateStore().bind(self.registry)
         self.in_flight = InFlight(settings.max_in_flight)
         self._routed = get_gateway_metrics(metrics_registry).routed
         self._routed_children: dict[tuple[str, str], Any] = {}

@@ -18,6 +18,9 @@ key                             type    TTL                         holds
                                                                     ``fencing_token|registered_ms|meta``
 ``rr:{T}:lost:I``               set     none (drained by heartbeat) ids taken from the instance by force
 ``rr:{T}:fence``                string  none                        last fencing token issued in the partition
+``rr:{T}:state:R``              hash    none (kept across moves)    R's state: ``v`` (msgpack), ``ver``
+                                                                    (version), ``tok`` (token it was written
+                                                                    under); written by the owner only
 ``rr:{T}:audit``                stream  MAXLEN ~ (bounded)          resource events, one JSON field ``event``
 ``rr:{S}:instance:I``           hash    the instance's lease        ttl_ms, registered_at_ms, heartbeat_at_ms,
                                                                     metadata (JSON)
@@ -192,6 +195,15 @@ class PartitionKeys:
         return self.lease_prefix + instance_id
 
     @cached_property
+    def state_prefix(self) -> str:
+        return self.prefix + "state:"
+
+    def state(self, resource_id: str) -> str:
+        """The resource's state (``RedisStateStore``): in the partition's slot, so that one script
+        checks the grant record and writes the state."""
+        return self.state_prefix + resource_id
+
+    @cached_property
     def fence(self) -> str:
         return self.prefix + "fence"
 
@@ -244,6 +256,9 @@ class ServiceKeys:
 
     def owner(self, resource_id: str) -> str:
         return self.part_of(resource_id).owner(resource_id)
+
+    def state(self, resource_id: str) -> str:
+        return self.part_of(resource_id).state(resource_id)
 
     # -- per instance (service slot) -----------------------------------------------------------
     @cached_property

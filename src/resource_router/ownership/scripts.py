@@ -45,9 +45,12 @@ SCRIPT_NAMES: Final = (
     "lookup_resource",
     "read_owners",
     "raise_fence",
+    "load_state",
+    "save_state",
+    "delete_state",
 )
-#: The scripts that grant, renew, release or take over ownership: with ``min_replicas`` each is
-#: followed by ``WAIT`` (``durable.py``).
+#: The scripts that grant, renew, release or take over ownership, and those that write a resource's
+#: state: with ``min_replicas`` each is followed by ``WAIT`` (``durable.py``).
 WRITE_SCRIPTS: Final = (
     "register_instance",
     "renew_instance",
@@ -59,6 +62,8 @@ WRITE_SCRIPTS: Final = (
     "register_resources",
     "release_resources",
     "raise_fence",
+    "save_state",
+    "delete_state",
 )
 
 
@@ -103,6 +108,9 @@ class ScriptSet:
     lookup_resource: AsyncScript
     read_owners: AsyncScript
     raise_fence: AsyncScript
+    load_state: AsyncScript
+    save_state: AsyncScript
+    delete_state: AsyncScript
 
     @property
     def shas(self) -> dict[str, str]:

@@ -57,6 +57,7 @@ from resource_router.routing.protocol import Request, decode_request, handler_er
 from resource_router.routing.replies import Replies
 from resource_router.routing.signing import SEAL_OVERHEAD, Signer
 from resource_router.routing.staleness import Staleness
+from resource_router.state.handle import StateBinding
 from resource_router.transport.tasks import TaskSet
 
 __all__ = ["Dispatcher", "Handler"]
@@ -90,8 +91,10 @@ class Dispatcher:
         tasks: TaskSet,
         drain_timeout: float,
         log: Logger,
+        state: StateBinding | None = None,
     ) -> None:
         self._view = view
+        self._state = state
         self._admission = Admission(view)
         self._jobs = jobs
         self._replies = replies
@@ -307,6 +310,12 @@ class Dispatcher:
 
     async def _run_handler(self, req: Request, handler: Handler, fencing_token: int | None) -> None:
         """Step 14."""
+        rid, binding = req.resource_id, self._state
+        private = (
+            {"_state": binding.handle(rid, fencing_token)}
+            if binding is not None and rid is not None and fencing_token is not None
+            else None
+        )
         request = trusted(  # every field given, values the dispatcher checked: no validation again
             RouteRequest,
             {
@@ -320,6 +329,7 @@ class Dispatcher:
                 "deadline": req.deadline,
                 "request_id": req.request_id,
             },
+            private,
         )
         start = time.perf_counter()
         error_type: str | None = None

@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 
-from resource_router.errors import InvalidRequestError, ResourceRouterError
+from resource_router.errors import InvalidRequestError, ResourceRouterError, StaleOwnerError
 from resource_router.ids import default_instance_id, validate_instance_id, validate_resource_ids
 from resource_router.models import ResourceRegistrationResponse, ResourceReleaseResponse
 from resource_router.observability.logs import get_logger
@@ -53,6 +54,8 @@ from resource_router.settings import (
     RouterSettings,
     validate_seconds,
 )
+from resource_router.state.backend import StateStore
+from resource_router.state.handle import ResourceState
 from resource_router.transport.connection import RedisLike
 from resource_router.transport.hub import PubSubHub
 from resource_router.transport.tasks import stop_task
@@ -104,6 +107,8 @@ class ServiceInstance:
         reclaim_after_failover: bool = True,
         settings: RouterSettings | None = None,
         metrics_registry: CollectorRegistry | None = None,
+        state_store: StateStore | None = None,
+        state_model: type[BaseModel] | None = None,
     ) -> None:
         self.options = InstanceOptions.checked(
             ttl=ttl,
@@ -152,10 +157,13 @@ class ServiceInstance:
             on_resource_lost=on_resource_lost,
             metrics_registry=metrics_registry,
             log=self._log,
+            state_store=state_store,
+            state_model=state_model,
         )
         self._tasks, self._lock, self._jobs, self._view = parts.tasks, parts.lock, parts.jobs, parts.view
         self._mover, self._volunteering, self._keeper = parts.mover, parts.volunteering, parts.keeper
         self._replies, self._staleness, self._dispatcher = parts.replies, parts.staleness, parts.dispatcher
+        self._state = parts.state
 
     # -- options (read-only; ``options`` holds them all) -------------------------------------------
     ttl = _Option[float]("ttl")
@@ -205,6 +213,23 @@ class ServiceInstance:
 
     def fencing_token(self, resource_id: str) -> int | None:
         return self._view.owned.get(resource_id)
+
+    def state(self, resource_id: str) -> ResourceState:
+        """The state of a resource this instance owns, bound to its current fencing token (for
+        ``on_activate``, timers, background work); ``StaleOwnerError`` for an id it does not own."""
+        token = self._view.owned.get(resource_id)
+        if token is None:
+            raise StaleOwnerError(
+                f"instance {self._instance_id!r} does not own {resource_id!r}: its state is not its to write",
+                resource_id=resource_id,
+                fencing_token=None,
+            )
+        return self._state.handle(resource_id, token)
+
+    @property
+    def state_store(self) -> StateStore:
+        """Where this instance keeps per-resource state (a ``RedisStateStore`` unless given)."""
+        return self._state.store
 
     @property
     def lease_valid(self) -> bool:
@@ -294,6 +319,7 @@ class ServiceInstance:
         try:
             self._hub = hub = await PubSubHub.acquire(self._registry.redis, self._settings)
             self._replies.attach(hub)
+            self._state.store.attach(hub)
             hub.on_master_change(self._keeper.master_changed)
             await hub.subscribe(self._channel, self._dispatcher.on_message, self._on_channel_state)
             for events in self._notice_channels():
@@ -373,6 +399,7 @@ class ServiceInstance:
             self._hub = None
             hub.off_master_change(self._keeper.master_changed)
             self._replies.attach(None)
+            self._state.store.attach(None)
             await hub.release()
         self._metrics.forget_instance(self.service_name, self._instance_id)  # its gauges go with it
         await self._view.aclose()

@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 
 from resource_router.observability.logs import Logger
 from resource_router.ownership.registry import ResourceRegistry
@@ -28,6 +29,10 @@ from resource_router.routing.replies import Replies
 from resource_router.routing.signing import Signer
 from resource_router.routing.staleness import Staleness
 from resource_router.settings import DEFAULT_CONFIRM_BATCH
+from resource_router.state.backend import StateStore
+from resource_router.state.codec import StateCodec
+from resource_router.state.handle import StateBinding
+from resource_router.state.redis_state import RedisStateStore
 from resource_router.transport.tasks import TaskSet
 
 __all__ = ["InstanceParts"]
@@ -47,6 +52,7 @@ class InstanceParts:
     replies: Replies
     staleness: Staleness
     dispatcher: Dispatcher
+    state: StateBinding
 
     @classmethod
     def build(
@@ -61,6 +67,8 @@ class InstanceParts:
         on_resource_lost: ResourceLostCallback | None,
         metrics_registry: CollectorRegistry | None,
         log: Logger,
+        state_store: StateStore | None = None,
+        state_model: type[BaseModel] | None = None,
     ) -> InstanceParts:
         service, iid, settings = service_name, instance_id, registry.settings
         tasks = TaskSet()
@@ -109,6 +117,13 @@ class InstanceParts:
             reclaim_after_failover=options.reclaim_after_failover,
         )
         signer = Signer.from_settings(settings)
+        state = StateBinding(  # a refused stale write stops serving the id, as a takeover seen does
+            (state_store if state_store is not None else RedisStateStore()).bind(registry),
+            StateCodec(state_model, settings.max_state_bytes),
+            service_name=service,
+            instance_id=iid,
+            on_stale=keeper.stale,
+        )
         replies = Replies(
             instance_id=iid, metrics=registry.metrics, signer=signer, max_payload=settings.max_payload_bytes, log=log
         )
@@ -140,5 +155,6 @@ class InstanceParts:
             tasks=tasks,
             drain_timeout=options.drain_timeout,
             log=log,
+            state=state,
         )
-        return cls(tasks, lock, jobs, view, mover, volunteering, keeper, replies, staleness, dispatcher)
+        return cls(tasks, lock, jobs, view, mover, volunteering, keeper, replies, staleness, dispatcher, state)
