@@ -240,8 +240,9 @@ async def test_one_subscriber_connection_serves_every_instance_and_client_of_a_p
         finally:
             await admin.aclose()
         subscribers = [c for c in listing if int(c["sub"]) + int(c.get("ssub", 0)) > 0]
-        assert len(subscribers) == 1, subscribers  # 3 instance channels, 3 reply channels, 1 events channel
-        assert int(subscribers[0]["sub"]) == 7
+        # 3 instance channels and their 3 notice channels, 3 reply channels, the feed and members channels
+        assert len(subscribers) == 1, subscribers
+        assert int(subscribers[0]["sub"]) == 11
     finally:
         for c in clients:
             await c.aclose()
