@@ -320,6 +320,12 @@ class ServiceKeys:
         """An instance's notice channels, one per partition (``PartitionKeys.notice_channel``)."""
         return tuple(part.notice_channel(instance_id) for part in self.parts)
 
+    def instance_channels(self, instance_id: str, *, volunteer: bool) -> tuple[str, ...]:
+        """What a running instance listens to besides its requests: its notice channels and, for a
+        volunteer, the members channel (volunteers joining)."""
+        notices = self.notice_channels(instance_id)
+        return (*notices, self.members_channel) if volunteer else notices
+
     @cached_property
     def audits(self) -> tuple[str, ...]:
         """Every audit stream of the service, the service's own first."""

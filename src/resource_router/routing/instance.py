@@ -5,9 +5,8 @@
 given the objects it works on:
 
 * the **ownership view** (``ownership/view.py``): what it owns, its lease clock, lifecycle hooks;
-* the **lease keeper** (``lease_keeper.py``): heartbeats every ``ttl / 3`` renewing the lease and every
-  owned resource in one round trip, lost ids, forced takeovers seen at once on the events channel,
-  adoption of ids registered for it elsewhere;
+* the **lease keeper** (``lease_keeper.py``): heartbeats, lost ids, takeovers and adoptions seen at once
+  on the instance's notice channels;
 * the **dispatcher** (``dispatcher.py``): each request through the ordered steps of the protocol to
   its handler, at most ``max_concurrency`` at a time (``jobs.py``), admitted by one rule
   (``admission.py``), confirmed in Redis when it may have queued behind a takeover (``staleness.py``),
@@ -15,9 +14,9 @@ given the objects it works on:
 * for placement, the volunteer's claims and the moves of drain, rebalance and idle release
   (``placement/``).
 
-It also sweeps its service every ``sweep_interval`` so that dead peers are cleaned up (safe in every
-process at once). Leaving the context stops taking requests, lets running handlers finish (up to
-``drain_timeout``), releases everything (``deregister_instance``) and unsubscribes.
+It also sweeps its service every ``sweep_interval`` (safe in every process at once). Leaving the
+context stops taking requests, lets running handlers finish (up to ``drain_timeout``), releases
+everything and unsubscribes.
 """
 
 from __future__ import annotations
@@ -322,7 +321,7 @@ class ServiceInstance:
             self._state.store.attach(hub)
             hub.on_master_change(self._keeper.master_changed)
             await hub.subscribe(self._channel, self._dispatcher.on_message, self._on_channel_state)
-            for events in self._notice_channels():
+            for events in self._keys.instance_channels(self._instance_id, volunteer=self.accept_placement):
                 await hub.subscribe(events, self._on_event, self._keeper.on_events_state)
             await self._keeper.register()
             self._view.set_serving(True)
@@ -392,7 +391,10 @@ class ServiceInstance:
         if hub is not None:
             for channel, callback, listener in (
                 (self._channel, self._dispatcher.on_message, self._on_channel_state),
-                *((events, self._on_event, self._keeper.on_events_state) for events in self._notice_channels()),
+                *(
+                    (events, self._on_event, self._keeper.on_events_state)
+                    for events in self._keys.instance_channels(self._instance_id, volunteer=self.accept_placement)
+                ),
             ):
                 with contextlib.suppress(ResourceRouterError):
                     await hub.unsubscribe(channel, callback, listener)  # requests until then: "not owner"
@@ -486,12 +488,6 @@ class ServiceInstance:
             self._log.warning("instance.not_listening", channel=self._channel)
         if not self._closed:
             self._metrics.instance_listening.labels(self.service_name, self._instance_id).set(1 if heard else 0)
-
-    def _notice_channels(self) -> tuple[str, ...]:
-        """What the instance listens to besides its requests: the grants that concern it (its notice
-        channel in every partition) and, for a volunteer, the service's members joining."""
-        notices = self._keys.notice_channels(self._instance_id)
-        return (*notices, self._keys.members_channel) if self.accept_placement else notices
 
     def _on_event(self, data: bytes) -> None:
         try:
